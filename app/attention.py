@@ -1,0 +1,81 @@
+"""Attention over the preallocated KV cache, registered with transformers as "omnibus".
+
+A pass of T new tokens at sequence position L attends in two parts, merged exactly through their
+log-sum-exp:
+- its own T keys, causally (a square mask, handled by the kernel's `is_causal`);
+- the L cached keys, all visible, so no mask at all. The query heads that share a KV head are folded
+  into the query length ([B, H_kv, groups*T, D]), which gives native GQA without expanding K/V to every
+  query head.
+
+No q×kv mask is ever built. fp8 caches are dequantised one block of keys at a time, so memory per pass
+stays bounded whatever the context length.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import AttentionInterface
+
+NAME = "omnibus"
+FP8_BLOCK_TOKENS = 65_536  # keys dequantised at once when the cache is fp8
+
+
+def _flash(q, k, v, causal: bool, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax attention returning (out [B, H, Tq, D], logsumexp [B, H, Tq] fp32); q, k, v share head counts."""
+    if q.is_cuda:
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, causal, False, scale=scale)[:2]
+    else:
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, scale=scale)
+    return out, lse[..., : q.shape[2]]
+
+
+def _merge(out_a, lse_a, out_b, lse_b):
+    """Combine two softmax attentions over disjoint key sets (fp32 result)."""
+    lse = torch.logaddexp(lse_a, lse_b)
+    out = out_a.float() * torch.exp(lse_a - lse).unsqueeze(-1) + out_b.float() * torch.exp(lse_b - lse).unsqueeze(-1)
+    return out, lse
+
+
+def attend_cached(query, layer, length: int, scale: float, block: int | None = None):
+    """Attention of query [B, Hq, T, D] over a layer's first `length` cached keys, all visible.
+
+    Returns (out [B, Hq, T, D], lse [B, Hq, T]), or (None, None) when the cache is empty.
+    """
+    if length == 0:
+        return None, None
+    b, hq, t, d = query.shape
+    hkv = layer.keys.shape[1]
+    grouped = query.reshape(b, hkv, (hq // hkv) * t, d)  # [B, H_kv, groups*T, D]
+    block = block or (FP8_BLOCK_TOKENS if layer.fp8 else length)
+    out = lse = None
+    for start in range(0, length, block):
+        k, v = layer.read(start, min(start + block, length))
+        o, s = _flash(grouped, k, v, False, scale)
+        out, lse = (o, s) if out is None else _merge(out, lse, o, s)
+    return out.reshape(b, hq, t, d), lse.reshape(b, hq, t)
+
+
+def omnibus_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, kv_cache=None,
+                      **kwargs):
+    """transformers attention function: query [B, Hq, T, D]; key/value: this pass's [B, H_kv, T, D].
+
+    Returns (attn_output [B, T, Hq, D], None).
+    """
+    if kv_cache is None:
+        raise RuntimeError("the omnibus attention needs kv_cache=<KVCache> in the forward call")
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    groups = query.shape[1] // key.shape[1]
+    length = kv_cache.length
+    layer = kv_cache.layers[module.layer_idx]
+    new_out, new_lse = _flash(
+        query, key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1), True, scale
+    )
+    past_out, past_lse = attend_cached(query, layer, length, scale)
+    if past_out is None:
+        out = new_out
+    else:
+        out, _ = _merge(new_out, new_lse, past_out, past_lse)
+    return out.to(query.dtype).transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(NAME, omnibus_attention)

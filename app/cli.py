@@ -1,0 +1,127 @@
+"""Command line: `ask` (ingest, prefill once, answer each question) and `plan` (will it fit, how long)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from app import plan as planner
+from app.errors import OmnibusError
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _add_backend_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="auto",
+                        help="auto, ultralong-1m|2m|4m, demo, or any Hugging Face id or local folder (default: auto)")
+    parser.add_argument("--kv-dtype", default="auto", choices=["auto", "bf16", "fp8", "fp32"])
+    parser.add_argument("--chunk-tokens", type=int, default=None, help="prefill chunk size (default 16,384 on GPUs)")
+    parser.add_argument("--backend", default="local", choices=["local", "openai"],
+                        help="local: this machine's GPUs/CPU; openai: a vLLM/SGLang/llama.cpp server")
+    parser.add_argument("--base-url", help="the server's OpenAI API root, e.g. http://127.0.0.1:8000/v1")
+    parser.add_argument("--api-key-env", help="name of the environment variable that holds the server's API key")
+    parser.add_argument("--served-model", help="the model name the server expects (default: the first it lists)")
+    parser.add_argument("--random-weights", action="store_true", help=argparse.SUPPRESS)  # benchmarks only
+
+
+def _progress_printer():
+    last = [0.0]
+
+    def show(p) -> None:
+        now = time.monotonic()
+        if now - last[0] >= 1.0 or p.done == p.total:
+            last[0] = now
+            _say(f"prefill {p.done:,}/{p.total:,} tokens  {p.tokens_per_s:,.0f} tokens/s  "
+                 f"{planner.format_seconds(p.eta_s)} left")
+
+    return show
+
+
+def ask(args) -> int:
+    from app.backend import open_backend
+    from app.engine import AnswerStats, Settings
+    from app.prompt import Turn
+    from ingest import build_corpus
+
+    backend = open_backend(args.model, backend=args.backend, base_url=args.base_url, api_key_env=args.api_key_env,
+                           served_model=args.served_model, kv_dtype=args.kv_dtype,
+                           chunk_tokens=args.chunk_tokens, random_weights=args.random_weights)
+    corpus = build_corpus(args.paths, tokenizer=backend.tokenizer, line_numbers=args.line_numbers)
+    for skipped in corpus.skipped:
+        _say(f"skipped {skipped.source}: {skipped.reason}")
+    _say(f"corpus: {len(corpus.documents)} documents, {corpus.total_tokens:,} tokens; model {backend.model_name}")
+    layout = backend.plan(corpus.total_tokens)
+    _say("plan: " + layout.summary())
+    stats = backend.load(corpus, progress=_progress_printer())
+    _say(f"prefill: {stats.tokens:,} tokens in {stats.seconds:.2f} s ({stats.reused:,} reused from cache)")
+    settings = Settings(max_new_tokens=args.max_new_tokens, temperature=args.temperature)
+    history: list[Turn] = []
+    for question in args.question:
+        print(f"\n## {question}\n", flush=True)
+        answer = []
+        for piece in backend.ask(question, history if args.chat else (), settings):
+            if isinstance(piece, AnswerStats):
+                _say(f"[{piece.prompt_tokens:,} prompt tokens, {piece.cached_tokens:,} cached; "
+                     f"time to first token {piece.ttft_s:.3f} s; {piece.new_tokens} tokens at "
+                     f"{piece.tokens_per_s:.1f} tokens/s; {piece.finish_reason}]")
+            else:
+                answer.append(piece)
+                print(piece, end="", flush=True)
+        print(flush=True)
+        history.append(Turn(question, "".join(answer)))
+    return 0
+
+
+def plan(args) -> int:
+    from app.models import llama31_8b_config, resolve
+
+    devices = planner.parse_gpus(args.gpus) if args.gpus else planner.local_devices()
+    windows = {"ultralong-1m": 1_048_576, "ultralong-2m": 2_097_152, "ultralong-4m": 4_194_304}
+    if args.model in windows or args.model == "auto":
+        config = llama31_8b_config(windows.get(args.model, 4_194_304))
+    else:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(resolve(args.model).source)
+    shape = planner.ModelShape.from_config(config)
+    result = planner.plan(shape, args.tokens, devices, args.kv_dtype, args.weight_dtype)
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        print(result.summary())
+        for d in result.devices:
+            print(f"  {d.name}: {d.layers} layers, weights {d.weights_gib:.1f} GiB, KV {d.kv_gib:.1f} GiB, "
+                  f"workspace {d.workspace_gib:.1f} GiB, free {d.free_gib:.1f} GiB")
+        if result.reason:
+            print("  " + result.reason)
+    return 0 if result.fits else 1
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="launch.py", description="Omnibus command line")
+    commands = parser.add_subparsers(dest="command", required=True)
+    p_ask = commands.add_parser("ask", help="ingest files, prefill once, answer each question")
+    p_ask.add_argument("paths", nargs="+")
+    p_ask.add_argument("-q", "--question", action="append", required=True)
+    p_ask.add_argument("--max-new-tokens", type=int, default=512)
+    p_ask.add_argument("--temperature", type=float, default=0.0)
+    p_ask.add_argument("--chat", action="store_true", help="keep earlier questions and answers as context")
+    p_ask.add_argument("--line-numbers", action="store_true", help="number the lines of code files")
+    _add_backend_arguments(p_ask)
+    p_plan = commands.add_parser("plan", help="will N tokens fit, and how long will the prefill take")
+    p_plan.add_argument("--tokens", type=int, required=True)
+    p_plan.add_argument("--gpus", help="e.g. 4x80 for four 80 GiB GPUs (default: the GPUs of this machine)")
+    p_plan.add_argument("--kv-dtype", default="auto", choices=["auto", "bf16", "fp8"])
+    p_plan.add_argument("--weight-dtype", default="bf16", choices=["bf16", "fp8"])
+    p_plan.add_argument("--model", default="ultralong-4m")
+    p_plan.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        return {"ask": ask, "plan": plan}[args.command](args)
+    except OmnibusError as err:
+        _say(f"error: {err}")
+        return 1

@@ -1,0 +1,317 @@
+"""The local engine: prefill a corpus once, then answer every question from the cached prefix.
+
+`load_corpus` runs the system prompt and corpus through the model in bounded chunks into a preallocated
+KV cache. Whatever prefix is already cached is reused, so loading the same corpus again costs nothing,
+an extended corpus costs only its new tokens, and a cancelled load resumes where it stopped.
+`ask` prefills only the question (and earlier turns), streams the answer, then rolls the cache back to
+the corpus.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from app import plan as planner
+from app.errors import Cancelled, CorpusTooLarge, NoCorpus, OutOfMemory
+from app.generation import StreamDecoder, sample
+from app.kv_cache import KVCache
+from app.prompt import DEFAULT_SYSTEM_PROMPT, Turn, encode_prompt
+
+
+@dataclass
+class Settings:
+    max_new_tokens: int = 512
+    temperature: float = 0.0
+    top_p: float = 0.95
+    seed: int | None = None
+
+
+@dataclass
+class PrefillProgress:
+    done: int
+    total: int
+    tokens_per_s: float
+    eta_s: float
+
+
+@dataclass
+class LoadStats:
+    tokens: int  # prompt prefix tokens (system prompt + corpus) now cached
+    reused: int  # of which were already in the cache
+    seconds: float
+    tokens_per_s: float
+    kv_dtype: str
+
+
+@dataclass
+class AnswerStats:
+    prompt_tokens: int
+    cached_tokens: int
+    new_tokens: int
+    ttft_s: float
+    tokens_per_s: float
+    finish_reason: str  # "stop", "length", "cancelled"
+    dropped_turns: int = 0
+
+
+@dataclass
+class Counters:
+    """What the engine has run through the model since it started (tests assert on these)."""
+
+    corpus_tokens_prefilled: int = 0
+    question_tokens_prefilled: int = 0
+    tokens_decoded: int = 0
+    corpus_loads: int = 0
+
+
+def _stop_ids(model, tokenizer) -> set[int]:
+    ids = set()
+    for source in (getattr(model.generation_config, "eos_token_id", None), tokenizer.eos_token_id):
+        if source is not None:
+            ids.update(source if isinstance(source, (list, tuple)) else [source])
+    for token in ("<|eot_id|>", "<|im_end|>", "<|end_of_text|>"):
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
+            ids.add(token_id)
+    return ids
+
+
+class Engine:
+    """One model, one cached corpus, one question at a time."""
+
+    name = "local"
+
+    def __init__(self, model, tokenizer, *, kv_dtype: str = "auto", chunk_tokens: int | None = None,
+                 model_name: str = ""):
+        self.model, self.tokenizer = model, tokenizer
+        self.model_name = model_name or getattr(model.config, "_name_or_path", "model")
+        self.shape = planner.ModelShape.from_config(model.config)
+        self.window = self.shape.window
+        self.reserve = min(planner.QUESTION_RESERVE_TOKENS, self.window // 8)
+        self.kv_dtype_setting = kv_dtype
+        self.dtype = next(model.parameters()).dtype
+        self.layer_devices = [layer.self_attn.o_proj.weight.device for layer in model.model.layers]
+        self.on_gpu = self.layer_devices[0].type == "cuda"
+        self.chunk_tokens = chunk_tokens or (16_384 if self.on_gpu else 2048)
+        self.stop_ids = _stop_ids(model, tokenizer)
+        self.cache: KVCache | None = None
+        self.cached_ids: list[int] = []  # the committed prefix (system prompt + corpus), token for token
+        self.corpus_ids: list[int] = []  # the corpus alone, as loaded
+        self.system_prompt = DEFAULT_SYSTEM_PROMPT
+        self.counters = Counters()
+        self._lock = threading.Lock()
+
+    # -- planning --
+    def devices(self) -> list[planner.Device]:
+        if not self.on_gpu:
+            return planner.local_devices()
+        held = self.cache.nbytes() if self.cache is not None else 0
+        out = []
+        for device in sorted({d.index for d in self.layer_devices}):
+            free, total = torch.cuda.mem_get_info(device)
+            share = held * sum(d.index == device for d in self.layer_devices) // len(self.layer_devices)
+            out.append(planner.Device(torch.cuda.get_device_name(device), total, free + share))
+        return out
+
+    def plan(self, tokens: int, kv_dtype: str | None = None) -> planner.Plan:
+        """How `tokens` corpus tokens fit on this engine's devices, with the weights already loaded."""
+        kv = kv_dtype or self.kv_dtype_setting
+        if kv == "auto" and not self.on_gpu:
+            kv = "fp32" if self.dtype == torch.float32 else "bf16"
+        devices = self.devices()
+        weights = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        per = weights // len(devices)
+        devices = [planner.Device(d.name, d.total_bytes, d.free_bytes + per) for d in devices]  # weights count in the plan
+        weight_dtype = {torch.float32: "fp32", torch.bfloat16: "bf16"}.get(self.dtype, "bf16")
+        return planner.plan(self.shape, tokens, devices, kv, weight_dtype, self.chunk_tokens, self.reserve)
+
+    def prompt_prefix(self, corpus_ids, system_prompt: str | None = None) -> list[int]:
+        """System prompt and corpus as the model sees them: the part every question shares."""
+        system = self.system_prompt if system_prompt is None else system_prompt
+        return encode_prompt(self.tokenizer, list(corpus_ids), "", system_prompt=system).prefix
+
+    # -- running the model --
+    def _forward(self, ids: list[int], want_logits: bool):
+        """Run `ids` after the committed sequence and commit them. Returns last-position logits [V] or None."""
+        cache = self.cache
+        start = cache.length
+        device = self.layer_devices[0]
+        input_ids = torch.tensor([ids], device=device)
+        positions = torch.arange(start, start + len(ids), device=device).unsqueeze(0)
+        try:
+            with torch.inference_mode():
+                if want_logits:
+                    out = self.model(input_ids=input_ids, position_ids=positions, past_key_values=cache,
+                                     kv_cache=cache, use_cache=True, logits_to_keep=1)
+                    logits = out.logits[0, -1]
+                else:
+                    self.model.model(input_ids=input_ids, position_ids=positions, past_key_values=cache,
+                                     kv_cache=cache, use_cache=True)
+                    logits = None
+        except torch.OutOfMemoryError as err:
+            cache.truncate(start)
+            torch.cuda.empty_cache()
+            raise OutOfMemory(f"the GPU ran out of memory running {len(ids):,} tokens at position {start:,}; "
+                              f"the cached corpus ({start:,} tokens) is kept. Try a smaller chunk "
+                              f"(--chunk-tokens) or fp8 KV.") from err
+        cache.commit()
+        return logits
+
+    def _ensure_cache(self, needed: int, kv_dtype: str) -> None:
+        """Have a cache of the right storage that holds `needed` tokens, keeping the shared prefix."""
+        capacity = min(self.window, needed + self.reserve)
+        if self.cache is not None and self.cache.storage != kv_dtype:
+            self.drop_cache()
+        if self.cache is None:
+            self.cache = KVCache(self.layer_devices, self.shape.kv_heads, self.shape.head_dim, capacity, kv_dtype,
+                                 compute_dtype=self.dtype)
+        elif capacity > self.cache.capacity:
+            self.cache.grow(capacity)
+
+    def drop_cache(self) -> None:
+        """Free the KV cache (and forget the cached corpus)."""
+        self.cache, self.cached_ids, self.corpus_ids = None, [], []
+        if self.on_gpu:
+            torch.cuda.empty_cache()
+
+    def load_corpus(self, corpus_ids, *, system_prompt: str | None = None, progress=None,
+                    cancel: threading.Event | None = None) -> LoadStats:
+        """Prefill system prompt + corpus into the cache, reusing whatever prefix is already there.
+
+        Raises CorpusTooLarge before running anything if the plan says it cannot fit, and Cancelled if
+        `cancel` is set (what was prefilled so far stays cached and is reused by the next call).
+        """
+        with self._lock:
+            if system_prompt is not None:
+                self.system_prompt = system_prompt
+            self.corpus_ids = list(corpus_ids)
+            prefix = self.prompt_prefix(self.corpus_ids)
+            layout = self.plan(len(prefix))
+            if not layout.fits:
+                raise CorpusTooLarge(layout.reason + ". " + _fit_advice(layout))
+            reused = _common_prefix(self.cached_ids, prefix)
+            if self.cache is not None and self.cache.storage != layout.kv_dtype:
+                reused = 0
+            self._ensure_cache(len(prefix), layout.kv_dtype)
+            self.cache.truncate(reused)
+            self.cached_ids = prefix[:reused]
+            self.counters.corpus_loads += 1
+            started = time.perf_counter()
+            for start in range(reused, len(prefix), self.chunk_tokens):
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled(f"prefill stopped at {start:,} of {len(prefix):,} tokens; "
+                                    "loading again resumes from there")
+                chunk = prefix[start:start + self.chunk_tokens]
+                self._forward(chunk, want_logits=False)
+                self.cached_ids.extend(chunk)
+                self.counters.corpus_tokens_prefilled += len(chunk)
+                if progress is not None:
+                    _synchronize(self.on_gpu)
+                    done, elapsed = start + len(chunk), time.perf_counter() - started
+                    rate = (done - reused) / max(elapsed, 1e-9)
+                    progress(PrefillProgress(done, len(prefix), rate, (len(prefix) - done) / max(rate, 1e-9)))
+            _synchronize(self.on_gpu)
+            seconds = time.perf_counter() - started
+            fresh = len(prefix) - reused
+            return LoadStats(len(prefix), reused, seconds, fresh / seconds if fresh else 0.0, layout.kv_dtype)
+
+    def load(self, corpus, *, system_prompt: str | None = None, progress=None, cancel=None) -> LoadStats:
+        """Load an ingested corpus (`ingest.Corpus`, tokenized with this engine's tokenizer)."""
+        return self.load_corpus(corpus.token_ids(), system_prompt=system_prompt, progress=progress, cancel=cancel)
+
+    @property
+    def corpus_tokens(self) -> int:
+        return len(self.cached_ids)
+
+    def ask(self, question: str, history=(), settings: Settings | None = None,
+            cancel: threading.Event | None = None):
+        """Stream an answer to `question` about the loaded corpus.
+
+        Yields text pieces, then one AnswerStats. Earlier turns (`history`, a list of Turn) are kept while
+        they fit, oldest dropped first. The cache is rolled back to the corpus afterwards, whatever happens.
+        """
+        settings = settings or Settings()
+        with self._lock:
+            if self.cache is None or not self.cached_ids or len(self.cached_ids) < len(self.corpus_ids):
+                raise NoCorpus("no corpus is loaded (or its loading was stopped): load it before asking")
+            corpus_end = len(self.cached_ids)
+            history, dropped, suffix = self._fit_turns(question, list(history), settings.max_new_tokens)
+            started = time.perf_counter()
+            generator = None
+            if settings.seed is not None:
+                generator = torch.Generator(device=self.layer_devices[-1]).manual_seed(settings.seed)
+            decoder, reason = StreamDecoder(self.tokenizer), "length"
+            first_token_at = None
+            try:
+                logits = None
+                for start in range(0, len(suffix), self.chunk_tokens):
+                    piece = suffix[start:start + self.chunk_tokens]
+                    logits = self._forward(piece, want_logits=start + len(piece) == len(suffix))
+                self.counters.question_tokens_prefilled += len(suffix)
+                for _ in range(settings.max_new_tokens):
+                    if cancel is not None and cancel.is_set():
+                        reason = "cancelled"
+                        break
+                    token = sample(logits, settings.temperature, settings.top_p, generator)
+                    if first_token_at is None:
+                        first_token_at = time.perf_counter()
+                    if token in self.stop_ids:
+                        reason = "stop"
+                        break
+                    self.counters.tokens_decoded += 1
+                    text = decoder.push(token)
+                    if text:
+                        yield text
+                    if len(decoder.ids) == settings.max_new_tokens or self.cache.length >= self.cache.capacity:
+                        break
+                    logits = self._forward([token], want_logits=True)
+                tail = decoder.flush()
+                if tail:
+                    yield tail
+            finally:
+                self.cache.truncate(corpus_end)
+            now = time.perf_counter()
+            first = first_token_at or now
+            decode_s = now - first
+            n = len(decoder.ids)
+            yield AnswerStats(corpus_end + len(suffix), corpus_end, n, first - started,
+                              (n - 1) / decode_s if n > 1 and decode_s > 0 else 0.0, reason, dropped)
+
+    def _fit_turns(self, question: str, history: list[Turn], max_new_tokens: int):
+        """Encode the question after as many recent turns as the cache has room for."""
+        room = self.cache.capacity - len(self.cached_ids)
+        for dropped in range(len(history) + 1):
+            kept = history[dropped:]
+            ids = encode_prompt(self.tokenizer, self.corpus_ids, question, kept, self.system_prompt)
+            if ids.prefix != self.cached_ids:
+                raise RuntimeError("the prompt prefix does not match the cached corpus")  # an internal defect
+            if len(ids.suffix) + min(max_new_tokens, 64) <= room:
+                return kept, dropped, ids.suffix
+        raise CorpusTooLarge(f"the question is {len(ids.suffix):,} tokens; only {room:,} are left after the "
+                             f"corpus in the {self.cache.capacity:,}-token cache")
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def _synchronize(on_gpu: bool) -> None:
+    if on_gpu:
+        torch.cuda.synchronize()
+
+
+def _fit_advice(layout: planner.Plan) -> str:
+    tips = []
+    if layout.kv_dtype in ("bf16", "fp32"):
+        tips.append("fp8 KV (--kv-dtype fp8) halves the cache")
+    tips.append("more GPUs spread the layers")
+    tips.append(f"or remove files to get under {layout.max_tokens:,} tokens")
+    return "To make it fit: " + "; ".join(tips) + "."

@@ -1,0 +1,32 @@
+"""Errors meant for the person using the app. Each carries the numbers needed to act on it.
+
+Anything else that escapes the engine is an internal defect, not a user error.
+"""
+
+
+class OmnibusError(Exception):
+    """Base of every error the UI and CLI show to the user as it is."""
+
+
+class ModelLoadError(OmnibusError):
+    """The model or its tokenizer could not be loaded."""
+
+
+class CorpusTooLarge(OmnibusError):
+    """The corpus (plus room for questions) exceeds the model window or what the devices hold."""
+
+
+class NoCorpus(OmnibusError):
+    """A question was asked before a corpus was (fully) loaded."""
+
+
+class OutOfMemory(OmnibusError):
+    """A device ran out of memory mid-run; the cached corpus is kept."""
+
+
+class Cancelled(OmnibusError):
+    """The user stopped a prefill or an answer."""
+
+
+class BackendError(OmnibusError):
+    """A remote inference server failed or refused a request."""

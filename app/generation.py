@@ -1,0 +1,54 @@
+"""Token sampling and UTF-8-safe incremental detokenization for streamed answers."""
+
+from __future__ import annotations
+
+import torch
+
+
+def sample(logits: torch.Tensor, temperature: float, top_p: float, generator=None) -> int:
+    """Next token from logits [V]: greedy at temperature 0, else nucleus sampling."""
+    if temperature <= 0:
+        return int(logits.argmax())
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(descending=True)
+        keep = sorted_probs.cumsum(-1) - sorted_probs < top_p  # always keeps the most likely token
+        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+class StreamDecoder:
+    """Turns a growing list of token ids into text pieces, never splitting a UTF-8 character.
+
+    It re-decodes only a short window of recent ids: text is emitted once the window decodes without a
+    trailing replacement character, so multi-byte characters spread over several tokens come out whole.
+    """
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.prefix_offset = 0  # start of the window that gives context to the decoder
+        self.read_offset = 0  # ids before this have been emitted
+
+    def _decode(self, ids) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    def push(self, token: int) -> str:
+        """Add one token; return the newly complete text (possibly empty)."""
+        self.ids.append(token)
+        before = self._decode(self.ids[self.prefix_offset:self.read_offset])
+        after = self._decode(self.ids[self.prefix_offset:])
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
+            return after[len(before):]
+        return ""
+
+    def flush(self) -> str:
+        """Whatever is left at the end (an incomplete character shows as U+FFFD)."""
+        before = self._decode(self.ids[self.prefix_offset:self.read_offset])
+        after = self._decode(self.ids[self.prefix_offset:])
+        self.prefix_offset = self.read_offset = len(self.ids)
+        return after[len(before):]
+
+    def text(self) -> str:
+        return self._decode(self.ids)

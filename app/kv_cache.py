@@ -1,0 +1,134 @@
+"""A preallocated KV cache for one long sequence: the corpus prefix, then one question at a time.
+
+Each layer's buffers are allocated once, on that layer's device, and never grow by concatenation.
+Storage is bf16, or fp8 (e4m3) with one bf16 scale per token and KV head.
+
+A forward pass writes its keys and values at `length` through `update`; `commit` makes them part of the
+sequence afterwards. A pass that fails or is cancelled before `commit` leaves the committed sequence as it
+was, and `truncate` rolls the sequence back to any shorter length (the corpus, after an answer).
+"""
+
+from __future__ import annotations
+
+import torch
+
+FP8 = torch.float8_e4m3fn
+FP8_MAX = 448.0
+STORAGE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp8": FP8}  # fp32: exactness tests on CPU
+
+
+def quantize_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-(head, token) symmetric fp8 quantisation. x: [B, H, T, D] -> (values [B, H, T, D], scales [B, H, T])."""
+    amax = x.abs().amax(dim=-1).float().clamp(min=1e-8)
+    scale = (amax / FP8_MAX).to(torch.bfloat16)  # rounded first, so dequantising uses exactly this scale
+    values = (x.float() / scale.float().unsqueeze(-1)).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+    return values, scale
+
+
+def dequantize_fp8(values: torch.Tensor, scale: torch.Tensor, dtype=torch.bfloat16) -> torch.Tensor:
+    """Inverse of `quantize_fp8`: values [B, H, T, D], scale [B, H, T] -> [B, H, T, D] in `dtype`."""
+    return (values.to(torch.float32) * scale.to(torch.float32).unsqueeze(-1)).to(dtype)
+
+
+class LayerKV:
+    """One layer's key and value storage, [1, H_kv, capacity, D], plus fp8 scales [1, H_kv, capacity]."""
+
+    def __init__(self, kv_heads: int, head_dim: int, capacity: int, storage: str, device, compute_dtype):
+        dtype = STORAGE_DTYPES[storage]
+        self.keys = torch.empty(1, kv_heads, capacity, head_dim, dtype=dtype, device=device)
+        self.values = torch.empty_like(self.keys)
+        self.fp8 = storage == "fp8"
+        if self.fp8:
+            self.key_scales = torch.empty(1, kv_heads, capacity, dtype=torch.bfloat16, device=device)
+            self.value_scales = torch.empty_like(self.key_scales)
+        self.compute_dtype = compute_dtype
+
+    def write(self, start: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store k, v ([1, H_kv, T, D]) at positions start..start+T."""
+        end = start + k.shape[2]
+        if self.fp8:
+            self.keys[:, :, start:end], self.key_scales[:, :, start:end] = quantize_fp8(k)
+            self.values[:, :, start:end], self.value_scales[:, :, start:end] = quantize_fp8(v)
+        else:
+            self.keys[:, :, start:end] = k
+            self.values[:, :, start:end] = v
+
+    def read(self, start: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of positions start..end in the compute dtype (views when storage matches it)."""
+        if not self.fp8:
+            k, v = self.keys[:, :, start:end], self.values[:, :, start:end]
+            return k.to(self.compute_dtype), v.to(self.compute_dtype)  # no copy when the dtypes match
+        return (
+            dequantize_fp8(self.keys[:, :, start:end], self.key_scales[:, :, start:end], self.compute_dtype),
+            dequantize_fp8(self.values[:, :, start:end], self.value_scales[:, :, start:end], self.compute_dtype),
+        )
+
+    def copy_prefix(self, other: "LayerKV", length: int) -> None:
+        """Copy the first `length` positions of `other` (same storage) into this layer."""
+        self.keys[:, :, :length] = other.keys[:, :, :length]
+        self.values[:, :, :length] = other.values[:, :, :length]
+        if self.fp8:
+            self.key_scales[:, :, :length] = other.key_scales[:, :, :length]
+            self.value_scales[:, :, :length] = other.value_scales[:, :, :length]
+
+    def nbytes(self) -> int:
+        tensors = [self.keys, self.values] + ([self.key_scales, self.value_scales] if self.fp8 else [])
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
+class KVCache:
+    """The whole model's KV cache for one sequence of up to `capacity` tokens.
+
+    It is passed to the model as `past_key_values` (transformers calls `update` from every attention layer)
+    and to the attention function as `kv_cache`, which reads the committed prefix from it.
+    """
+
+    def __init__(self, layer_devices, kv_heads: int, head_dim: int, capacity: int, storage: str = "bf16",
+                 compute_dtype=torch.bfloat16):
+        if storage not in STORAGE_DTYPES:
+            raise ValueError(f"KV storage must be one of {sorted(STORAGE_DTYPES)}, not {storage!r}")
+        self.storage = storage
+        self.capacity = capacity
+        self.kv_heads, self.head_dim, self.compute_dtype = kv_heads, head_dim, compute_dtype
+        self.layers = [LayerKV(kv_heads, head_dim, capacity, storage, d, compute_dtype) for d in layer_devices]
+        self.length = 0  # committed tokens
+        self.pending = 0  # tokens written by the pass in flight, not yet committed
+
+    # -- the transformers Cache protocol, as far as the Llama forward uses it --
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        """Write this pass's keys/values ([1, H_kv, T, D]) after the committed prefix; return them unchanged."""
+        t = key_states.shape[2]
+        if self.length + t > self.capacity:
+            raise ValueError(f"KV cache holds {self.capacity:,} tokens; {self.length + t:,} were asked for")
+        self.layers[layer_idx].write(self.length, key_states, value_states)
+        self.pending = t
+        return key_states, value_states
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.length
+
+    # -- sequence bookkeeping --
+    def commit(self) -> None:
+        """Make the last pass's tokens part of the sequence."""
+        self.length += self.pending
+        self.pending = 0
+
+    def truncate(self, length: int) -> None:
+        """Roll the sequence back to its first `length` tokens (the stored values stay, unused)."""
+        if not 0 <= length <= self.length + self.pending:
+            raise ValueError(f"cannot truncate a {self.length}-token cache to {length}")
+        self.length, self.pending = length, 0
+
+    def grow(self, capacity: int) -> None:
+        """Reallocate for `capacity` tokens, keeping the committed prefix (one layer at a time)."""
+        if capacity <= self.capacity:
+            return
+        for i, old in enumerate(self.layers):
+            new = LayerKV(self.kv_heads, self.head_dim, capacity, self.storage, old.keys.device, self.compute_dtype)
+            new.copy_prefix(old, self.length)
+            self.layers[i] = new
+            del old
+        self.capacity = capacity
+
+    def nbytes(self) -> int:
+        return sum(layer.nbytes() for layer in self.layers)

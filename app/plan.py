@@ -1,0 +1,202 @@
+"""The memory and time planner: how many tokens fit, where they live, and how long a prefill takes.
+
+Everything here is arithmetic on the model config and the devices' memory, so the app can refuse a corpus
+that cannot fit *before* anything runs, with the numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+GiB = 1024**3
+CONTEXT_RESERVE_BYTES = int(1.0 * GiB)  # CUDA context, allocator slack, cuBLAS workspaces (per GPU)
+QUESTION_RESERVE_TOKENS = 8192  # room kept after the corpus for the question, earlier turns and the answer
+KV_ELEMENT_BYTES = {"fp32": 4, "bf16": 2, "fp8": 1}
+WEIGHT_ELEMENT_BYTES = {"fp32": 4, "bf16": 2, "fp8": 1}
+
+# Sustained rates used for time estimates, in FLOP/s: (linear layers, attention). Measured with
+# bench/engine.py (see BENCHMARKS.md); a device not listed uses the closest kind.
+THROUGHPUT = {
+    "H100": (600e12, 320e12),
+    "H200": (620e12, 330e12),
+    "cuda": (300e12, 150e12),
+    "cpu": (0.15e12, 0.05e12),
+}
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    layers: int
+    hidden: int
+    intermediate: int
+    q_heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    window: int
+    tied_embeddings: bool = False
+
+    @classmethod
+    def from_config(cls, config) -> "ModelShape":
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        return cls(config.num_hidden_layers, config.hidden_size, config.intermediate_size,
+                   config.num_attention_heads, config.num_key_value_heads, head_dim, config.vocab_size,
+                   config.max_position_embeddings, bool(getattr(config, "tie_word_embeddings", False)))
+
+    def layer_params(self) -> int:
+        attn = self.hidden * self.head_dim * (2 * self.q_heads + 2 * self.kv_heads)
+        return attn + 3 * self.hidden * self.intermediate + 2 * self.hidden
+
+    def params(self) -> int:
+        embeddings = self.vocab * self.hidden * (1 if self.tied_embeddings else 2)
+        return self.layers * self.layer_params() + embeddings + self.hidden
+
+    def kv_bytes_per_token_layer(self, kv_dtype: str) -> int:
+        scales = 2 * self.kv_heads * 2 if kv_dtype == "fp8" else 0  # one bf16 scale per token and head, K and V
+        return 2 * self.kv_heads * self.head_dim * KV_ELEMENT_BYTES[kv_dtype] + scales
+
+    def workspace_bytes(self, chunk: int, kv_dtype: str, fp8_block: int = 65_536) -> int:
+        """Peak temporaries of one prefill chunk on one device (activations, attention merges, logits)."""
+        qd = self.q_heads * self.head_dim
+        per_token = self.hidden * 2 * 6 + qd * (4 * 4 + 2 * 4) + self.intermediate * 2 * 4
+        dequant = 2 * fp8_block * self.kv_heads * self.head_dim * 2 if kv_dtype == "fp8" else 0
+        return chunk * per_token + dequant + self.vocab * 4 * 2
+
+    def prefill_flops(self, tokens: int, start: int = 0) -> tuple[float, float]:
+        """(linear, attention) FLOPs to prefill positions start..tokens."""
+        linear = 2.0 * self.layers * self.layer_params() * (tokens - start) + 2.0 * self.vocab * self.hidden
+        attention = 2.0 * (tokens**2 - start**2) * self.q_heads * self.head_dim * self.layers
+        return linear, attention
+
+
+@dataclass
+class Device:
+    name: str  # e.g. "NVIDIA H100 80GB HBM3" or "cpu"
+    total_bytes: int
+    free_bytes: int
+
+
+@dataclass
+class DevicePlan:
+    name: str
+    layers: int
+    weights_gib: float
+    kv_gib: float
+    workspace_gib: float
+    free_gib: float
+
+
+@dataclass
+class Plan:
+    tokens: int
+    kv_dtype: str
+    weight_dtype: str
+    fits: bool
+    max_tokens: int  # the most corpus tokens these devices hold with this KV dtype (within the window)
+    window: int
+    prefill_seconds: float
+    decode_tokens_per_s: float
+    devices: list[DevicePlan] = field(default_factory=list)
+    reason: str = ""
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        """One line for people: tokens against capacity, memory and time."""
+        mem = ", ".join(f"{d.name}: {d.weights_gib:.1f} GiB weights + {d.kv_gib:.1f} GiB KV" for d in self.devices)
+        verdict = "fits" if self.fits else "does NOT fit"
+        return (f"{self.tokens:,} tokens {verdict} ({self.kv_dtype} KV, up to {self.max_tokens:,}); {mem}; "
+                f"prefill ≈ {format_seconds(self.prefill_seconds)}, decode ≈ {self.decode_tokens_per_s:.0f} tokens/s")
+
+
+def format_seconds(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.1f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def split_layers(layers: int, devices: int) -> list[int]:
+    """Layers per device for an even split (the first devices take the remainder)."""
+    base, extra = divmod(layers, devices)
+    return [base + (1 if i < extra else 0) for i in range(devices)]
+
+
+def _rates(device_name: str) -> tuple[float, float]:
+    for key in ("H200", "H100"):
+        if key in device_name:
+            return THROUGHPUT[key]
+    return THROUGHPUT["cpu" if device_name == "cpu" else "cuda"]
+
+
+def estimate_prefill_seconds(shape: ModelShape, tokens: int, device_name: str, start: int = 0) -> float:
+    linear_rate, attention_rate = _rates(device_name)
+    linear, attention = shape.prefill_flops(tokens, start)
+    return linear / linear_rate + attention / attention_rate
+
+
+def plan(shape: ModelShape, tokens: int, devices: list[Device], kv_dtype: str = "auto", weight_dtype: str = "bf16",
+         chunk: int = 16_384, reserve: int = QUESTION_RESERVE_TOKENS) -> Plan:
+    """Plan a corpus of `tokens` on `devices` (layers split evenly). kv_dtype "auto" picks bf16 if it fits, else fp8."""
+    if kv_dtype == "auto":
+        choices = ["bf16", "fp8"] if devices[0].name != "cpu" else ["fp32"]
+        plans = [plan(shape, tokens, devices, k, weight_dtype, chunk, reserve) for k in choices]
+        return next((p for p in plans if p.fits), plans[-1])
+    per_device_layers = split_layers(shape.layers, len(devices))
+    weight_bytes = WEIGHT_ELEMENT_BYTES[weight_dtype]
+    embed_bytes = shape.vocab * shape.hidden * weight_bytes
+    capacity, device_plans = math.inf, []
+    for i, (device, layers) in enumerate(zip(devices, per_device_layers)):
+        weights = layers * shape.layer_params() * weight_bytes
+        weights += embed_bytes * ((i == 0) + (i == len(devices) - 1 and not shape.tied_embeddings))
+        workspace = shape.workspace_bytes(min(chunk, max(tokens, 1)), kv_dtype)
+        room = device.free_bytes - weights - workspace - (CONTEXT_RESERVE_BYTES if device.name != "cpu" else 0)
+        per_token = layers * shape.kv_bytes_per_token_layer(kv_dtype)
+        capacity = min(capacity, max(room, 0) // per_token if per_token else math.inf)
+        device_plans.append(DevicePlan(device.name, layers, weights / GiB, per_token * (tokens + reserve) / GiB,
+                                       workspace / GiB, device.free_bytes / GiB))
+    max_tokens = int(min(capacity - reserve, shape.window - reserve))
+    fits = tokens <= max_tokens
+    reason = ""
+    if tokens + reserve > shape.window:
+        reason = (f"the corpus is {tokens:,} tokens; the model window is {shape.window:,} "
+                  f"({reserve:,} kept for the question and answer)")
+    elif not fits:
+        reason = (f"the corpus is {tokens:,} tokens; {len(devices)} device(s) hold {max(max_tokens, 0):,} "
+                  f"with {kv_dtype} KV")
+    name = devices[0].name
+    kv_total = shape.layers * shape.kv_bytes_per_token_layer(kv_dtype) * tokens
+    bandwidth = 3.0e12 if name != "cpu" else 20e9
+    decode_rate = bandwidth / (shape.params() * weight_bytes + kv_total)
+    return Plan(tokens, kv_dtype, weight_dtype, fits, max(max_tokens, 0), shape.window,
+                estimate_prefill_seconds(shape, tokens, name), decode_rate, device_plans, reason)
+
+
+def local_devices() -> list[Device]:
+    """The CUDA GPUs present with their free memory, or the CPU (with the machine's available RAM)."""
+    import torch
+
+    if torch.cuda.is_available():
+        out = []
+        for i in range(torch.cuda.device_count()):
+            free, total = torch.cuda.mem_get_info(i)
+            out.append(Device(torch.cuda.get_device_name(i), total, free))
+        return out
+    try:
+        with open("/proc/meminfo") as f:
+            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f}
+        total, free = info["MemTotal"], info.get("MemAvailable", info["MemFree"])
+    except OSError:
+        total = free = 8 * GiB
+    return [Device("cpu", total, free)]
+
+
+def parse_gpus(spec: str) -> list[Device]:
+    """'4x80' -> four 80 GiB GPUs (named H100 for the time estimate); '2x141' -> two H200-sized GPUs."""
+    count, _, size = spec.lower().partition("x")
+    gib = float(size) * GiB
+    name = "H200 (planned)" if float(size) > 100 else "H100 (planned)"
+    return [Device(name, int(gib), int(gib)) for _ in range(int(count))]

@@ -15,7 +15,7 @@ def test_json_and_out(tmp_path, capsys):
     assert set(report) == {"total_tokens", "documents", "skipped"}
     assert report["documents"][1] == {"source": "docs/a.py", "kind": "code", "pages": None,
                                       "tokens": report["documents"][1]["tokens"], "chars": 76}
-    assert report["skipped"] == [{"source": "docs/b.bin", "reason": "binary file"}]
+    assert report["skipped"] == [{"source": "docs/b.bin", "reason": "binary file (.bin)"}]
     text = out.read_text(encoding="utf-8")
     assert "   1| x = 1\n" in text
     ids = load_tokenizer()(text, add_special_tokens=False, split_special_tokens=True).input_ids

@@ -1,0 +1,213 @@
+"""What the app's buttons do, in plain Python: add and remove files, load the corpus, ask, export.
+
+Nothing here imports gradio, so the tests call these directly with the real demo model. `app.ui` wires
+them to the page and turns `OmnibusError`s into messages. One `Workbench` holds the one backend that every
+browser shares; each browser has its own `Session` (its corpus, its conversation, its Stop button).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from app.engine import AnswerStats, Settings
+from app.errors import NoCorpus
+from app.prompt import DEFAULT_SYSTEM_PROMPT, Turn
+from ingest import build_corpus
+
+
+@dataclass
+class Exchange:
+    """One question, its answer and how it was produced."""
+
+    question: str
+    answer: str
+    stats: AnswerStats | None = None
+
+
+class Session:
+    """One browser's corpus and conversation. `cancel` stops whatever this browser is running.
+
+    A plain class, not a dataclass: Gradio would try to serialise a dataclass state into the page.
+    """
+
+    def __init__(self):
+        self.corpus = None  # ingest.Corpus, or None before the first file
+        self.exchanges: list[Exchange] = []
+        self.loaded_tokens = 0  # corpus tokens this session last loaded into the model (0: not loaded)
+        self.cancel = threading.Event()
+
+    def __deepcopy__(self, memo):
+        # Gradio deep-copies a state's starting value for each new browser; a fresh session is that copy.
+        return Session()
+
+    @property
+    def sources(self) -> list[str]:
+        return [doc.source for doc in self.corpus.documents] if self.corpus else []
+
+    @property
+    def is_loaded(self) -> bool:
+        return self.corpus is not None and self.loaded_tokens == self.corpus.total_tokens > 0
+
+
+class Workbench:
+    """The handlers, bound to one backend (`app.backend.open_backend`)."""
+
+    def __init__(self, backend):
+        self.backend = backend
+
+    # -- the corpus --
+    def add_files(self, session: Session, paths, progress=None) -> Session:
+        """Ingest `paths` (files, folders, archives) after the session's current documents."""
+        paths = [str(p) for p in paths or [] if p]
+        if not paths:
+            return session
+        report = (lambda p: progress(p.files_done, p.files_total, p.current)) if progress else None
+        session.corpus = build_corpus(paths, tokenizer=self.backend.tokenizer, progress=report,
+                                      base=session.corpus)
+        return session
+
+    def remove_files(self, session: Session, sources) -> Session:
+        """Drop documents by their source name; an emptied corpus becomes no corpus."""
+        if session.corpus is not None and sources:
+            session.corpus = session.corpus.without(sources)
+            if not session.corpus.documents:
+                session.corpus = None
+        return session
+
+    def new_corpus(self, session: Session) -> Session:
+        """Forget this session's documents and conversation (the model's cache is left for reuse)."""
+        session.corpus, session.exchanges, session.loaded_tokens = None, [], 0
+        return session
+
+    def plan(self, session: Session, system_prompt: str = DEFAULT_SYSTEM_PROMPT):
+        """The planner's verdict on this corpus (plus the instructions), or None with no corpus."""
+        if session.corpus is None:
+            return None
+        return self.backend.plan(session.corpus.total_tokens + self.prompt_overhead(system_prompt))
+
+    def prompt_overhead(self, system_prompt: str) -> int:
+        """Tokens the system prompt and chat template add before the documents (an estimate)."""
+        tokenizer = self.backend.tokenizer
+        if tokenizer is None:
+            return len(system_prompt) // 3 + 32
+        return len(tokenizer(system_prompt or "", add_special_tokens=False)["input_ids"]) + 32
+
+    # -- the model --
+    def load(self, session: Session, system_prompt: str = DEFAULT_SYSTEM_PROMPT, progress=None):
+        """Prefill this session's corpus. Raises NoCorpus, CorpusTooLarge (before running) or Cancelled.
+
+        Cheap when the model already holds it; resumes a stopped load; an extended corpus costs only its
+        new tokens. `progress` receives `PrefillProgress` reports. Returns `LoadStats`.
+        """
+        if session.corpus is None or not session.corpus.documents:
+            raise NoCorpus("there are no documents yet: add some files first")
+        session.cancel = threading.Event()
+        session.loaded_tokens = 0
+        stats = self.backend.load(session.corpus, system_prompt=system_prompt or DEFAULT_SYSTEM_PROMPT,
+                                  progress=progress, cancel=session.cancel)
+        session.loaded_tokens = session.corpus.total_tokens
+        return stats
+
+    def ask(self, session: Session, question: str, settings: Settings | None = None,
+            system_prompt: str = DEFAULT_SYSTEM_PROMPT, progress=None):
+        """Load (a no-op when the model already holds this corpus), then stream `answer`.
+
+        Another browser may have loaded its own corpus since; then this one is loaded again, reported
+        through `progress`.
+        """
+        if not (question or "").strip():
+            raise NoCorpus("type a question first")
+        self.load(session, system_prompt, progress)
+        yield from self.answer(session, question, settings)
+
+    def answer(self, session: Session, question: str, settings: Settings | None = None):
+        """Stream the answer to `question` after the session's earlier exchanges (the corpus must be loaded).
+
+        Yields the answer so far after each piece. The finished `Exchange`, with its `AnswerStats`, is
+        appended to `session.exchanges`, also when the answer is stopped or the page goes away.
+        """
+        question = question.strip()
+        history = [Turn(e.question, e.answer) for e in session.exchanges]
+        exchange = Exchange(question, "")
+        pieces = self.backend.ask(question, history, settings or Settings(), cancel=session.cancel)
+        try:
+            for piece in pieces:
+                if isinstance(piece, AnswerStats):
+                    exchange.stats = piece
+                else:
+                    exchange.answer += piece
+                    yield exchange.answer
+        finally:
+            close = getattr(pieces, "close", None)
+            if close is not None:
+                close()  # rolls the model's cache back to the corpus even if the page went away
+            session.exchanges.append(exchange)
+        yield exchange.answer
+
+    def regenerate(self, session: Session, settings: Settings | None = None,
+                   system_prompt: str = DEFAULT_SYSTEM_PROMPT, progress=None):
+        """Ask the last question again, replacing its answer."""
+        if not session.exchanges:
+            raise NoCorpus("there is no answer to regenerate yet")
+        last = session.exchanges.pop()
+        try:
+            self.load(session, system_prompt, progress)
+        except BaseException:
+            session.exchanges.append(last)
+            raise
+        yield from self.answer(session, last.question, settings)
+
+    def stop(self, session: Session) -> None:
+        """Stop this session's load or answer at the next token or chunk."""
+        session.cancel.set()
+
+    def clear_chat(self, session: Session) -> Session:
+        """Forget the conversation; the documents stay loaded."""
+        session.exchanges = []
+        return session
+
+    # -- export --
+    def conversation(self, session: Session) -> dict:
+        """The conversation as one JSON-ready record: model, documents, exchanges with their timings."""
+        documents = [doc.to_json() for doc in session.corpus.documents] if session.corpus else []
+        exchanges = []
+        for e in session.exchanges:
+            record = {"question": e.question, "answer": e.answer}
+            if e.stats is not None:
+                record["stats"] = {"time_to_first_token_s": round(e.stats.ttft_s, 3),
+                                   "tokens_per_s": round(e.stats.tokens_per_s, 1),
+                                   "new_tokens": e.stats.new_tokens, "finish_reason": e.stats.finish_reason}
+            exchanges.append(record)
+        return {"model": self.backend.model_name, "exported": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "documents": documents, "exchanges": exchanges}
+
+    def export(self, session: Session, folder: Path, kind: str) -> Path:
+        """Write the conversation as Markdown ("md") or JSON ("json") into `folder`; return the file."""
+        record = self.conversation(session)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"omnibus-conversation.{kind}"
+        if kind == "json":
+            path.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        else:
+            path.write_text(markdown(record), encoding="utf-8")
+        return path
+
+
+def markdown(record: dict) -> str:
+    """A conversation record (`Workbench.conversation`) as a Markdown document."""
+    lines = ["# Omnibus conversation", "", f"Model: {record['model']}  ", f"Exported: {record['exported']}", ""]
+    if record["documents"]:
+        lines += ["## Documents", ""]
+        lines += [f"- {d['source']} ({d['kind']}, {d['tokens']:,} tokens)" for d in record["documents"]]
+        lines.append("")
+    for e in record["exchanges"]:
+        lines += [f"## Q: {e['question']}", "", e["answer"].strip(), ""]
+        if "stats" in e:
+            s = e["stats"]
+            lines += [f"*First word after {s['time_to_first_token_s']:.2f} s; {s['new_tokens']} tokens at "
+                      f"{s['tokens_per_s']:.1f} tokens/s.*", ""]
+    return "\n".join(lines)

@@ -1,0 +1,139 @@
+"""Words and tables the page shows: the document list, the context meter, progress and timing lines.
+
+Plain functions from engine and ingest objects to strings and rows, written for someone who has never
+heard of a token or a KV cache. No gradio here.
+"""
+
+from __future__ import annotations
+
+from html import escape
+
+from app.plan import QUESTION_RESERVE_TOKENS, format_seconds
+
+DOCUMENT_HEADERS = ["#", "File", "Kind", "Pages", "Tokens"]
+SKIPPED_HEADERS = ["File", "Why it was left out"]
+KIND_NAMES = {"pdf": "PDF", "docx": "Word", "text": "text", "code": "code"}
+TOKEN_HINT = "a token is about ¾ of a word"
+
+
+def banner(backend) -> str:
+    """Markdown naming the model; for the CPU demo model, how to run the real one."""
+    if backend.model_name == "demo":
+        return ("⚠️ **You are running the small demo model on the CPU** (SmolLM2-135M, reads at most "
+                f"{backend.window:,} tokens, about 10 pages). It is here so you can try the app; its answers "
+                "are simple. For the real model, run Omnibus on a computer with an NVIDIA GPU: "
+                "`python3 launch.py --model ultralong-1m` (or leave `--model` out to pick the largest "
+                "that fits).")
+    where = "a remote server" if backend.name == "openai" else "this computer"
+    return f"**Model:** {backend.model_name} on {where}, reads up to {backend.window:,} tokens at once."
+
+
+def document_rows(corpus) -> list[list]:
+    """One row per document: index, file, kind, pages, tokens."""
+    if corpus is None:
+        return []
+    return [[d.index, d.source, KIND_NAMES.get(d.kind, d.kind), d.pages or "", f"{d.tokens:,}"]
+            for d in corpus.documents]
+
+
+def skipped_rows(corpus) -> list[list]:
+    """One row per file left out, with the reason."""
+    return [[s.source, s.reason] for s in corpus.skipped] if corpus is not None else []
+
+
+def corpus_summary(corpus) -> str:
+    if corpus is None or not corpus.documents:
+        return "No documents yet. Drop files above."
+    count = len(corpus.documents)
+    left_out = f"; {len(corpus.skipped)} left out (see below)" if corpus.skipped else ""
+    return f"**{count} document{'s' * (count != 1)}, {corpus.total_tokens:,} tokens**{left_out}"
+
+
+def _reserve(backend) -> int:
+    return getattr(backend, "reserve", min(QUESTION_RESERVE_TOKENS, backend.window // 8))
+
+
+def _memory_line(plan) -> str:
+    names = {}
+    for d in plan.devices:
+        names[d.name] = names.get(d.name, 0) + 1
+    hardware = ", ".join(f"{n}× {name}" if n > 1 else name for name, n in names.items())
+    if hardware == "cpu":
+        hardware = "this computer's memory (CPU)"
+    return hardware
+
+
+def context_meter(backend, plan) -> str:
+    """HTML: the documents' tokens against the model window and what the hardware holds, and load time."""
+    if plan is None:
+        return ("<div class='meter'><b>Context meter.</b> Once you add documents, this shows how much of the "
+                f"model's reading capacity they use ({TOKEN_HINT}).</div>")
+    reserve = _reserve(backend)
+    window_room = max(plan.window - reserve, 1)
+    limit = max(min(plan.max_tokens, window_room), 1)
+    share = plan.tokens / limit
+    colour = "#2e7d32" if plan.fits and share < 0.8 else "#ef6c00" if plan.fits else "#c62828"
+    bar = (f"<div class='meter-bar'><div style='width:{min(share, 1) * 100:.1f}%;background:{colour}'></div></div>")
+    hardware = _memory_line(plan)
+    memory = ("has room for all of it" if plan.max_tokens >= window_room
+              else f"has room for <b>{plan.max_tokens:,}</b> tokens ({plan.kv_dtype} cache)")
+    lines = [
+        f"<b>{plan.tokens:,}</b> tokens of documents and instructions, {share:.0%} of what can be used "
+        f"({TOKEN_HINT}).",
+        f"The model reads up to <b>{plan.window:,}</b> tokens at once; {reserve:,} of them are kept for your "
+        "questions and its answers.",
+        f"Memory: {escape(hardware)} {memory}.",
+    ]
+    if plan.fits:
+        lines.append(f"Loading will take about <b>{format_seconds(plan.prefill_seconds)}</b>, once; follow-up "
+                     "questions reuse it.")
+        verdict = ""
+    else:
+        verdict = (f"<div class='refusal'><b>This is too much to load.</b> {escape(plan.reason)}.<br>"
+                   f"{escape(fit_advice(backend, plan))}</div>")
+    items = "".join(f"<li>{line}</li>" for line in lines)
+    return f"<div class='meter'><b>Context meter</b>{bar}<ul>{items}</ul>{verdict}</div>"
+
+
+def fit_advice(backend, plan) -> str:
+    """What would make a corpus fit, from the plan's numbers."""
+    tips = [f"remove files to get under {plan.max_tokens:,} tokens"]
+    if plan.max_tokens >= plan.window - _reserve(backend):  # the window is the limit, not memory
+        if backend.model_name != "ultralong-4m":
+            tips.append("use a model with a longer window (restart with --model ultralong-4m)")
+    else:
+        if plan.kv_dtype in ("bf16", "fp32"):
+            tips.append("restart with --kv-dtype fp8, which halves the memory each token needs")
+        tips.append("use more GPUs or GPUs with more memory")
+    return "To make it fit: " + "; or ".join(tips) + "."
+
+
+def load_progress(p) -> str:
+    """One line for a `PrefillProgress` report."""
+    return (f"Reading the documents into the model: {p.done:,} of {p.total:,} tokens · "
+            f"{p.tokens_per_s:,.0f} tokens/s · about {format_seconds(p.eta_s)} left")
+
+
+def load_done(stats) -> str:
+    """One line for `LoadStats`."""
+    if stats.reused >= stats.tokens:
+        return f"✅ Ready: the documents ({stats.tokens:,} tokens) are loaded. Ask away."
+    reused = f" ({stats.reused:,} were already loaded)" if stats.reused else ""
+    return (f"✅ Ready: loaded {stats.tokens - stats.reused:,} tokens in {format_seconds(stats.seconds)} "
+            f"({stats.tokens_per_s:,.0f} tokens/s){reused}. Ask away.")
+
+
+def answer_line(stats) -> str:
+    """How the last answer went: time to first token, speed, why it ended."""
+    if stats is None:
+        return ""
+    parts = [f"First word after **{stats.ttft_s:.2f} s**",
+             f"{stats.new_tokens} tokens at {stats.tokens_per_s:.1f} tokens/s",
+             f"the documents were reused from memory ({stats.cached_tokens:,} tokens, not read again)"]
+    if stats.finish_reason == "length":
+        parts.append("cut off at the answer-length limit (raise it in Settings)")
+    elif stats.finish_reason == "cancelled":
+        parts.append("stopped by you")
+    if stats.dropped_turns:
+        parts.append(f"the {stats.dropped_turns} oldest exchange(s) no longer fit and were left out")
+    return " · ".join(parts)

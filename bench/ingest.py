@@ -32,7 +32,7 @@ STDLIB = Path(os.path.dirname(os.__file__))
 def bench_pdf(pages: int = 400) -> dict:
     from ingest.limits import Limits
     from ingest.pdf import _pages_pdfium, _pages_pypdf
-    from ingest_helpers import make_pdf
+    from test_ingest_helpers import make_pdf
 
     source = (STDLIB / "argparse.py").read_text().splitlines()
     texts = ["\n".join(line[:90] for line in source[(i * 45) % 2000:(i * 45) % 2000 + 45]) for i in range(pages)]

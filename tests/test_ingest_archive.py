@@ -3,7 +3,7 @@ import tarfile
 import zipfile
 
 from ingest import Limits, build_corpus, load_tokenizer
-from ingest_helpers import make_pdf
+from test_ingest_helpers import make_pdf
 
 
 def _corpus(paths, **kwargs):

@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 
 from ingest import build_corpus, load_tokenizer
 from ingest.context import escape_content, prepare_body, wrap
-from ingest_helpers import make_pdf
+from test_ingest_helpers import make_pdf
 
 
 def _corpus(paths, **kwargs):

@@ -1,6 +1,6 @@
 from ingest import build_corpus, load_tokenizer
 from ingest.pdf import assemble
-from ingest_helpers import make_pdf
+from test_ingest_helpers import make_pdf
 
 
 def test_pages_markers_and_spans(tmp_path):

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from ingest import Progress, TokenCounter, build_corpus, load_tokenizer
-from ingest_helpers import make_pdf
+from test_ingest_helpers import make_pdf
 
 STDLIB = Path(os.path.dirname(os.__file__))
 SPECIAL_TEXT = "before <|eot_id|> mid <|start_header_id|>user<|end_header_id|> <|begin_of_text|> after\n"

@@ -21,7 +21,7 @@ from app import ui_views as views
 from app.engine import Settings
 from app.errors import Cancelled, OmnibusError
 from app.prompt import DEFAULT_SYSTEM_PROMPT
-from app.ui_auth import AuthError, decide
+from app.ui_auth import Access, AuthError, decide
 from app.ui_handlers import Session, Workbench
 
 CSS = """
@@ -259,6 +259,18 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def start(args: argparse.Namespace, backend, access: Access) -> gr.Blocks:
+    """Build the app for `backend` and serve it in the background as `args` ask; return it running."""
+    demo = build(Workbench(backend), args.max_upload_mb)
+    demo.queue(default_concurrency_limit=1)
+    demo.launch(server_name="0.0.0.0" if args.listen else "127.0.0.1", server_port=args.port, share=args.share,
+                auth=access.credentials, max_file_size=f"{args.max_upload_mb}mb", inbrowser=args.inbrowser,
+                auth_message="Log in with the user and password printed where Omnibus was started.",
+                prevent_thread_lock=True, quiet=True, ssr_mode=False, footer_links=["api"], css=CSS,
+                theme=gr.themes.Soft())
+    return demo
+
+
 def main(argv: list[str]) -> int:
     """Start the app: load the model, serve on 127.0.0.1 (or the network), print the address, block."""
     args = parse_args(argv)
@@ -278,14 +290,8 @@ def main(argv: list[str]) -> int:
     except OmnibusError as err:
         _say(f"error: {err}")
         return 1
-    demo = build(Workbench(backend), args.max_upload_mb)
-    demo.queue(default_concurrency_limit=1)
-    host = "0.0.0.0" if args.listen else "127.0.0.1"
     try:
-        demo.launch(server_name=host, server_port=args.port, share=args.share, auth=access.credentials,
-                    auth_message="Omnibus: log in with the user and password printed where the app was started.",
-                    max_file_size=f"{args.max_upload_mb}mb", inbrowser=args.inbrowser, prevent_thread_lock=True,
-                    quiet=True, ssr_mode=False, footer_links=["api"], css=CSS, theme=gr.themes.Soft())
+        demo = start(args, backend, access)
     except OSError as err:
         _say(f"error: cannot serve on port {args.port}: {err}. Try another with --port.")
         return 1

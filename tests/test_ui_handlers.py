@@ -1,0 +1,162 @@
+"""The app's handlers (`app.ui_handlers`) and what the page says (`app.ui_views`), with the real demo model."""
+
+import json
+
+import pytest
+
+from app import ui_views as views
+from app.engine import Settings
+from app.errors import Cancelled, CorpusTooLarge, NoCorpus
+from app.ui_handlers import Session, Workbench
+from test_ui_helpers import FACT, QUESTION, demo_backend, make_documents
+
+SHORT = Settings(max_new_tokens=40)
+
+
+@pytest.fixture(scope="module")
+def workbench():
+    return Workbench(demo_backend())
+
+
+@pytest.fixture
+def documents(tmp_path):
+    return make_documents(tmp_path / "docs")
+
+
+def test_corpus_panel_lists_documents_skips_and_meter(workbench, documents, tmp_path):
+    session = Session()
+    (tmp_path / "docs" / "photo.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
+    reports = []
+    workbench.add_files(session, [*documents, tmp_path / "docs" / "photo.png"],
+                        progress=lambda done, total, current: reports.append((done, total)))
+    assert reports and reports[-1][0] == reports[-1][1]
+    rows = views.document_rows(session.corpus)
+    assert [r[1:4] for r in rows] == [["harbour-report.pdf", "PDF", 2], ["security-notes.docx", "Word", ""]]
+    assert sum(int(r[4].replace(",", "")) for r in rows) == session.corpus.total_tokens
+    [[source, reason]] = views.skipped_rows(session.corpus)
+    assert source == "photo.png" and reason
+    meter = views.context_meter(workbench.backend, workbench.plan(session))
+    assert "8,192" in meter and "Loading will take about" in meter and "too much" not in meter
+    assert not session.is_loaded
+
+    workbench.remove_files(session, ["harbour-report.pdf"])
+    assert session.sources == ["security-notes.docx"]
+    assert views.document_rows(session.corpus)[0][0] == 1  # re-indexed
+    workbench.new_corpus(session)
+    assert session.corpus is None and views.document_rows(None) == []
+
+
+def test_added_files_go_after_the_loaded_ones(workbench, documents, tmp_path):
+    session = Session()
+    workbench.add_files(session, documents[:1])
+    extra = tmp_path / "zz-notes.txt"
+    extra.write_text("Tide tables are posted on the harbour office door.\n")
+    workbench.add_files(session, [extra, documents[0]])
+    assert session.sources == ["harbour-report.pdf", "zz-notes.txt"]
+    assert ["harbour-report.pdf", "already in the corpus"] in views.skipped_rows(session.corpus)
+
+
+def test_load_ask_follow_up_regenerate_clear_export(workbench, documents, tmp_path):
+    engine = workbench.backend
+    session = Session()
+    workbench.add_files(session, documents)
+    progress = []
+    stats = workbench.load(session, progress=progress.append)
+    assert session.is_loaded and stats.tokens > session.corpus.total_tokens
+    assert progress[-1].done == progress[-1].total == stats.tokens
+    assert "Ready" in views.load_done(stats)
+
+    prefilled = engine.counters.corpus_tokens_prefilled
+    answer = list(workbench.ask(session, QUESTION, SHORT))[-1]
+    assert FACT in answer
+    [exchange] = session.exchanges
+    assert exchange.answer == answer and exchange.stats.ttft_s > 0
+    assert "First word after" in views.answer_line(exchange.stats)
+
+    list(workbench.ask(session, "Where is the code kept?", SHORT))
+    assert engine.counters.corpus_tokens_prefilled == prefilled  # follow-ups reuse the cached corpus
+    assert len(session.exchanges) == 2
+
+    list(workbench.regenerate(session, SHORT))
+    assert [e.question for e in session.exchanges] == [QUESTION, "Where is the code kept?"]
+
+    markdown = workbench.export(session, tmp_path / "out", "md").read_text()
+    assert f"## Q: {QUESTION}" in markdown and FACT in markdown and "security-notes.docx" in markdown
+    record = json.loads(workbench.export(session, tmp_path / "out", "json").read_text())
+    assert record["model"] == "demo" and len(record["exchanges"]) == 2
+    assert record["exchanges"][0]["stats"]["time_to_first_token_s"] > 0
+    assert [d["source"] for d in record["documents"]] == session.sources
+
+    workbench.clear_chat(session)
+    assert session.exchanges == [] and session.is_loaded
+    assert engine.counters.corpus_tokens_prefilled == prefilled
+
+
+def test_stop_ends_the_answer_and_keeps_the_corpus(workbench, documents):
+    session = Session()
+    workbench.add_files(session, documents)
+    answers = workbench.ask(session, "Describe every document in detail.", Settings(max_new_tokens=200))
+    next(answers)
+    workbench.stop(session)
+    list(answers)
+    assert session.exchanges[-1].stats.finish_reason == "cancelled"
+    assert "stopped by you" in views.answer_line(session.exchanges[-1].stats)
+    assert FACT in list(workbench.ask(session, QUESTION, SHORT))[-1]  # the next question works
+
+
+def test_each_session_gets_its_own_corpus_back(workbench, documents, tmp_path):
+    mine, theirs = Session(), Session()
+    workbench.add_files(mine, documents)
+    other = tmp_path / "other.txt"
+    other.write_text("The ferry leaves at noon.\n")
+    workbench.add_files(theirs, [other])
+    workbench.load(mine)
+    workbench.load(theirs)  # another browser replaced the model's corpus
+    assert FACT in list(workbench.ask(mine, QUESTION, SHORT))[-1]
+    assert workbench.backend.corpus_ids == list(mine.corpus.token_ids())
+    assert theirs.exchanges == []
+
+
+def test_a_corpus_too_large_is_refused_before_running(workbench, tmp_path):
+    big = tmp_path / "big.txt"
+    big.write_text("The harbour master counts the boats in the bay every morning. " * 900)
+    session = Session()
+    workbench.add_files(session, [big])
+    plan = workbench.plan(session)
+    assert not plan.fits
+    meter = views.context_meter(workbench.backend, plan)
+    assert "too much to load" in meter and "remove files to get under" in meter
+    before = workbench.backend.counters.corpus_tokens_prefilled
+    with pytest.raises(CorpusTooLarge, match="window"):
+        workbench.load(session)
+    assert workbench.backend.counters.corpus_tokens_prefilled == before
+    assert not session.is_loaded
+
+
+def test_cancelled_load_resumes_where_it_stopped(workbench, tmp_path):
+    text = tmp_path / "log.txt"
+    text.write_text("".join(f"Day {i}: the lamp was lit at dusk and the sea was calm.\n" for i in range(170)))
+    session = Session()
+    workbench.add_files(session, [text])
+    assert 2048 < session.corpus.total_tokens < 3500  # two CPU chunks
+
+    def stop_after_first_chunk(_):
+        workbench.stop(session)
+
+    with pytest.raises(Cancelled, match="resumes"):
+        workbench.load(session, progress=stop_after_first_chunk)
+    assert not session.is_loaded
+    stats = workbench.load(session)
+    assert stats.reused >= 2048 and session.is_loaded
+
+
+def test_asking_without_documents_says_what_to_do(workbench):
+    with pytest.raises(NoCorpus, match="add some files"):
+        list(workbench.ask(Session(), QUESTION))
+    with pytest.raises(NoCorpus, match="regenerate"):
+        list(workbench.regenerate(Session()))
+
+
+def test_demo_banner_says_how_to_run_the_real_model(workbench):
+    text = views.banner(workbench.backend)
+    assert "demo model" in text and "--model ultralong-1m" in text and "NVIDIA GPU" in text

@@ -64,9 +64,17 @@ def omnibus_attention(module, query, key, value, attention_mask, scaling=None, d
     if kv_cache is None:
         raise RuntimeError("the omnibus attention needs kv_cache=<KVCache> in the forward call")
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    groups = query.shape[1] // key.shape[1]
     length = kv_cache.length
     layer = kv_cache.layers[module.layer_idx]
+    if query.shape[2] == 1:  # decode: the new key is already in the cache, so one pass over all of it
+        if query.is_cuda:
+            from app.decode_kernel import decode_attention
+
+            out = decode_attention(query, layer, kv_cache.decode_slots[query.device][1], scale)
+        else:
+            out, _ = attend_cached(query, layer, length + 1, scale)
+        return out.to(query.dtype).transpose(1, 2).contiguous(), None
+    groups = query.shape[1] // key.shape[1]
     new_out, new_lse = _flash(
         query, key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1), True, scale
     )

@@ -103,6 +103,8 @@ class Engine:
         self.corpus_ids: list[int] = []  # the corpus alone, as loaded
         self.system_prompt = DEFAULT_SYSTEM_PROMPT
         self.counters = Counters()
+        self.use_cuda_graphs = True
+        self._graph = None  # ((cache id, version), CUDAGraph, input ids, positions, logits): the decode step
         self._lock = threading.Lock()
 
     # -- planning --
@@ -161,6 +163,51 @@ class Engine:
         cache.commit()
         return logits
 
+    def _decode(self, token: int) -> torch.Tensor:
+        """One token through the model after the committed sequence; returns its logits [V].
+
+        On a single GPU the step is captured once as a CUDA graph and replayed: the position lives in device
+        tensors, so every step has the same shapes and addresses.
+        """
+        cache = self.cache
+        if not self.on_gpu:
+            return self._forward([token], want_logits=True)
+        cache.set_decode_position(cache.length)
+        if len(cache.decode_slots) > 1 or not self.use_cuda_graphs:
+            return self._forward([token], want_logits=True)
+        if self._graph is None or self._graph[0] != (id(cache), cache.version):
+            self._capture_decode_graph()
+        _, graph, ids, positions, logits = self._graph
+        ids.fill_(token)
+        positions.fill_(cache.length)
+        graph.replay()
+        cache.pending = 1
+        cache.commit()
+        return logits[0, -1]
+
+    def _capture_decode_graph(self) -> None:
+        cache, device = self.cache, self.layer_devices[0]
+        ids = torch.zeros(1, 1, dtype=torch.long, device=device)
+        positions = torch.full((1, 1), cache.length, dtype=torch.long, device=device)
+
+        def step():
+            return self.model(input_ids=ids, position_ids=positions, past_key_values=cache, kv_cache=cache,
+                              use_cache=True, logits_to_keep=1).logits
+
+        length = cache.length
+        with torch.inference_mode():
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                for _ in range(2):  # warm-up: Triton compilation, cuBLAS handles
+                    step()
+            torch.cuda.current_stream(device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                logits = step()
+        cache.truncate(length)  # the warm-up wrote only past the committed sequence
+        self._graph = ((id(cache), cache.version), graph, ids, positions, logits)
+
     def _ensure_cache(self, needed: int, kv_dtype: str) -> None:
         """Have a cache of the right storage that holds `needed` tokens, keeping the shared prefix."""
         capacity = min(self.window, needed + self.reserve)
@@ -174,7 +221,7 @@ class Engine:
 
     def drop_cache(self) -> None:
         """Free the KV cache (and forget the cached corpus)."""
-        self.cache, self.cached_ids, self.corpus_ids = None, [], []
+        self.cache, self.cached_ids, self.corpus_ids, self._graph = None, [], [], None
         if self.on_gpu:
             torch.cuda.empty_cache()
 
@@ -268,7 +315,7 @@ class Engine:
                         yield text
                     if len(decoder.ids) == settings.max_new_tokens or self.cache.length >= self.cache.capacity:
                         break
-                    logits = self._forward([token], want_logits=True)
+                    logits = self._decode(token)
                 tail = decoder.flush()
                 if tail:
                     yield tail

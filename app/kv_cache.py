@@ -53,6 +53,18 @@ class LayerKV:
             self.keys[:, :, start:end] = k
             self.values[:, :, start:end] = v
 
+    def write_at(self, position: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store one token's k, v ([1, H_kv, 1, D]) at a position held in a device tensor (CUDA-graph safe)."""
+        if self.fp8:  # index_copy_ has no fp8 kernel: move the bytes as uint8
+            (kq, ks), (vq, vs) = quantize_fp8(k), quantize_fp8(v)
+            self.keys.view(torch.uint8).index_copy_(2, position, kq.view(torch.uint8))
+            self.values.view(torch.uint8).index_copy_(2, position, vq.view(torch.uint8))
+            self.key_scales.index_copy_(2, position, ks)
+            self.value_scales.index_copy_(2, position, vs)
+        else:
+            self.keys.index_copy_(2, position, k.to(self.keys.dtype))
+            self.values.index_copy_(2, position, v.to(self.values.dtype))
+
     def read(self, start: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values of positions start..end in the compute dtype (views when storage matches it)."""
         if not self.fp8:
@@ -91,8 +103,14 @@ class KVCache:
         self.capacity = capacity
         self.kv_heads, self.head_dim, self.compute_dtype = kv_heads, head_dim, compute_dtype
         self.layers = [LayerKV(kv_heads, head_dim, capacity, storage, d, compute_dtype) for d in layer_devices]
+        self.version = 0  # bumped when buffers move (grow), so captured CUDA graphs know they are stale
         self.length = 0  # committed tokens
         self.pending = 0  # tokens written by the pass in flight, not yet committed
+        # On GPUs a decode step reads its position from device tensors, so its shapes never change and it
+        # can be replayed as a CUDA graph: per device, (write position int64 [1], keys to attend int32 [1]).
+        devices = {layer.keys.device for layer in self.layers if layer.keys.is_cuda}
+        self.decode_slots = {d: (torch.zeros(1, dtype=torch.long, device=d), torch.ones(1, dtype=torch.int32, device=d))
+                             for d in devices}
 
     # -- the transformers Cache protocol, as far as the Llama forward uses it --
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
@@ -100,9 +118,19 @@ class KVCache:
         t = key_states.shape[2]
         if self.length + t > self.capacity:
             raise ValueError(f"KV cache holds {self.capacity:,} tokens; {self.length + t:,} were asked for")
-        self.layers[layer_idx].write(self.length, key_states, value_states)
+        layer = self.layers[layer_idx]
+        if t == 1 and key_states.is_cuda:
+            layer.write_at(self.decode_slots[key_states.device][0], key_states, value_states)
+        else:
+            layer.write(self.length, key_states, value_states)
         self.pending = t
         return key_states, value_states
+
+    def set_decode_position(self, position: int) -> None:
+        """Point the device-side decode slots at `position` (call before each one-token pass on GPUs)."""
+        for slot, length in self.decode_slots.values():
+            slot.fill_(position)
+            length.fill_(position + 1)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.length
@@ -129,6 +157,7 @@ class KVCache:
             self.layers[i] = new
             del old
         self.capacity = capacity
+        self.version += 1
 
     def nbytes(self) -> int:
         return sum(layer.nbytes() for layer in self.layers)

@@ -1,0 +1,77 @@
+"""Attention kernels on one GPU: prefill chunk against L cached keys, and one decode token, bf16 and fp8.
+
+    python bench/attention.py --depths 262144,1048576
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+import triton
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from app.attention import attend_cached, omnibus_attention  # noqa: E402
+from app.decode_kernel import decode_attention  # noqa: E402
+from app.kv_cache import KVCache  # noqa: E402
+
+HQ, HKV, D = 32, 8, 128
+
+
+def bench(fn) -> float:
+    return triton.testing.do_bench(fn, warmup=50, rep=300, return_mode="median")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--depths", default="262144,1048576")
+    parser.add_argument("--chunk", type=int, default=16384)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    module = type("M", (), {"layer_idx": 0})()
+    scale = D**-0.5
+    for depth in map(int, args.depths.split(",")):
+        t = args.chunk
+        for storage in ("bf16", "fp8"):
+            cache = KVCache([torch.device("cuda", 0)], HKV, D, depth + t, storage)
+            layer = cache.layers[0]
+            for start in range(0, depth + t, 65536):  # fill in blocks to bound temporaries
+                n = min(65536, depth + t - start)
+                layer.write(start, torch.randn(1, HKV, n, D, device="cuda", dtype=torch.bfloat16),
+                            torch.randn(1, HKV, n, D, device="cuda", dtype=torch.bfloat16))
+            cache.length = depth
+            q = torch.randn(1, HQ, t, D, device="cuda", dtype=torch.bfloat16)
+            k_new = torch.randn(1, HKV, t, D, device="cuda", dtype=torch.bfloat16)
+            flops = 4.0 * t * (depth + t / 2) * HQ * D
+            ms = bench(lambda: omnibus_attention(module, q, k_new, k_new, None, scale, kv_cache=cache))
+            print(f"prefill chunk {t} at depth {depth:,} {storage}: {ms:.1f} ms, {flops / ms / 1e9:.0f} TFLOP/s", flush=True)
+            if storage == "bf16":
+                ms_past = bench(lambda: attend_cached(q, layer, depth, scale))
+                print(f"  of which the past part: {ms_past:.1f} ms, {4.0 * t * depth * HQ * D / ms_past / 1e9:.0f} TFLOP/s")
+                k_all, v_all = layer.keys[:, :, : depth + t], layer.values[:, :, : depth + t]
+                from torch.nn.attention.bias import causal_lower_right
+
+                mask = causal_lower_right(t, depth + t)
+                ms_sdpa = bench(lambda: torch.nn.functional.scaled_dot_product_attention(
+                    q, k_all, v_all, attn_mask=mask, enable_gqa=True))
+                print(f"  SDPA causal_lower_right + enable_gqa: {ms_sdpa:.1f} ms, {flops / ms_sdpa / 1e9:.0f} TFLOP/s")
+            q1 = torch.randn(1, HQ, 1, D, device="cuda", dtype=torch.bfloat16)
+            length = torch.tensor([depth], dtype=torch.int32, device="cuda")
+            ref, _ = attend_cached(q1, layer, depth, scale)
+            got = decode_attention(q1, layer, length, scale)
+            err = float((got.float() - ref.float()).norm() / ref.float().norm())
+            ms_tri = bench(lambda: decode_attention(q1, layer, length, scale))
+            ms_ref = bench(lambda: attend_cached(q1, layer, depth, scale))
+            kv_bytes = 2 * depth * HKV * D * (1 if storage == "fp8" else 2)
+            print(f"decode at depth {depth:,} {storage}: triton {ms_tri:.3f} ms ({kv_bytes / ms_tri / 1e9:.2f} TB/s), "
+                  f"sdpa-blocks {ms_ref:.3f} ms, rel err {err:.2e}", flush=True)
+            del cache, layer, q, k_new
+            torch.cuda.empty_cache()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

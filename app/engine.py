@@ -45,6 +45,9 @@ class LoadStats:
     seconds: float
     tokens_per_s: float
     kv_dtype: str
+    source: str = "prefill"  # where the prefix came from: "prefill", "memory", "disk", "disk+prefill", ...
+    disk_seconds: float = 0.0  # reading it from the disk cache
+    saved: object = None  # app.store.SaveResult of the save after a prefill (None: no disk cache or nothing new)
 
 
 @dataclass
@@ -86,7 +89,7 @@ class Engine:
     name = "local"
 
     def __init__(self, model, tokenizer, *, kv_dtype: str = "auto", chunk_tokens: int | None = None,
-                 model_name: str = ""):
+                 model_name: str = "", store=None):
         self.model, self.tokenizer = model, tokenizer
         self.model_name = model_name or getattr(model.config, "_name_or_path", "model")
         self.shape = planner.ModelShape.from_config(model.config)
@@ -106,6 +109,7 @@ class Engine:
         self.use_cuda_graphs = True
         self._graph = None  # ((cache id, version), CUDAGraph, input ids, positions, logits): the decode step
         self._lock = threading.Lock()
+        self.store = store  # app.store.Store: corpora saved on disk, reopened instead of prefilled (None: off)
 
     # -- planning --
     def devices(self) -> list[planner.Device]:
@@ -226,8 +230,11 @@ class Engine:
             torch.cuda.empty_cache()
 
     def load_corpus(self, corpus_ids, *, system_prompt: str | None = None, progress=None,
-                    cancel: threading.Event | None = None) -> LoadStats:
+                    cancel: threading.Event | None = None, label: str | None = None) -> LoadStats:
         """Prefill system prompt + corpus into the cache, reusing whatever prefix is already there.
+
+        With a disk store, the longest saved prefix is loaded from disk first, checkpoints are saved during
+        the prefill, and the result is saved after it (named `label`, else after its first documents).
 
         Raises CorpusTooLarge before running anything if the plan says it cannot fit, and Cancelled if
         `cancel` is set (what was prefilled so far stays cached and is reused by the next call).
@@ -247,6 +254,11 @@ class Engine:
             self.cache.truncate(reused)
             self.cached_ids = prefix[:reused]
             self.counters.corpus_loads += 1
+            disk = self.store.restore(self, prefix, layout.kv_dtype, beyond=reused) \
+                if self.store is not None and reused < len(prefix) else None
+            reused = len(self.cached_ids)  # a restore leaves cache.length and cached_ids agreeing
+            source = "disk" if disk and disk.tokens else ("memory" if reused else "prefill")
+            checkpoint = self.store.checkpointer(self, label) if self.store is not None else None
             started = time.perf_counter()
             for start in range(reused, len(prefix), self.chunk_tokens):
                 if cancel is not None and cancel.is_set():
@@ -261,10 +273,15 @@ class Engine:
                     done, elapsed = start + len(chunk), time.perf_counter() - started
                     rate = (done - reused) / max(elapsed, 1e-9)
                     progress(PrefillProgress(done, len(prefix), rate, (len(prefix) - done) / max(rate, 1e-9)))
+                if checkpoint is not None:
+                    checkpoint.after_chunk()
             _synchronize(self.on_gpu)
             seconds = time.perf_counter() - started
             fresh = len(prefix) - reused
-            return LoadStats(len(prefix), reused, seconds, fresh / seconds if fresh else 0.0, layout.kv_dtype)
+            saved = self.store.save(self, label=label) if self.store is not None and fresh else None
+            source += "+prefill" if fresh and source != "prefill" else ""
+            return LoadStats(len(prefix), reused, seconds, fresh / seconds if fresh else 0.0, layout.kv_dtype,
+                             source, disk.seconds if disk else 0.0, saved)
 
     def load(self, corpus, *, system_prompt: str | None = None, progress=None, cancel=None) -> LoadStats:
         """Load an ingested corpus (`ingest.Corpus`, tokenized with this engine's tokenizer)."""

@@ -1,0 +1,530 @@
+"""Processed corpora on disk: the KV cache of a prompt prefix, saved once and reopened in seconds.
+
+An entry is one folder under the cache directory (`$XDG_CACHE_HOME/omnibus`, else `~/.cache/omnibus`):
+
+    meta.json        what the entry is valid for (the model fingerprint and a hash of the exact prefix token ids),
+                     its name, size and dates, and each file's size and blake2b checksum
+    layer_000.kv     one file per layer: keys [H_kv, T, D], values [H_kv, T, D], then for fp8 caches the
+    ...              key and value scales [H_kv, T] (bf16); T is the entry's token count
+
+Layers stream between the device and the disk in blocks of at most BLOCK_BYTES, never as a second copy of
+the cache. An entry is written in a temporary folder and renamed into place, so a crash mid-write never
+leaves one that looks valid; a file whose size or checksum is wrong is discarded (with a warning) and the
+corpus is prefilled instead.
+
+A saved prefix of a longer prompt is reused too: reopening loads the longest saved prefix and prefills only
+the rest. That one mechanism gives both "extend a corpus" and "resume a prefill from its last checkpoint":
+checkpoints are entries of a prefix, written during a long prefill; only the newest is kept.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from app.errors import OmnibusError
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1  # bump when the file layout or what the KV values depend on changes
+BLOCK_BYTES = 64 * 2**20  # bytes moved between the device and the disk at once, per worker
+RESERVE_BYTES = 256 * 2**20  # left free on the disk after a save
+WORKERS = 4  # layers written or read in parallel (device copies, checksums and file I/O release the GIL)
+GB = 1e9
+
+
+class CacheEntryNotFound(OmnibusError):
+    """`cache rm ID` named no saved corpus (or more than one)."""
+
+
+class CorruptEntry(Exception):
+    """A saved entry whose files do not match its meta.json (truncated, damaged or from another version)."""
+
+
+def default_dir() -> Path:
+    """The cache folder: $XDG_CACHE_HOME/omnibus, else ~/.cache/omnibus."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "omnibus"
+
+
+def free_bytes(path) -> int:
+    """Free bytes on the file system that holds `path` (the one probe tests replace to simulate a full disk)."""
+    return shutil.disk_usage(path).free
+
+
+# -- what makes a cache valid --
+
+_model_fingerprints: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _weights_sample(model) -> str:
+    """Hash of a few hundred values from the first, middle and last weights: different weights under one name
+    (random-weights runs, local fine-tunes) never share entries. Cheap: a few KB leave the device."""
+    params = [p for _, p in model.named_parameters()]
+    digest = hashlib.sha256()
+    for p in (params[0], params[len(params) // 2], params[-1]):
+        digest.update(p.detach().reshape(-1)[:512].float().cpu().numpy().tobytes())
+        digest.update(str(tuple(p.shape)).encode())
+    digest.update(str(sum(p.numel() for p in params)).encode())
+    return digest.hexdigest()
+
+
+def _tokenizer_fingerprint(tokenizer) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    spec = backend.to_str() if backend is not None else ""
+    special = [len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id]
+    return _sha((json.dumps(special) + spec).encode())
+
+
+def _model_fingerprint(engine) -> dict:
+    config = engine.model.config
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None)
+    shape = engine.shape
+    return {
+        "model": engine.model_name,
+        "name_or_path": getattr(config, "_name_or_path", ""),
+        "revision": getattr(config, "_commit_hash", None),
+        "weight_dtype": getattr(engine, "weight_dtype", None),
+        "compute_dtype": str(engine.dtype),
+        "layers": shape.layers, "q_heads": shape.q_heads, "kv_heads": shape.kv_heads,
+        "head_dim": shape.head_dim, "hidden": shape.hidden, "vocab": shape.vocab, "window": shape.window,
+        "rope": json.loads(json.dumps(rope, sort_keys=True, default=str)),
+        "rope_theta": getattr(config, "rope_theta", None),
+        "weights": _weights_sample(engine.model),
+        "tokenizer": _tokenizer_fingerprint(engine.tokenizer),
+    }
+
+
+def fingerprint(engine, kv_dtype: str) -> dict:
+    """Everything besides the token ids that decides the cached keys and values (computed once per model)."""
+    base = _model_fingerprints.get(engine.model)
+    if base is None:
+        base = _model_fingerprints[engine.model] = _model_fingerprint(engine)
+    return {**base, "kv_dtype": kv_dtype, "format": FORMAT}
+
+
+def _fingerprint_hash(fp: dict) -> str:
+    return _sha(json.dumps(fp, sort_keys=True).encode())
+
+
+def ids_hash(ids) -> str:
+    """sha256 of token ids as little-endian int32."""
+    return _sha(np.asarray(ids, dtype="<i4").tobytes())
+
+
+# -- entries --
+
+@dataclass
+class Entry:
+    """One saved prefix, as listed in the library."""
+
+    path: Path
+    meta: dict
+
+    @property
+    def id(self) -> str:
+        return self.path.name
+
+    name = property(lambda self: self.meta.get("name", ""))
+    documents = property(lambda self: self.meta.get("documents", 0))
+    tokens = property(lambda self: self.meta["tokens"])
+    bytes = property(lambda self: self.meta.get("bytes", 0))
+    kind = property(lambda self: self.meta.get("kind", "corpus"))  # "corpus" or "checkpoint"
+    last_used = property(lambda self: self.meta.get("last_used", 0.0))
+
+    def to_json(self) -> dict:
+        fp = self.meta.get("fingerprint", {})
+        return {"id": self.id, "name": self.name, "kind": self.kind, "documents": self.documents,
+                "tokens": self.tokens, "bytes": self.bytes, "model": fp.get("model"), "kv_dtype": fp.get("kv_dtype"),
+                "created": self.meta.get("created"), "last_used": self.last_used, "path": str(self.path)}
+
+
+@dataclass
+class SaveResult:
+    """What became of a save: "saved", "exists" (already on disk), "skipped" (too little disk) or "failed"."""
+
+    status: str
+    message: str = ""
+    entry: Entry | None = None
+    seconds: float = 0.0
+    bytes: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("saved", "exists")
+
+
+@dataclass
+class RestoreResult:
+    """What a restore loaded: `tokens` prefix tokens from `entry` (0: nothing usable on disk)."""
+
+    tokens: int = 0
+    seconds: float = 0.0
+    bytes: int = 0
+    entry: Entry | None = None
+    discarded: list[str] = field(default_factory=list)  # one message per bad entry removed
+
+
+def _describe(tokenizer, corpus_ids) -> tuple[str, int]:
+    """A library name from the documents' wrapper tags (first sources), and the document count."""
+    import re
+
+    text = tokenizer.decode(list(corpus_ids))
+    sources = re.findall(r'<document index="\d+" source="([^"]*)"', text)
+    if not sources:
+        return (" ".join(text.split())[:60] or "(empty)"), 0
+    name = ", ".join(sources[:3]) + (f" and {len(sources) - 3} more" if len(sources) > 3 else "")
+    return name, len(sources)
+
+
+def _segments(layer, tokens: int):
+    """(tensor view, rows) pieces of one layer's first `tokens` positions, in file order, each ≤ BLOCK_BYTES."""
+    tensors = [layer.keys, layer.values] + ([layer.key_scales, layer.value_scales] if layer.fp8 else [])
+    for tensor in tensors:  # keys/values [1, H, C, D]; scales [1, H, C]
+        row_bytes = tensor.element_size() * (tensor.shape[3] if tensor.dim() == 4 else 1)
+        step = max(1, BLOCK_BYTES // row_bytes)
+        for head in range(tensor.shape[1]):
+            for start in range(0, tokens, step):
+                yield tensor[0, head, start:min(start + step, tokens)]  # contiguous [rows, D] or [rows]
+
+
+def _layer_bytes(layer, tokens: int) -> int:
+    per_token = 2 * layer.keys.shape[1] * layer.keys.shape[3] * layer.keys.element_size()
+    if layer.fp8:
+        per_token += 2 * layer.key_scales.shape[1] * layer.key_scales.element_size()
+    return per_token * tokens
+
+
+def _staging(device) -> torch.Tensor:
+    return torch.empty(BLOCK_BYTES, dtype=torch.uint8, pin_memory=device.type == "cuda")
+
+
+def _write_layer(layer, tokens: int, path: Path) -> dict:
+    staging = _staging(layer.keys.device)
+    digest, size = hashlib.blake2b(digest_size=16), 0
+    with open(path, "wb") as handle:
+        for piece in _segments(layer, tokens):
+            n = piece.numel() * piece.element_size()
+            staging[:n].view(piece.dtype).view(piece.shape).copy_(piece)
+            chunk = memoryview(staging[:n].numpy())
+            digest.update(chunk)
+            handle.write(chunk)
+            size += n
+        handle.flush()
+        os.fsync(handle.fileno())
+    return {"name": path.name, "bytes": size, "blake2b": digest.hexdigest()}
+
+
+def _read_layer(layer, tokens: int, path: Path, expected: dict) -> None:
+    staging = _staging(layer.keys.device)
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as handle:
+        for piece in _segments(layer, tokens):
+            n = piece.numel() * piece.element_size()
+            chunk = memoryview(staging[:n].numpy())
+            if handle.readinto(chunk) != n:
+                raise CorruptEntry(f"{path.name} ended early")
+            digest.update(chunk)
+            piece.copy_(staging[:n].view(piece.dtype).view(piece.shape))
+    if digest.hexdigest() != expected["blake2b"]:
+        raise CorruptEntry(f"{path.name} fails its checksum")
+
+
+def _layer_name(i: int) -> str:
+    return f"layer_{i:03d}.kv"
+
+
+def _write_json(path: Path, data: dict) -> None:
+    temp = path.with_name(path.name + f".{uuid.uuid4().hex[:8]}.tmp")
+    with open(temp, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=1)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temp, path)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Store:
+    """The library of saved corpora in one folder: save, restore, list, remove, prune.
+
+    max_bytes: after each save, least recently used entries go until the library fits (None: no cap).
+    checkpoint_tokens / checkpoint_seconds: during a prefill, save a checkpoint every so many new tokens or
+    seconds of prefill, whichever comes first (None: never by that measure).
+    """
+
+    def __init__(self, root=None, *, max_bytes: int | None = None, checkpoint_tokens: int | None = None,
+                 checkpoint_seconds: float | None = 600.0, min_tokens: int = 1):
+        self.root = Path(root) if root else default_dir()
+        self.max_bytes = max_bytes
+        self.checkpoint_tokens, self.checkpoint_seconds = checkpoint_tokens, checkpoint_seconds
+        self.min_tokens = min_tokens
+
+    # -- the library --
+    def entries(self) -> list[Entry]:
+        """Every readable entry, most recently used first (unreadable folders are skipped with a warning)."""
+        out = []
+        if not self.root.is_dir():
+            return out
+        for path in sorted(self.root.iterdir()):
+            if path.name.startswith(".") or not path.is_dir():
+                continue
+            try:
+                meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
+                if meta.get("format") != FORMAT or not isinstance(meta.get("tokens"), int):
+                    raise ValueError(f"format {meta.get('format')!r}")
+            except (OSError, ValueError) as err:
+                log.warning("disk cache: ignoring %s (%s)", path, err)
+                continue
+            out.append(Entry(path, meta))
+        return sorted(out, key=lambda e: e.last_used, reverse=True)
+
+    def find(self, ident: str) -> Entry:
+        """The entry whose id starts with `ident`."""
+        found = [e for e in self.entries() if e.id.startswith(ident)]
+        if len(found) != 1:
+            raise CacheEntryNotFound(f"{len(found)} saved corpora in {self.root} have an id starting with "
+                                     f"{ident!r}; `cache list` shows them")
+        return found[0]
+
+    def remove(self, entry: Entry | str) -> Entry:
+        """Delete an entry (or the one whose id starts with the given text)."""
+        entry = self.find(entry) if isinstance(entry, str) else entry
+        shutil.rmtree(entry.path, ignore_errors=True)
+        return entry
+
+    def total_bytes(self) -> int:
+        return sum(e.bytes for e in self.entries())
+
+    def prune(self, max_bytes: int, keep: tuple[str, ...] = ()) -> list[Entry]:
+        """Remove least recently used entries until the library holds at most `max_bytes`; returns them."""
+        self._clean_temp()
+        entries, removed = self.entries(), []
+        total = sum(e.bytes for e in entries)
+        for entry in reversed(entries):  # oldest use first
+            if total <= max_bytes:
+                break
+            if entry.id in keep:
+                continue
+            self.remove(entry)
+            removed.append(entry)
+            total -= entry.bytes
+        return removed
+
+    def _clean_temp(self) -> None:
+        """Remove half-written folders whose writer process is gone."""
+        if not self.root.is_dir():
+            return
+        for path in self.root.glob(".tmp-*"):
+            try:
+                pid = int(path.name.split("-")[2])
+            except (IndexError, ValueError):
+                pid = -1
+            if pid <= 0 or not _pid_alive(pid):
+                shutil.rmtree(path, ignore_errors=True)
+
+    # -- saving --
+    def save(self, engine, *, kind: str = "corpus", label: str | None = None,
+             description: tuple[str, int] | None = None) -> SaveResult:
+        """Write the engine's committed prefix (engine.cached_ids) as an entry. Never raises: a full disk or a
+        failed write gives a SaveResult that says why, and leaves nothing half-written behind."""
+        started = time.perf_counter()
+        cache, ids = engine.cache, list(engine.cached_ids)
+        tokens = len(ids)
+        if cache is None or tokens < self.min_tokens or cache.length < tokens:
+            return SaveResult("skipped", f"nothing to save ({tokens:,} tokens cached)")
+        fp = fingerprint(engine, cache.storage)
+        fp_hash, prefix_hash = _fingerprint_hash(fp), ids_hash(ids)
+        entry_id = _sha((fp_hash + prefix_hash).encode())[:20]
+        final = self.root / entry_id
+        existing = self._load_entry(final)
+        if existing is not None:
+            self._touch(existing)
+            return SaveResult("exists", "already in the disk cache", existing, time.perf_counter() - started)
+        need = sum(_layer_bytes(layer, tokens) for layer in cache.layers)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            free = free_bytes(self.root)
+        except OSError as err:
+            return SaveResult("failed", f"not saved to the disk cache: {self.root} is not usable ({err})")
+        if free < need + RESERVE_BYTES:
+            message = (f"not saved to the disk cache: it needs {need / GB:,.2f} GB and {self.root} has "
+                       f"{free / GB:,.2f} GB free (keeping {RESERVE_BYTES / GB:.2f} GB spare); free some space "
+                       f"or run `cache prune`")
+            log.warning(message)
+            return SaveResult("skipped", message)
+        name, documents = description or _describe(engine.tokenizer, engine.corpus_ids)
+        temp = self.root / f".tmp-{entry_id}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        try:
+            temp.mkdir()
+            with ThreadPoolExecutor(min(WORKERS, len(cache.layers))) as pool:
+                files = list(pool.map(lambda i: _write_layer(cache.layers[i], tokens, temp / _layer_name(i)),
+                                      range(len(cache.layers))))
+            now = time.time()
+            meta = {"format": FORMAT, "kind": kind, "name": label or name, "documents": documents,
+                    "tokens": tokens, "bytes": sum(f["bytes"] for f in files), "created": now, "last_used": now,
+                    "fingerprint_hash": fp_hash, "prefix_sha256": prefix_hash, "fingerprint": fp, "files": files}
+            _write_json(temp / "meta.json", meta)
+            _fsync_dir(temp)
+            os.replace(temp, final)
+            _fsync_dir(self.root)
+        except Exception as err:  # a failed save must never cost the prefill that was just done
+            shutil.rmtree(temp, ignore_errors=True)
+            if isinstance(err, OSError) and err.errno in (errno.EEXIST, errno.ENOTEMPTY) and final.exists():
+                entry = self._load_entry(final)  # another process saved the same prefix first
+                return SaveResult("exists", "already in the disk cache", entry, time.perf_counter() - started)
+            full = isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
+            message = f"not saved to the disk cache: {'the disk is full' if full else err}"
+            log.warning(message, exc_info=not isinstance(err, OSError))
+            return SaveResult("failed", message)
+        entry = Entry(final, meta)
+        self._drop_superseded_checkpoints(fp_hash, ids, keep=entry_id)
+        if self.max_bytes is not None:
+            self.prune(self.max_bytes, keep=(entry_id,))
+        seconds = time.perf_counter() - started
+        return SaveResult("saved", f"saved {tokens:,} tokens ({meta['bytes'] / GB:,.2f} GB) to the disk cache in "
+                                   f"{seconds:.1f} s", entry, seconds, meta["bytes"])
+
+    def _drop_superseded_checkpoints(self, fp_hash: str, ids, keep: str) -> None:
+        """Checkpoints of a prefix of `ids` are superseded by the entry just saved."""
+        array = np.asarray(ids, dtype="<i4")
+        for entry in self.entries():
+            if (entry.kind == "checkpoint" and entry.id != keep and entry.meta.get("fingerprint_hash") == fp_hash
+                    and entry.tokens <= len(array) and entry.meta.get("prefix_sha256") == ids_hash(array[:entry.tokens])):
+                self.remove(entry)
+
+    def checkpointer(self, engine, label: str | None = None) -> "Checkpointer":
+        """Call its `after_chunk()` after each prefill chunk; it saves a checkpoint when one is due."""
+        return Checkpointer(self, engine, label)
+
+    # -- restoring --
+    def restore(self, engine, prefix: list[int], kv_dtype: str, *, beyond: int = 0) -> RestoreResult:
+        """Load the longest saved prefix of `prefix` that is longer than `beyond` tokens into engine.cache.
+
+        The cache must already hold len(prefix) tokens. Afterwards engine.cached_ids and cache.length agree: the
+        loaded prefix, or (when a bad entry was partly copied in) an empty cache. Bad entries are removed.
+        """
+        started, result = time.perf_counter(), RestoreResult()
+        fp_hash = _fingerprint_hash(fingerprint(engine, kv_dtype))
+        array = np.asarray(prefix, dtype="<i4")
+        candidates = [e for e in self.entries() if e.meta.get("fingerprint_hash") == fp_hash
+                      and beyond < e.tokens <= len(prefix) and e.tokens >= self.min_tokens]
+        for entry in sorted(candidates, key=lambda e: e.tokens, reverse=True):
+            copied = False
+            if entry.meta.get("prefix_sha256") != ids_hash(array[:entry.tokens]):
+                continue
+            try:
+                self._check(engine.cache, entry)
+                copied = True  # from here on the layers may hold part of the entry
+                self._read(engine.cache, entry)
+            except (CorruptEntry, OSError, KeyError, ValueError, TypeError, RuntimeError) as err:
+                message = f"disk cache entry {entry.id} ({entry.name}) is damaged and was removed: {err}"
+                log.warning(message)
+                result.discarded.append(message)
+                self.remove(entry)
+                if copied:
+                    engine.cache.truncate(0)
+                    engine.cached_ids, beyond = [], 0
+                continue
+            engine.cache.length, engine.cache.pending = entry.tokens, 0
+            engine.cached_ids = list(prefix[:entry.tokens])
+            self._touch(entry)
+            result.tokens, result.bytes, result.entry = entry.tokens, entry.bytes, entry
+            break
+        result.seconds = time.perf_counter() - started
+        return result
+
+    def _check(self, cache, entry: Entry) -> None:
+        """Cheap checks (layer count, storage, sizes) before anything in the cache is overwritten."""
+        files, tokens = entry.meta["files"], entry.tokens
+        if len(files) != len(cache.layers) or entry.meta["fingerprint"]["kv_dtype"] != cache.storage:
+            raise CorruptEntry(f"{len(files)} layer files for a {len(cache.layers)}-layer {cache.storage} cache")
+        if tokens > cache.capacity:
+            raise CorruptEntry(f"{tokens:,} tokens do not fit a {cache.capacity:,}-token cache")
+        for i, layer in enumerate(cache.layers):
+            path = entry.path / _layer_name(i)
+            size = path.stat().st_size if path.is_file() else -1
+            if files[i]["bytes"] != _layer_bytes(layer, tokens) or size != files[i]["bytes"]:
+                raise CorruptEntry(f"{path.name} has {max(size, 0):,} bytes, not {_layer_bytes(layer, tokens):,}")
+
+    def _read(self, cache, entry: Entry) -> None:
+        files, tokens = entry.meta["files"], entry.tokens
+        with ThreadPoolExecutor(min(WORKERS, len(cache.layers))) as pool:
+            for _ in pool.map(lambda i: _read_layer(cache.layers[i], tokens, entry.path / _layer_name(i), files[i]),
+                              range(len(cache.layers))):
+                pass
+        for device in {layer.keys.device for layer in cache.layers if layer.keys.is_cuda}:
+            torch.cuda.synchronize(device)
+
+    def _load_entry(self, path: Path) -> Entry | None:
+        try:
+            meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return Entry(path, meta) if meta.get("format") == FORMAT else None
+
+    def _touch(self, entry: Entry) -> None:
+        entry.meta["last_used"] = time.time()
+        try:
+            _write_json(entry.path / "meta.json", entry.meta)
+        except OSError as err:
+            log.warning("disk cache: could not update %s (%s)", entry.path, err)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class Checkpointer:
+    """Saves the prefill's progress every `store.checkpoint_tokens` new tokens or `checkpoint_seconds`."""
+
+    def __init__(self, store: Store, engine, label: str | None):
+        self.store, self.engine, self.label = store, engine, label
+        self.description = None
+        self.last_tokens, self.last_time = len(engine.cached_ids), time.perf_counter()
+        self.results: list[SaveResult] = []
+
+    def after_chunk(self) -> None:
+        store, done = self.store, len(self.engine.cached_ids)
+        due = (store.checkpoint_tokens is not None and done - self.last_tokens >= store.checkpoint_tokens) or \
+              (store.checkpoint_seconds is not None and time.perf_counter() - self.last_time >= store.checkpoint_seconds)
+        if not due:
+            return
+        if self.description is None:
+            self.description = _describe(self.engine.tokenizer, self.engine.corpus_ids)
+        self.results.append(store.save(self.engine, kind="checkpoint", label=self.label, description=self.description))
+        self.last_tokens, self.last_time = done, time.perf_counter()

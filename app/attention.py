@@ -61,9 +61,11 @@ def omnibus_attention(module, query, key, value, attention_mask, scaling=None, d
 
     Returns (attn_output [B, T, Hq, D], None).
     """
-    if kv_cache is None:
-        raise RuntimeError("the omnibus attention needs kv_cache=<KVCache> in the forward call")
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    if kv_cache is None:  # a plain forward with no cache: ordinary causal attention over its own tokens
+        out = torch.nn.functional.scaled_dot_product_attention(query, key, value, is_causal=query.shape[2] > 1,
+                                                               scale=scale, enable_gqa=True)
+        return out.transpose(1, 2).contiguous(), None
     length = kv_cache.length
     layer = kv_cache.layers[module.layer_idx]
     if query.shape[2] == 1:  # decode: the new key is already in the cache, so one pass over all of it

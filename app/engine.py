@@ -17,6 +17,7 @@ import torch
 
 from app import plan as planner
 from app.errors import Cancelled, CorpusTooLarge, NoCorpus, OutOfMemory
+from app.fp8_linear import Fp8Linear
 from app.generation import StreamDecoder, sample
 from app.kv_cache import KVCache
 from app.prompt import DEFAULT_SYSTEM_PROMPT, Turn, encode_prompt
@@ -96,7 +97,9 @@ class Engine:
         self.window = self.shape.window
         self.reserve = min(planner.QUESTION_RESERVE_TOKENS, self.window // 8)
         self.kv_dtype_setting = kv_dtype
-        self.dtype = next(model.parameters()).dtype
+        self.dtype = model.model.embed_tokens.weight.dtype  # the compute dtype
+        self.weight_dtype = "fp8" if any(isinstance(m, Fp8Linear) for m in model.modules()) else \
+            {torch.float32: "fp32", torch.bfloat16: "bf16"}.get(self.dtype, "bf16")
         self.layer_devices = [layer.self_attn.o_proj.weight.device for layer in model.model.layers]
         self.on_gpu = self.layer_devices[0].type == "cuda"
         self.chunk_tokens = chunk_tokens or (16_384 if self.on_gpu else 2048)
@@ -129,11 +132,19 @@ class Engine:
         if kv == "auto" and not self.on_gpu:
             kv = "fp32" if self.dtype == torch.float32 else "bf16"
         devices = self.devices()
-        weights = sum(p.numel() * p.element_size() for p in self.model.parameters())
-        per = weights // len(devices)
-        devices = [planner.Device(d.name, d.total_bytes, d.free_bytes + per) for d in devices]  # weights count in the plan
-        weight_dtype = {torch.float32: "fp32", torch.bfloat16: "bf16"}.get(self.dtype, "bf16")
-        return planner.plan(self.shape, tokens, devices, kv, weight_dtype, self.chunk_tokens, self.reserve)
+        resident = [0] * len(devices)
+        indexes = sorted({d.index for d in self.layer_devices}) if self.on_gpu else [None]
+        for p in list(self.model.parameters()) + list(self.model.buffers()):
+            if p.device.index in indexes:
+                resident[indexes.index(p.device.index)] += p.numel() * p.element_size()
+        if not self.on_gpu:  # CPU memory: the weights are part of what is used, not of what is free
+            resident = [0]
+        for chunk in (self.chunk_tokens, self.chunk_tokens // 2, self.chunk_tokens // 4):  # smaller chunks, less workspace
+            result = planner.plan(self.shape, tokens, devices, kv, self.weight_dtype, chunk, self.reserve,
+                                  resident_weights=resident)
+            if result.fits:
+                break
+        return result
 
     def prompt_prefix(self, corpus_ids, system_prompt: str | None = None) -> list[int]:
         """System prompt and corpus as the model sees them: the part every question shares."""
@@ -260,11 +271,11 @@ class Engine:
             source = "disk" if disk and disk.tokens else ("memory" if reused else "prefill")
             checkpoint = self.store.checkpointer(self, label) if self.store is not None else None
             started = time.perf_counter()
-            for start in range(reused, len(prefix), self.chunk_tokens):
+            for start in range(reused, len(prefix), layout.chunk_tokens):
                 if cancel is not None and cancel.is_set():
                     raise Cancelled(f"prefill stopped at {start:,} of {len(prefix):,} tokens; "
                                     "loading again resumes from there")
-                chunk = prefix[start:start + self.chunk_tokens]
+                chunk = prefix[start:start + layout.chunk_tokens]
                 self._forward(chunk, want_logits=False)
                 self.cached_ids.extend(chunk)
                 self.counters.corpus_tokens_prefilled += len(chunk)

@@ -87,11 +87,13 @@ def load_tokenizer(name: str):
         raise ModelLoadError(f"cannot load the tokenizer of {spec.source}: {err}") from err
 
 
-def load_model(name: str, *, device_map=None, dtype=None, random_weights: bool = False, tokenizer=None):
+def load_model(name: str, *, device_map=None, dtype=None, random_weights: bool = False, tokenizer=None,
+               weight_dtype: str = "bf16"):
     """Load (model, tokenizer) with attention set to Omnibus's cache-aware kernel.
 
     device_map: None puts the whole model on one device (CUDA if present, else CPU); a dict or "auto" spreads
     its layers over GPUs through accelerate. dtype: bf16 on GPUs and fp32 on CPUs unless given.
+    weight_dtype "fp8" stores the decoder layers' linear weights as e4m3 (app/fp8_linear.py).
     """
     spec = resolve(name)
     cuda = torch.cuda.is_available()
@@ -117,4 +119,8 @@ def load_model(name: str, *, device_map=None, dtype=None, random_weights: bool =
     except (OSError, ValueError) as err:
         raise ModelLoadError(f"cannot load {spec.source}: {err}") from err
     model.config._attn_implementation = attention.NAME
+    if weight_dtype == "fp8":
+        from app.fp8_linear import quantize_layers
+
+        quantize_layers(model)
     return model, tokenizer

@@ -59,7 +59,8 @@ class ModelShape:
     def workspace_bytes(self, chunk: int, kv_dtype: str, fp8_block: int = 65_536) -> int:
         """Peak temporaries of one prefill chunk on one device (activations, attention merges, logits)."""
         qd = self.q_heads * self.head_dim
-        per_token = self.hidden * 2 * 6 + qd * (4 * 4 + 2 * 4) + self.intermediate * 2 * 4
+        # Calibrated on an H100 (BENCHMARKS.md): 16K-token chunks of the 8B model peaked at 1.9-2.2 GiB.
+        per_token = self.hidden * 2 * 4 + qd * (4 * 2 + 2 * 4) + self.intermediate * 2 * 3
         dequant = 2 * fp8_block * self.kv_heads * self.head_dim * 2 if kv_dtype == "fp8" else 0
         return chunk * per_token + dequant + self.vocab * 4 * 2
 
@@ -99,6 +100,7 @@ class Plan:
     decode_tokens_per_s: float
     devices: list[DevicePlan] = field(default_factory=list)
     reason: str = ""
+    chunk_tokens: int = 16_384  # prefill chunk the plan was made for
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -139,21 +141,29 @@ def estimate_prefill_seconds(shape: ModelShape, tokens: int, device_name: str, s
 
 
 def plan(shape: ModelShape, tokens: int, devices: list[Device], kv_dtype: str = "auto", weight_dtype: str = "bf16",
-         chunk: int = 16_384, reserve: int = QUESTION_RESERVE_TOKENS) -> Plan:
-    """Plan a corpus of `tokens` on `devices` (layers split evenly). kv_dtype "auto" picks bf16 if it fits, else fp8."""
+         chunk: int = 16_384, reserve: int = QUESTION_RESERVE_TOKENS, resident_weights: list[int] | None = None) -> Plan:
+    """Plan a corpus of `tokens` on `devices` (layers split evenly). kv_dtype "auto" picks bf16 if it fits, else fp8.
+
+    resident_weights: bytes of weights already loaded on each device (their memory is no longer free);
+    without it, the weights are computed from the shape and `weight_dtype` and must still fit.
+    """
     if kv_dtype == "auto":
         choices = ["bf16", "fp8"] if devices[0].name != "cpu" else ["fp32"]
-        plans = [plan(shape, tokens, devices, k, weight_dtype, chunk, reserve) for k in choices]
+        plans = [plan(shape, tokens, devices, k, weight_dtype, chunk, reserve, resident_weights) for k in choices]
         return next((p for p in plans if p.fits), plans[-1])
     per_device_layers = split_layers(shape.layers, len(devices))
     weight_bytes = WEIGHT_ELEMENT_BYTES[weight_dtype]
     embed_bytes = shape.vocab * shape.hidden * weight_bytes
     capacity, device_plans = math.inf, []
     for i, (device, layers) in enumerate(zip(devices, per_device_layers)):
-        weights = layers * shape.layer_params() * weight_bytes
-        weights += embed_bytes * ((i == 0) + (i == len(devices) - 1 and not shape.tied_embeddings))
+        if resident_weights is None:
+            weights = layers * shape.layer_params() * weight_bytes
+            weights += embed_bytes * ((i == 0) + (i == len(devices) - 1 and not shape.tied_embeddings))
+            still_to_load = weights
+        else:
+            weights, still_to_load = resident_weights[i], 0
         workspace = shape.workspace_bytes(min(chunk, max(tokens, 1)), kv_dtype)
-        room = device.free_bytes - weights - workspace - (CONTEXT_RESERVE_BYTES if device.name != "cpu" else 0)
+        room = device.free_bytes - still_to_load - workspace - (CONTEXT_RESERVE_BYTES if device.name != "cpu" else 0)
         per_token = layers * shape.kv_bytes_per_token_layer(kv_dtype)
         capacity = min(capacity, max(room, 0) // per_token if per_token else math.inf)
         device_plans.append(DevicePlan(device.name, layers, weights / GiB, per_token * (tokens + reserve) / GiB,
@@ -170,9 +180,10 @@ def plan(shape: ModelShape, tokens: int, devices: list[Device], kv_dtype: str = 
     name = devices[0].name
     kv_total = shape.layers * shape.kv_bytes_per_token_layer(kv_dtype) * tokens
     bandwidth = 3.0e12 if name != "cpu" else 20e9
-    decode_rate = bandwidth / (shape.params() * weight_bytes + kv_total)
+    all_weights = sum(resident_weights) if resident_weights is not None else shape.params() * weight_bytes
+    decode_rate = bandwidth / (all_weights + kv_total)
     return Plan(tokens, kv_dtype, weight_dtype, fits, max(max_tokens, 0), shape.window,
-                estimate_prefill_seconds(shape, tokens, name), decode_rate, device_plans, reason)
+                estimate_prefill_seconds(shape, tokens, name), decode_rate, device_plans, reason, chunk)
 
 
 def local_devices() -> list[Device]:

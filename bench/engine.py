@@ -150,7 +150,7 @@ def fill_synthetic(engine: Engine, depth: int, kv: str) -> None:
     engine.kv_dtype_setting = kv
     corpus = random_ids(depth - 64, engine.shape.vocab)
     prefix = engine.prompt_prefix(corpus)
-    engine._ensure_cache(len(prefix) + engine.chunk_tokens, kv)
+    engine._ensure_cache(len(prefix) + engine.plan(len(prefix), kv).chunk_tokens, kv)
     for layer in engine.cache.layers:
         for buf in (layer.keys, layer.values):
             view = buf.view(torch.int8) if buf.dtype == torch.float8_e4m3fn else buf
@@ -175,7 +175,7 @@ def synthetic(engine: Engine, depth: int, kv: str, decode_tokens: int, chunk_rep
     except torch.OutOfMemoryError:
         engine.drop_cache()
         return {"depth": depth, "kv": kv, "error": "CUDA out of memory while allocating"}
-    chunk = random_ids(engine.chunk_tokens, engine.shape.vocab)
+    chunk = random_ids(layout.chunk_tokens, engine.shape.vocab)
     base = engine.cache.length
     times = []
     for _ in range(chunk_repeats):
@@ -216,6 +216,7 @@ def main() -> int:
     parser.add_argument("--project", default="", help="kv:N: project a full prefill from the --depths rows")
     parser.add_argument("--decode-tokens", type=int, default=32)
     parser.add_argument("--chunk-tokens", type=int, default=16_384)
+    parser.add_argument("--weight-dtype", default="bf16", choices=["bf16", "fp8"])
     parser.add_argument("--out", default="")
     args = parser.parse_args()
     results = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
@@ -225,7 +226,8 @@ def main() -> int:
     results["transformers"] = transformers.__version__
     if args.check:
         results["check"] = check_attention()
-    model, _ = load_model("ultralong-1m", random_weights=True)
+    model, _ = load_model("ultralong-1m", random_weights=True, weight_dtype=args.weight_dtype)
+    results["weight_dtype"] = args.weight_dtype
     results["weights_gib"] = torch.cuda.memory_allocated() / GiB
     engine = Engine(model, llama3_tokenizer(), chunk_tokens=args.chunk_tokens, model_name="random-8B")
     engine.stop_ids = set()  # random weights: decode the full count

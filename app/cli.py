@@ -1,4 +1,5 @@
-"""Command line: `ask` (ingest, prefill once, answer each question) and `plan` (will it fit, how long)."""
+"""Command line: `ask` (ingest, prefill once, answer each question), `plan` (will it fit, how long) and
+`cache` (the corpora saved on disk: list, rm, prune)."""
 
 from __future__ import annotations
 
@@ -50,6 +51,10 @@ def ask(args) -> int:
     backend = open_backend(args.model, backend=args.backend, base_url=args.base_url, api_key_env=args.api_key_env,
                            served_model=args.served_model, kv_dtype=args.kv_dtype,
                            chunk_tokens=args.chunk_tokens, random_weights=args.random_weights)
+    if backend.name == "local" and not args.no_disk_cache:
+        from app.store import Store
+
+        backend.store = Store(args.cache_dir)
     corpus = build_corpus(args.paths, tokenizer=backend.tokenizer, line_numbers=args.line_numbers)
     for skipped in corpus.skipped:
         _say(f"skipped {skipped.source}: {skipped.reason}")
@@ -57,7 +62,7 @@ def ask(args) -> int:
     layout = backend.plan(corpus.total_tokens)
     _say("plan: " + layout.summary())
     stats = backend.load(corpus, progress=_progress_printer())
-    _say(f"prefill: {stats.tokens:,} tokens in {stats.seconds:.2f} s ({stats.reused:,} reused from cache)")
+    _report_load(stats)
     settings = Settings(max_new_tokens=args.max_new_tokens, temperature=args.temperature)
     history: list[Turn] = []
     for question in args.question:
@@ -73,6 +78,49 @@ def ask(args) -> int:
                 print(piece, end="", flush=True)
         print(flush=True)
         history.append(Turn(question, "".join(answer)))
+    return 0
+
+
+def _report_load(stats) -> None:
+    """Where the corpus came from (disk cache, memory, prefill), how long each part took, and the save."""
+    source = getattr(stats, "source", "prefill")
+    if "disk" in source:
+        _say(f"disk cache: {stats.reused:,} tokens loaded in {stats.disk_seconds:.2f} s")
+    where = "the disk cache" if "disk" in source else "memory"
+    _say(f"prefill: {stats.tokens - stats.reused:,} new tokens in {stats.seconds:.2f} s "
+         f"({stats.reused:,} of {stats.tokens:,} from {where})")
+    saved = getattr(stats, "saved", None)
+    if saved is not None and saved.status != "exists":
+        _say(("" if saved.ok else "warning: ") + saved.message)
+
+
+def cache(args) -> int:
+    from app.store import Store
+
+    store = Store(args.cache_dir)
+    if args.action == "rm":
+        for ident in args.ids:
+            entry = store.remove(ident)
+            _say(f"removed {entry.id[:12]} {entry.name} ({entry.bytes / 1e9:,.2f} GB)")
+        return 0
+    if args.action == "prune":
+        removed = store.prune(int(args.max_gb * 1e9))
+        for entry in removed:
+            _say(f"removed {entry.id[:12]} {entry.name} ({entry.bytes / 1e9:,.2f} GB)")
+        _say(f"{len(removed)} removed; {store.total_bytes() / 1e9:,.2f} GB left in {store.root}")
+        return 0
+    entries = store.entries()
+    if args.json:
+        print(json.dumps([e.to_json() for e in entries], indent=2))
+        return 0
+    print(f"{'ID':<12}  {'DOCS':>5}  {'TOKENS':>11}  {'SIZE':>9}  {'LAST USED':<16}  {'MODEL':<14} {'KV':<4}  NAME")
+    for e in entries:
+        fp = e.meta.get("fingerprint", {})
+        used = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.last_used))
+        name = e.name + (" (checkpoint)" if e.kind == "checkpoint" else "")
+        print(f"{e.id[:12]:<12}  {e.documents:>5,}  {e.tokens:>11,}  {e.bytes / 1e9:>6,.2f} GB  {used:<16}  "
+              f"{str(fp.get('model', ''))[:14]:<14} {str(fp.get('kv_dtype', '')):<4}  {name}")
+    print(f"{len(entries)} saved corpora, {sum(e.bytes for e in entries) / 1e9:,.2f} GB in {store.root}")
     return 0
 
 
@@ -112,6 +160,8 @@ def main(argv: list[str]) -> int:
     p_ask.add_argument("--chat", action="store_true", help="keep earlier questions and answers as context")
     p_ask.add_argument("--line-numbers", action="store_true", help="number the lines of code files")
     _add_backend_arguments(p_ask)
+    p_ask.add_argument("--cache-dir", help="folder of corpora saved on disk (default: ~/.cache/omnibus)")
+    p_ask.add_argument("--no-disk-cache", action="store_true", help="neither reopen nor save the corpus on disk")
     p_plan = commands.add_parser("plan", help="will N tokens fit, and how long will the prefill take")
     p_plan.add_argument("--tokens", type=int, required=True)
     p_plan.add_argument("--gpus", help="e.g. 4x80 for four 80 GiB GPUs (default: the GPUs of this machine)")
@@ -119,9 +169,19 @@ def main(argv: list[str]) -> int:
     p_plan.add_argument("--weight-dtype", default="bf16", choices=["bf16", "fp8"])
     p_plan.add_argument("--model", default="ultralong-4m")
     p_plan.add_argument("--json", action="store_true")
+    p_cache = commands.add_parser("cache", help="corpora saved on disk: list, rm ID, prune --max-gb N")
+    actions = p_cache.add_subparsers(dest="action", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--cache-dir", help="the folder (default: $XDG_CACHE_HOME/omnibus or ~/.cache/omnibus)")
+    actions.add_parser("list", parents=[common], help="saved corpora, most recently used first") \
+        .add_argument("--json", action="store_true")
+    actions.add_parser("rm", parents=[common], help="remove saved corpora by id (or a unique start of one)") \
+        .add_argument("ids", nargs="+")
+    actions.add_parser("prune", parents=[common], help="remove the least recently used until the rest fit") \
+        .add_argument("--max-gb", type=float, required=True)
     args = parser.parse_args(argv)
     try:
-        return {"ask": ask, "plan": plan}[args.command](args)
+        return {"ask": ask, "plan": plan, "cache": cache}[args.command](args)
     except OmnibusError as err:
         _say(f"error: {err}")
         return 1

@@ -68,6 +68,7 @@ def free_bytes(path) -> int:
 # -- what makes a cache valid --
 
 _model_fingerprints: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_tokenizer_fingerprints: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def _sha(data: bytes) -> str:
@@ -87,10 +88,20 @@ def _weights_sample(model) -> str:
 
 
 def _tokenizer_fingerprint(tokenizer) -> str:
+    """Hash of the tokenizer's full specification (its backend JSON) and special ids (computed once per tokenizer)."""
+    try:
+        return _tokenizer_fingerprints[tokenizer]
+    except (KeyError, TypeError):
+        pass
     backend = getattr(tokenizer, "backend_tokenizer", None)
     spec = backend.to_str() if backend is not None else ""
     special = [len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id]
-    return _sha((json.dumps(special) + spec).encode())
+    found = _sha((json.dumps(special) + spec).encode())
+    try:
+        _tokenizer_fingerprints[tokenizer] = found
+    except TypeError:
+        pass
+    return found
 
 
 def _model_fingerprint(engine) -> dict:
@@ -366,6 +377,8 @@ class Store:
         if existing is not None:
             self._touch(existing)
             return SaveResult("exists", "already in the disk cache", existing, time.perf_counter() - started)
+        if final.exists():  # a broken entry under this key (unreadable meta.json): replace it
+            shutil.rmtree(final, ignore_errors=True)
         need = sum(_layer_bytes(layer, tokens) for layer in cache.layers)
         try:
             self.root.mkdir(parents=True, exist_ok=True)

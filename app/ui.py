@@ -67,12 +67,13 @@ def build(workbench: Workbench, max_upload_mb: int = 500) -> gr.Blocks:
         if status is None:
             status = ("" if corpus is None else
                       "Not loaded yet: press **Load into the model**." if not session.is_loaded else
-                      "✅ Loaded. Ask away.")
+                      "**Ready:** the documents are loaded. Ask away.")
         return (session, views.corpus_summary(corpus),
                 gr.update(value=views.document_rows(corpus), visible=corpus is not None),
                 gr.update(value=skipped, visible=bool(skipped)),
                 gr.update(choices=session.sources, value=[], visible=corpus is not None),
-                views.context_meter(backend, workbench.plan(session, system_prompt)), status)
+                views.context_meter(backend, workbench.plan(session, system_prompt),
+                                    corpus.total_tokens if corpus else None), status)
 
     def add_files(session, paths, system_prompt, progress=gr.Progress()):
         def report(done, total, current):
@@ -99,7 +100,7 @@ def build(workbench: Workbench, max_upload_mb: int = 500) -> gr.Blocks:
                 stats = workbench.load(session, system_prompt, prefill_reporter(progress))
             except Cancelled as err:
                 gr.Warning(f"Loading stopped: {err}.")
-                return f"⏸️ Loading stopped: {err}."
+                return f"**Loading stopped:** {err}. Press *Load into the model* to continue."
         return views.load_done(stats)
 
     def stream(session, question, answers, status):
@@ -157,7 +158,7 @@ def build(workbench: Workbench, max_upload_mb: int = 500) -> gr.Blocks:
                 gr.Markdown("### 1 · Your documents")
                 files = gr.File(label=f"Drop files here: PDF, Word, text, code, or a .zip of a folder "
                                       f"(up to {max_upload_mb:,} MB each)", file_count="multiple",
-                                type="filepath", height=140)
+                                type="filepath", height=140, elem_id="files")
                 with gr.Accordion("…or upload a whole folder", open=False):
                     folder = gr.File(label="Choose a folder", file_count="directory", type="filepath", height=100)
                 summary = gr.Markdown(views.corpus_summary(None))
@@ -171,7 +172,7 @@ def build(workbench: Workbench, max_upload_mb: int = 500) -> gr.Blocks:
                                             visible=False)
                     remove_btn = gr.Button("Remove selected", size="sm", scale=1)
                     new_btn = gr.Button("Start over with new documents", size="sm", scale=1)
-                meter = gr.HTML(views.context_meter(backend, None))
+                meter = gr.HTML(views.context_meter(backend, None), elem_id="meter")
                 with gr.Row():
                     load_btn = gr.Button("Load into the model", variant="primary", elem_id="load")
                     cancel_btn = gr.Button("Cancel loading", variant="stop")
@@ -220,6 +221,7 @@ def build(workbench: Workbench, max_upload_mb: int = 500) -> gr.Blocks:
         stop_btn.click(stop, session, None, api_name="stop", concurrency_limit=None)
         cancel_btn.click(stop, session, None, api_name=False, concurrency_limit=None)
         clear_btn.click(clear_chat, session, [chat, answer_info], api_name="clear_chat")
+        chat.clear(clear_chat, session, [chat, answer_info], api_name=False)  # the chat's own bin icon
         export_md_btn.click(export("md"), session, export_file, api_name="export_markdown")
         export_json_btn.click(export("json"), session, export_file, api_name="export_json")
     return demo

@@ -90,11 +90,11 @@ class Workbench:
         return self.backend.plan(session.corpus.total_tokens + self.prompt_overhead(system_prompt))
 
     def prompt_overhead(self, system_prompt: str) -> int:
-        """Tokens the system prompt and chat template add before the documents (an estimate)."""
-        tokenizer = self.backend.tokenizer
-        if tokenizer is None:
-            return len(system_prompt) // 3 + 32
-        return len(tokenizer(system_prompt or "", add_special_tokens=False)["input_ids"]) + 32
+        """Tokens the system prompt and chat template put before the documents (exact for the local engine)."""
+        prefix = getattr(self.backend, "prompt_prefix", None)
+        if prefix is not None:
+            return len(prefix([], system_prompt or DEFAULT_SYSTEM_PROMPT))
+        return len(system_prompt or DEFAULT_SYSTEM_PROMPT) // 3 + 32  # a remote server: about 3 characters a token
 
     # -- the model --
     def load(self, session: Session, system_prompt: str = DEFAULT_SYSTEM_PROMPT, progress=None):

@@ -63,7 +63,7 @@ def _memory_line(plan) -> str:
     return hardware
 
 
-def context_meter(backend, plan) -> str:
+def context_meter(backend, plan, corpus_tokens: int | None = None) -> str:
     """HTML: the documents' tokens against the model window and what the hardware holds, and load time."""
     if plan is None:
         return ("<div class='meter'><b>Context meter.</b> Once you add documents, this shows how much of the "
@@ -77,9 +77,12 @@ def context_meter(backend, plan) -> str:
     hardware = _memory_line(plan)
     memory = ("has room for all of it" if plan.max_tokens >= window_room
               else f"has room for <b>{plan.max_tokens:,}</b> tokens ({plan.kv_dtype} cache)")
+    used = f"<b>{plan.tokens:,}</b> tokens"
+    if corpus_tokens is not None:
+        used = (f"Your documents are <b>{corpus_tokens:,}</b> tokens; with the instructions to the model, "
+                f"<b>{plan.tokens:,}</b>")
     lines = [
-        f"<b>{plan.tokens:,}</b> tokens of documents and instructions, {share:.0%} of what can be used "
-        f"({TOKEN_HINT}).",
+        f"{used}: {share:.0%} of what can be used ({TOKEN_HINT}).",
         f"The model reads up to <b>{plan.window:,}</b> tokens at once; {reserve:,} of them are kept for your "
         "questions and its answers.",
         f"Memory: {escape(hardware)} {memory}.",
@@ -117,9 +120,9 @@ def load_progress(p) -> str:
 def load_done(stats) -> str:
     """One line for `LoadStats`."""
     if stats.reused >= stats.tokens:
-        return f"✅ Ready: the documents ({stats.tokens:,} tokens) are loaded. Ask away."
+        return f"**Ready:** the documents ({stats.tokens:,} tokens) are loaded. Ask away."
     reused = f" ({stats.reused:,} were already loaded)" if stats.reused else ""
-    return (f"✅ Ready: loaded {stats.tokens - stats.reused:,} tokens in {format_seconds(stats.seconds)} "
+    return (f"**Ready:** loaded {stats.tokens - stats.reused:,} tokens in {format_seconds(stats.seconds)} "
             f"({stats.tokens_per_s:,.0f} tokens/s){reused}. Ask away.")
 
 

@@ -1,0 +1,87 @@
+"""End to end in a real headless Chromium: start `launch.py`, drop a PDF and a DOCX, load, ask, read the answer."""
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from test_ui_helpers import FACT, QUESTION, free_port, make_documents
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
+                                reason=f"{CHROMIUM} is absent: install Debian's chromium package to run the browser test")
+
+
+@pytest.fixture
+def app_url(tmp_path):
+    """`launch.py --model demo` on a free localhost port; stopped after the test."""
+    port = free_port()
+    log = open(tmp_path / "app.log", "w")
+    process = subprocess.Popen([sys.executable, "launch.py", "--model", "demo", "--port", str(port)], cwd=ROOT,
+                               stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMNIBUS_NO_BOOTSTRAP": "1"})
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                pytest.fail("the app exited:\n" + (tmp_path / "app.log").read_text()[-3000:])
+            try:
+                if httpx.get(url, timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        else:
+            pytest.fail("the app did not start within 240 s:\n" + (tmp_path / "app.log").read_text()[-3000:])
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+    assert "running at " + url in (tmp_path / "app.log").read_text()
+
+
+def test_drop_files_load_ask_and_read_the_streamed_answer(app_url, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    pdf, word = make_documents(tmp_path / "docs")
+    artifacts = ROOT / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        try:
+            page.goto(app_url)
+            expect(page.get_by_text("You are running the small demo model")).to_be_visible(timeout=30_000)
+            page.locator("#files input[type=file]").set_input_files([str(pdf), str(word)])
+            documents = page.locator("#documents")
+            expect(documents).to_contain_text("security-notes.docx", timeout=60_000)
+            expect(documents).to_contain_text("harbour-report.pdf")
+            expect(page.locator("#meter")).to_contain_text("Loading will take about")
+
+            page.locator("#load").click()
+            expect(page.locator("#load-status")).to_contain_text("Ready", timeout=120_000)
+
+            page.locator("#question textarea").fill(QUESTION)
+            page.locator("#ask").click()
+            expect(page.locator("#chat")).to_contain_text(QUESTION, timeout=30_000)
+            expect(page.locator("#answer-info")).to_contain_text("First word after", timeout=180_000)
+            expect(page.locator("#chat")).to_contain_text(FACT)
+        finally:
+            page.screenshot(path=str(artifacts / "ui.png"), full_page=True)
+            browser.close()
+    if os.environ.get("OMNIBUS_UPDATE_SCREENSHOT"):  # refresh the README's picture
+        (ROOT / "docs").mkdir(exist_ok=True)
+        shutil.copyfile(artifacts / "ui.png", ROOT / "docs" / "screenshot.png")

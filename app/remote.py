@@ -42,11 +42,11 @@ class RemotePlan(planner.Plan):
 
     def summary(self) -> str:
         if not self.window:
-            return (f"{self.tokens:,} corpus tokens; {self.server} does not report its context length, "
+            return (f"{self.tokens:,} tokens; {self.server} does not report its context length, "
                     "so the server itself will accept or refuse the corpus")
         verdict = "fit" if self.fits else "do NOT fit"
-        return (f"{self.tokens:,} corpus tokens {verdict} the window of {self.server} "
-                f"({self.window:,} tokens; corpus up to {self.max_tokens:,})")
+        return (f"{self.tokens:,} tokens {verdict} the window of {self.server} "
+                f"({self.window:,} tokens; up to {self.max_tokens:,} before the question)")
 
 
 @dataclass
@@ -89,7 +89,8 @@ class RemoteEngine:
                                f"it serves: {', '.join(names) or 'nothing'}")
         self.model_name = served_model or names[0]
         entry = models[names.index(self.model_name)]
-        self.window = int(max_model_len or _window_of(entry) or self._props_window() or 0)
+        self.window = int(max_model_len or _window_of(entry) or self._props_window() or 0)  # 0: not reported
+        self.reserve = min(planner.QUESTION_RESERVE_TOKENS, self.window // 8)  # kept for questions and answers
         if tokenizer is None:
             from ingest import load_tokenizer
 
@@ -166,25 +167,21 @@ class RemoteEngine:
         system = self.system_prompt if system_prompt is None else system_prompt
         return self._count(system) + TEMPLATE_ALLOWANCE
 
-    def _reserve(self) -> int:
-        return min(planner.QUESTION_RESERVE_TOKENS, self.window // 8)
-
     def _count(self, text: str) -> int:
         if not text:
             return 0
         return len(self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
 
-    def plan(self, tokens: int, system_prompt: str | None = None) -> RemotePlan:
-        """Whether a corpus of `tokens` fits the server's window, leaving room for questions and answers."""
+    def plan(self, tokens: int) -> RemotePlan:
+        """Whether a prompt prefix (system prompt and corpus) of `tokens` fits the server's window, leaving
+        room for questions and answers. As with the local engine, `tokens` counts the whole prefix."""
         server = f"{self.model_name} at {self.base_url}"
         if not self.window:
             return RemotePlan(tokens, "server", "server", True, 0, 0, 0.0, 0.0, server=server)
-        reserve, overhead = self._reserve(), self._overhead_tokens(system_prompt)
-        max_tokens = max(self.window - reserve - overhead, 0)
+        max_tokens = max(self.window - self.reserve, 0)
         fits = tokens <= max_tokens
-        reason = "" if fits else (
-            f"the corpus is {tokens:,} tokens; {server} takes {self.window:,} "
-            f"({reserve:,} kept for the question and answer, {overhead:,} for the system prompt and template)")
+        reason = "" if fits else (f"the corpus and instructions are {tokens:,} tokens; {server} takes "
+                                  f"{self.window:,} ({self.reserve:,} kept for the question and answer)")
         return RemotePlan(tokens, "server", "server", fits, max_tokens, self.window, 0.0, 0.0, reason=reason,
                           server=server)
 
@@ -198,12 +195,13 @@ class RemoteEngine:
         """
         if system_prompt is not None:
             self.system_prompt = system_prompt
-        layout = self.plan(corpus.total_tokens)
-        if not layout.fits:
-            raise CorpusTooLarge(f"{layout.reason}. To make it fit: start the server with a longer "
-                                 f"--max-model-len, or remove files to get under {layout.max_tokens:,} tokens.")
-        self.corpus_text = None
         estimate = corpus.total_tokens + self._overhead_tokens()
+        layout = self.plan(estimate)
+        if not layout.fits:
+            room = max(layout.max_tokens - self._overhead_tokens(), 0)
+            raise CorpusTooLarge(f"{layout.reason}. To make it fit: start the server with a longer "
+                                 f"--max-model-len, or remove files to get under {room:,} corpus tokens.")
+        self.corpus_text = None
         if progress is not None:
             progress(PrefillProgress(0, estimate, 0.0, 0.0))
         messages = build_messages(corpus.text, "", (), self.system_prompt)

@@ -109,12 +109,12 @@ def test_unauthorized_is_explained(tokenizer, corpus):
 
 
 def test_corpus_over_max_model_len_is_refused_before_sending(tokenizer, corpus):
-    with FakeServer(models=[{"id": "omni", "max_model_len": 256}], chat=streaming_chat(["x"])) as server:
+    with FakeServer(models=[{"id": "omni", "max_model_len": 160}], chat=streaming_chat(["x"])) as server:
         engine = RemoteEngine(server.url, tokenizer=tokenizer)
         layout = engine.plan(corpus.total_tokens)
-        assert not layout.fits and layout.window == 256
-        assert f"{corpus.total_tokens:,} tokens" in layout.reason and "256" in layout.reason
-        with pytest.raises(CorpusTooLarge, match="256"):
+        assert not layout.fits and layout.window == 160
+        assert f"{corpus.total_tokens:,} tokens" in layout.reason and "160" in layout.reason
+        with pytest.raises(CorpusTooLarge, match="160"):
             engine.load(corpus)
         assert server.requests == []
         # The constructor's max_model_len overrides what the server reports.
@@ -273,3 +273,14 @@ def test_old_turns_are_dropped_to_fit_the_window(tokenizer, corpus):
         messages = server.requests[-1]["messages"]
         assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
         assert messages[1]["content"].endswith("\n\nShort?") and messages[-1]["content"] == "And now?"
+
+
+def test_window_from_what_each_server_reports(tokenizer):
+    cases = [({"id": "m", "max_model_len": 131072}, 131072),  # vLLM
+             ({"id": "m", "meta": {"n_ctx_train": 8192}}, 8192),  # llama.cpp's llama-server
+             ({"id": "m", "owned_by": "me"}, 0)]  # llama-cpp-python: not reported
+    for entry, window in cases:
+        with FakeServer(models=[entry]) as server:
+            engine = RemoteEngine(server.url, tokenizer=tokenizer)
+            assert engine.window == window
+            assert engine.plan(10**9).fits is (window == 0)

@@ -18,6 +18,7 @@ from transformers import AttentionInterface
 
 NAME = "omnibus"
 FP8_BLOCK_TOKENS = 65_536  # keys dequantised at once when the cache is fp8
+FEW_ROWS = 1024  # up to this many (query head x token) rows per KV head, the Triton split-K kernel is used
 
 
 def _flash(q, k, v, causal: bool, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,6 +46,10 @@ def attend_cached(query, layer, length: int, scale: float, block: int | None = N
         return None, None
     b, hq, t, d = query.shape
     hkv = layer.keys.shape[1]
+    if query.is_cuda and (hq // hkv) * t <= FEW_ROWS:  # a question's few tokens: read the cache once, as stored
+        from app.decode_kernel import cached_attention
+
+        return cached_attention(query, layer, torch.tensor([length], dtype=torch.int32, device=query.device), scale)
     grouped = query.reshape(b, hkv, (hq // hkv) * t, d)  # [B, H_kv, groups*T, D]
     block = block or (FP8_BLOCK_TOKENS if layer.fp8 else length)
     out = lse = None

@@ -183,7 +183,7 @@ def build(workbench: Workbench, max_upload_mb: int = 500) -> gr.Blocks:
                                   label="Conversation",
                                   placeholder="Load your documents, then ask a question about them.")
                 with gr.Row():
-                    question = gr.Textbox(placeholder="Ask a question about your documents and press Enter",
+                    question = gr.Textbox(placeholder="Ask a question about your documents",
                                           show_label=False, scale=6, elem_id="question", lines=1)
                     send_btn = gr.Button("Ask", variant="primary", scale=1, elem_id="ask")
                     stop_btn = gr.Button("Stop", variant="stop", scale=1)

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.engine import AnswerStats, Settings
-from app.errors import NoCorpus
+from app.errors import CorpusTooLarge, NoCorpus
 from app.prompt import DEFAULT_SYSTEM_PROMPT, Turn
+from app.ui_views import fit_advice
 from ingest import build_corpus
 
 
@@ -105,6 +106,9 @@ class Workbench:
         """
         if session.corpus is None or not session.corpus.documents:
             raise NoCorpus("there are no documents yet: add some files first")
+        layout = self.plan(session, system_prompt)
+        if not layout.fits:  # the same check the engine makes, with advice that fits the case
+            raise CorpusTooLarge(f"{layout.reason}. {fit_advice(self.backend, layout)}")
         session.cancel = threading.Event()
         session.loaded_tokens = 0
         stats = self.backend.load(session.corpus, system_prompt=system_prompt or DEFAULT_SYSTEM_PROMPT,

@@ -75,7 +75,7 @@ def context_meter(backend, plan, corpus_tokens: int | None = None) -> str:
     colour = "#2e7d32" if plan.fits and share < 0.8 else "#ef6c00" if plan.fits else "#c62828"
     bar = (f"<div class='meter-bar'><div style='width:{min(share, 1) * 100:.1f}%;background:{colour}'></div></div>")
     hardware = _memory_line(plan)
-    memory = ("has room for all of it" if plan.max_tokens >= window_room
+    memory = ("has room for the whole window" if plan.max_tokens >= window_room
               else f"has room for <b>{plan.max_tokens:,}</b> tokens ({plan.kv_dtype} cache)")
     used = f"<b>{plan.tokens:,}</b> tokens"
     if corpus_tokens is not None:
@@ -92,7 +92,7 @@ def context_meter(backend, plan, corpus_tokens: int | None = None) -> str:
                      "questions reuse it.")
         verdict = ""
     else:
-        verdict = (f"<div class='refusal'><b>This is too much to load.</b> {escape(plan.reason)}.<br>"
+        verdict = (f"<div class='refusal'><b>This is too much to load.</b> {escape(plan.reason[:1].upper() + plan.reason[1:])}.<br>"
                    f"{escape(fit_advice(backend, plan))}</div>")
     items = "".join(f"<li>{line}</li>" for line in lines)
     return f"<div class='meter'><b>Context meter</b>{bar}<ul>{items}</ul>{verdict}</div>"

@@ -127,8 +127,9 @@ def test_a_corpus_too_large_is_refused_before_running(workbench, tmp_path):
     meter = views.context_meter(workbench.backend, plan)
     assert "too much to load" in meter and "remove files to get under" in meter
     before = workbench.backend.counters.corpus_tokens_prefilled
-    with pytest.raises(CorpusTooLarge, match="window"):
+    with pytest.raises(CorpusTooLarge, match="window") as refused:
         workbench.load(session)
+    assert "longer window" in str(refused.value) and "fp8" not in str(refused.value)
     assert workbench.backend.counters.corpus_tokens_prefilled == before
     assert not session.is_loaded
 

@@ -51,10 +51,10 @@ def ask(args) -> int:
     backend = open_backend(args.model, backend=args.backend, base_url=args.base_url, api_key_env=args.api_key_env,
                            served_model=args.served_model, kv_dtype=args.kv_dtype,
                            chunk_tokens=args.chunk_tokens, random_weights=args.random_weights)
-    if backend.name == "local" and not args.no_disk_cache:
+    if backend.name == "local":
         from app.store import Store
 
-        backend.store = Store(args.cache_dir)
+        backend.store = None if args.no_disk_cache else Store(args.cache_dir)
     corpus = build_corpus(args.paths, tokenizer=backend.tokenizer, line_numbers=args.line_numbers)
     for skipped in corpus.skipped:
         _say(f"skipped {skipped.source}: {skipped.reason}")

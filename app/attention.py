@@ -13,12 +13,42 @@ stays bounded whatever the context length.
 
 from __future__ import annotations
 
+import logging
+import os
+
 import torch
 from transformers import AttentionInterface
+
+log = logging.getLogger(__name__)
 
 NAME = "omnibus"
 FP8_BLOCK_TOKENS = 65_536  # keys dequantised at once when the cache is fp8
 FEW_ROWS = 1024  # up to this many (query head x token) rows per KV head, the Triton split-K kernel is used
+
+
+_flex = None  # compiled FlexAttention, built on first use; False once it failed here
+
+
+def _flex_unmasked(q, k, v, scale: float):
+    """FlexAttention without a mask (compiled once, dynamic key length): (out, lse) or None if unavailable."""
+    global _flex
+    if _flex is None and os.environ.get("OMNIBUS_FLEX", "1") == "1":
+        try:
+            from torch.nn.attention.flex_attention import flex_attention
+
+            _flex = torch.compile(flex_attention, dynamic=True)
+        except Exception as err:  # an old torch or no Triton: the flash path serves
+            log.warning("FlexAttention unavailable (%s); using SDPA flash", err)
+            _flex = False
+    if not _flex:
+        return None
+    try:
+        out, lse = _flex(q, k, v, scale=scale, return_lse=True)
+    except Exception as err:
+        log.warning("FlexAttention failed (%s); using SDPA flash from now on", err)
+        _flex = False
+        return None
+    return out, lse
 
 
 def _flash(q, k, v, causal: bool, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,7 +85,7 @@ def attend_cached(query, layer, length: int, scale: float, block: int | None = N
     out = lse = None
     for start in range(0, length, block):
         k, v = layer.read(start, min(start + block, length))
-        o, s = _flash(grouped, k, v, False, scale)
+        o, s = (query.is_cuda and _flex_unmasked(grouped, k, v, scale)) or _flash(grouped, k, v, False, scale)
         out, lse = (o, s) if out is None else _merge(out, lse, o, s)
     return out.reshape(b, hq, t, d), lse.reshape(b, hq, t)
 

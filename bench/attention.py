@@ -49,8 +49,21 @@ def main() -> int:
             ms = bench(lambda: omnibus_attention(module, q, k_new, k_new, None, scale, kv_cache=cache))
             print(f"prefill chunk {t} at depth {depth:,} {storage}: {ms:.1f} ms, {flops / ms / 1e9:.0f} TFLOP/s", flush=True)
             if storage == "bf16":
-                ms_past = bench(lambda: attend_cached(q, layer, depth, scale))
-                print(f"  of which the past part: {ms_past:.1f} ms, {4.0 * t * depth * HQ * D / ms_past / 1e9:.0f} TFLOP/s")
+                from app import attention
+
+                grouped = q.reshape(1, HKV, (HQ // HKV) * t, D)
+                k_past, v_past = layer.keys[:, :, :depth], layer.values[:, :, :depth]
+                past_flops = 4.0 * t * depth * HQ * D
+                flash = attention._flash(grouped, k_past, v_past, False, scale)
+                flex = attention._flex_unmasked(grouped, k_past, v_past, scale)
+                if flex is not None:
+                    err = float((flex[0].float() - flash[0].float()).norm() / flash[0].float().norm())
+                    lse_err = float((flex[1] - flash[1]).abs().max())
+                    ms_flex = bench(lambda: attention._flex_unmasked(grouped, k_past, v_past, scale))
+                    print(f"  past part, FlexAttention: {ms_flex:.1f} ms, {past_flops / ms_flex / 1e9:.0f} TFLOP/s "
+                          f"(vs flash: rel err {err:.1e}, max lse diff {lse_err:.1e})")
+                ms_past = bench(lambda: attention._flash(grouped, k_past, v_past, False, scale))
+                print(f"  past part, SDPA flash: {ms_past:.1f} ms, {past_flops / ms_past / 1e9:.0f} TFLOP/s")
                 k_all, v_all = layer.keys[:, :, : depth + t], layer.values[:, :, : depth + t]
                 from torch.nn.attention.bias import causal_lower_right
 

@@ -25,3 +25,9 @@ def llama3_tokenizer():
 def tiny_llama():
     """Factory for tiny random Llama models: `tiny_llama(rope="llama3", layers=2, ...)`; see test_engine_helpers."""
     return make_tiny_llama
+
+
+@pytest.fixture(scope="session")
+def demo_tokenizer(demo_model):
+    """The demo model's own tokenizer (SmolLM2, ChatML template with <|im_start|>/<|im_end|>)."""
+    return demo_model[1]

@@ -72,8 +72,8 @@ def test_max_tokens_is_the_exact_boundary():
 
 
 @pytest.mark.xfail(strict=True, reason="app/plan.py plan(): the workspace is sized for min(chunk, tokens), so a "
-                   "small corpus reports a max_tokens (516,434 on 1x80 bf16) that a corpus of that size is refused at "
-                   "(493,396); size max_tokens with the full chunk's workspace")
+                   "1,000-token corpus reports max_tokens 515,029 on 1x80 bf16, yet a corpus of that size is refused "
+                   "(it holds 493,396); size max_tokens with the full chunk's workspace")
 def test_max_tokens_does_not_depend_on_the_corpus_planned():
     shape, devices = shape_8b(), planner.parse_gpus("1x80")
     small = planner.plan(shape, 1_000, devices, "bf16")

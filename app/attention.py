@@ -81,13 +81,16 @@ def attend_cached(query, layer, length: int, scale: float, block: int | None = N
 
         return cached_attention(query, layer, torch.tensor([length], dtype=torch.int32, device=query.device), scale)
     grouped = query.reshape(b, hkv, (hq // hkv) * t, d)  # [B, H_kv, groups*T, D]
-    block = block or (FP8_BLOCK_TOKENS if layer.fp8 else length)
+    # On GPUs the keys go in contiguous blocks to FlexAttention, which beats flash there (383 vs 337 TFLOP/s at
+    # 256K on an H100) but not on strided views of the whole cache (177 vs 354): see BENCHMARKS.md. Copying a
+    # bf16 block costs ~1% of the attention it feeds. On CPUs, bf16/fp32 views go to the flash kernel whole.
+    use_flex = query.is_cuda and os.environ.get("OMNIBUS_FLEX", "1") == "1"
+    block = block or (FP8_BLOCK_TOKENS if layer.fp8 or use_flex else length)
     out = lse = None
     for start in range(0, length, block):
         k, v = layer.read(start, min(start + block, length))
-        # FlexAttention beats flash on the contiguous dequantised fp8 blocks (383 vs 337 TFLOP/s at 256K on an
-        # H100) but not on strided bf16 views of the cache (177 vs 354): see BENCHMARKS.md.
-        use_flex = layer.fp8 and query.is_cuda
+        if use_flex and not layer.fp8:
+            k, v = k.contiguous(), v.contiguous()
         o, s = (use_flex and _flex_unmasked(grouped, k, v, scale)) or _flash(grouped, k, v, False, scale)
         out, lse = (o, s) if out is None else _merge(out, lse, o, s)
     return out.reshape(b, hq, t, d), lse.reshape(b, hq, t)

@@ -361,8 +361,11 @@ class Engine:
         room = self.cache.capacity - len(self.cached_ids)
         for dropped in range(len(history) + 1):
             kept = history[dropped:]
-            ids = encode_prompt(self.tokenizer, self.corpus_ids, question, kept, self.system_prompt)
-            if ids.prefix != self.cached_ids:
+            # The corpus slot is left empty: only the few template tokens around it are compared, not the
+            # whole corpus, so a question at 1M tokens costs no million-element list work.
+            ids = encode_prompt(self.tokenizer, (), question, kept, self.system_prompt)
+            head = len(ids.prefix)
+            if head + len(self.corpus_ids) != len(self.cached_ids) or ids.prefix != self.cached_ids[:head]:
                 raise RuntimeError("the prompt prefix does not match the cached corpus")  # an internal defect
             if len(ids.suffix) + min(max_new_tokens, 64) <= room:
                 return kept, dropped, ids.suffix

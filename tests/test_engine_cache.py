@@ -12,6 +12,7 @@ from app.engine import AnswerStats, Engine, Settings
 from app.errors import Cancelled, CorpusTooLarge, NoCorpus
 from app.prompt import Turn, encode_prompt
 from ingest import build_corpus
+from test_engine_helpers import tiny_llama
 
 SHORT = Settings(max_new_tokens=12)
 CORPUS_TEXT = (
@@ -22,11 +23,9 @@ CORPUS_TEXT = (
 
 
 @pytest.fixture(scope="module")
-def model():
-    from ingest import load_tokenizer
-    from test_engine_helpers import tiny_llama
-
-    return tiny_llama("default", vocab=len(load_tokenizer()), hidden=32, heads=4, kv_heads=2, tie=True, window=4096)
+def model(llama3_tokenizer):
+    """Window 4,096, so the engine keeps 512 tokens after the corpus for questions and history."""
+    return tiny_llama("default", vocab=len(llama3_tokenizer), hidden=32, heads=4, kv_heads=2, tie=True, window=4096)
 
 
 @pytest.fixture

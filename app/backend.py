@@ -43,16 +43,29 @@ def choose_model(requested: str) -> str:
 
 def open_backend(model: str = "auto", *, backend: str = "local", base_url: str | None = None,
                  api_key_env: str | None = None, served_model: str | None = None, kv_dtype: str = "auto",
-                 chunk_tokens: int | None = None, random_weights: bool = False) -> Backend:
-    """Load the local engine, or connect to an OpenAI-compatible server."""
+                 chunk_tokens: int | None = None, random_weights: bool = False, weight_dtype: str = "bf16",
+                 max_model_len: int | None = None, disk_cache: bool = False, cache_dir: str | None = None) -> Backend:
+    """Load the local engine, or connect to an OpenAI-compatible server.
+
+    disk_cache: save processed corpora under `cache_dir` (app/store.py) and reopen them instead of prefilling.
+    """
     if backend == "openai":
         from app.remote import RemoteEngine
 
-        return RemoteEngine(base_url, api_key_env=api_key_env, served_model=served_model)
+        return RemoteEngine(base_url, api_key_env=api_key_env, served_model=served_model, max_model_len=max_model_len)
     from app.engine import Engine
     from app.models import load_model
 
     name = choose_model(model)
     log.info("loading model %s", name)
-    loaded, tokenizer = load_model(name, random_weights=random_weights)
-    return Engine(loaded, tokenizer, kv_dtype=kv_dtype, chunk_tokens=chunk_tokens, model_name=name)
+    loaded, tokenizer = load_model(name, random_weights=random_weights, weight_dtype=weight_dtype)
+    if tokenizer is None:  # random weights: the real Llama-3 tokenizer stands in
+        from ingest import load_tokenizer
+
+        tokenizer = load_tokenizer()
+    store = None
+    if disk_cache:
+        from app.store import Store
+
+        store = Store(cache_dir)
+    return Engine(loaded, tokenizer, kv_dtype=kv_dtype, chunk_tokens=chunk_tokens, model_name=name, store=store)

@@ -26,6 +26,9 @@ def _add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base-url", help="the server's OpenAI API root, e.g. http://127.0.0.1:8000/v1")
     parser.add_argument("--api-key-env", help="name of the environment variable that holds the server's API key")
     parser.add_argument("--served-model", help="the model name the server expects (default: the first it lists)")
+    parser.add_argument("--weight-dtype", default="bf16", choices=["bf16", "fp8"],
+                        help="fp8 halves the weights' memory (needed for a 1M-token corpus on one 80 GB GPU)")
+    parser.add_argument("--max-model-len", type=int, help="the server's context length, if it does not report one")
     parser.add_argument("--random-weights", action="store_true", help=argparse.SUPPRESS)  # benchmarks only
 
 
@@ -50,11 +53,9 @@ def ask(args) -> int:
 
     backend = open_backend(args.model, backend=args.backend, base_url=args.base_url, api_key_env=args.api_key_env,
                            served_model=args.served_model, kv_dtype=args.kv_dtype,
-                           chunk_tokens=args.chunk_tokens, random_weights=args.random_weights)
-    if backend.name == "local":
-        from app.store import Store
-
-        backend.store = None if args.no_disk_cache else Store(args.cache_dir)
+                           chunk_tokens=args.chunk_tokens, random_weights=args.random_weights,
+                           weight_dtype=args.weight_dtype, max_model_len=args.max_model_len,
+                           disk_cache=not args.no_disk_cache, cache_dir=args.cache_dir)
     corpus = build_corpus(args.paths, tokenizer=backend.tokenizer, line_numbers=args.line_numbers)
     for skipped in corpus.skipped:
         _say(f"skipped {skipped.source}: {skipped.reason}")

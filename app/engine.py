@@ -107,6 +107,7 @@ class Engine:
         self.cache: KVCache | None = None
         self.cached_ids: list[int] = []  # the committed prefix (system prompt + corpus), token for token
         self.corpus_ids: list[int] = []  # the corpus alone, as loaded
+        self.prefix_length = 0  # tokens of system prompt + corpus once fully loaded
         self.system_prompt = DEFAULT_SYSTEM_PROMPT
         self.counters = Counters()
         self.use_cuda_graphs = True
@@ -251,13 +252,14 @@ class Engine:
         `cancel` is set (what was prefilled so far stays cached and is reused by the next call).
         """
         with self._lock:
+            corpus_ids = list(corpus_ids)
+            prefix = self.prompt_prefix(corpus_ids, system_prompt)
+            layout = self.plan(len(prefix))
+            if not layout.fits:  # refused before anything changes: the corpus loaded before stays usable
+                raise CorpusTooLarge(layout.reason + ". " + _fit_advice(layout))
             if system_prompt is not None:
                 self.system_prompt = system_prompt
-            self.corpus_ids = list(corpus_ids)
-            prefix = self.prompt_prefix(self.corpus_ids)
-            layout = self.plan(len(prefix))
-            if not layout.fits:
-                raise CorpusTooLarge(layout.reason + ". " + _fit_advice(layout))
+            self.corpus_ids, self.prefix_length = corpus_ids, len(prefix)
             reused = _common_prefix(self.cached_ids, prefix)
             if self.cache is not None and self.cache.storage != layout.kv_dtype:
                 reused = 0
@@ -311,7 +313,7 @@ class Engine:
         """
         settings = settings or Settings()
         with self._lock:
-            if self.cache is None or not self.cached_ids or len(self.cached_ids) < len(self.corpus_ids):
+            if self.cache is None or not self.cached_ids or len(self.cached_ids) < self.prefix_length:
                 raise NoCorpus("no corpus is loaded (or its loading was stopped): load it before asking")
             corpus_end = len(self.cached_ids)
             history, dropped, suffix = self._fit_turns(question, list(history), settings.max_new_tokens)
@@ -387,9 +389,14 @@ def _synchronize(on_gpu: bool) -> None:
 
 
 def _fit_advice(layout: planner.Plan) -> str:
+    if "model window" in layout.reason:
+        return (f"To make it fit: remove files to get under {layout.max_tokens:,} tokens, or use a model with a "
+                "longer window (--model ultralong-2m or ultralong-4m).")
     tips = []
     if layout.kv_dtype in ("bf16", "fp32"):
         tips.append("fp8 KV (--kv-dtype fp8) halves the cache")
+    if layout.weight_dtype == "bf16":
+        tips.append("fp8 weights (--weight-dtype fp8) free ~7 GiB")
     tips.append("more GPUs spread the layers")
     tips.append(f"or remove files to get under {layout.max_tokens:,} tokens")
     return "To make it fit: " + "; ".join(tips) + "."

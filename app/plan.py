@@ -18,7 +18,7 @@ WEIGHT_ELEMENT_BYTES = {"fp32": 4, "bf16": 2, "fp8": 1}
 # Sustained rates used for time estimates, in FLOP/s: (linear layers, attention). Measured with
 # bench/engine.py (see BENCHMARKS.md); a device not listed uses the closest kind.
 THROUGHPUT = {
-    "H100": (600e12, 320e12),
+    "H100": (600e12, 360e12),
     "H200": (620e12, 330e12),
     "cuda": (300e12, 150e12),
     "cpu": (0.15e12, 0.05e12),
@@ -162,7 +162,7 @@ def plan(shape: ModelShape, tokens: int, devices: list[Device], kv_dtype: str = 
             still_to_load = weights
         else:
             weights, still_to_load = resident_weights[i], 0
-        workspace = shape.workspace_bytes(min(chunk, max(tokens, 1)), kv_dtype)
+        workspace = shape.workspace_bytes(chunk, kv_dtype)  # a full chunk, so max_tokens is the same for any corpus
         room = device.free_bytes - still_to_load - workspace - (CONTEXT_RESERVE_BYTES if device.name != "cpu" else 0)
         per_token = layers * shape.kv_bytes_per_token_layer(kv_dtype)
         capacity = min(capacity, max(room, 0) // per_token if per_token else math.inf)

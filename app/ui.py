@@ -254,6 +254,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--base-url", help="the server's OpenAI API root, e.g. http://127.0.0.1:8000/v1")
     parser.add_argument("--api-key-env", help="name of the environment variable that holds the server's API key")
     parser.add_argument("--served-model", help="the model name the server expects (default: the first it lists)")
+    parser.add_argument("--weight-dtype", default="bf16", choices=["bf16", "fp8"],
+                        help="fp8 halves the weights' memory (needed for a 1M-token corpus on one 80 GB GPU)")
+    parser.add_argument("--max-model-len", type=int, help="the server's context length, if it does not report one")
+    parser.add_argument("--cache-dir", help="where processed corpora are saved (default ~/.cache/omnibus)")
+    parser.add_argument("--no-disk-cache", action="store_true", help="neither reopen nor save corpora on disk")
     return parser.parse_args(argv)
 
 
@@ -288,7 +293,9 @@ def main(argv: list[str]) -> int:
     try:
         backend = open_backend(args.model, backend=args.backend, base_url=args.base_url,
                                api_key_env=args.api_key_env, served_model=args.served_model,
-                               kv_dtype=args.kv_dtype)
+                               kv_dtype=args.kv_dtype, weight_dtype=args.weight_dtype,
+                               max_model_len=args.max_model_len, disk_cache=not args.no_disk_cache,
+                               cache_dir=args.cache_dir)
     except OmnibusError as err:
         _say(f"error: {err}")
         return 1

@@ -124,9 +124,6 @@ def test_cancelled_load_raises_and_the_next_load_resumes(engine, corpus_ids, mod
         fresh_answer(model, llama3_tokenizer, corpus_ids, "Who keeps the ledger?")
 
 
-@pytest.mark.xfail(strict=True, reason="app/engine.py ask(): the NoCorpus check compares cached_ids (system prompt + "
-                   "corpus) with len(corpus_ids) (corpus alone), so a load cancelled within the last system-prompt-"
-                   "length tokens passes it and _fit_turns raises RuntimeError ('internal defect')")
 def test_load_cancelled_near_its_end_is_no_corpus_not_an_internal_error(engine, corpus_ids):
     stop = threading.Event()
     prefix = engine.prompt_prefix(corpus_ids)
@@ -209,9 +206,6 @@ def test_corpus_over_the_window_is_refused_before_running(engine, corpus_ids, ll
     assert engine.cache is None
 
 
-@pytest.mark.xfail(strict=True, reason="app/engine.py load_corpus(): self.corpus_ids (and system_prompt) are set "
-                   "before the plan refuses the corpus, so the corpus still in the cache can no longer be asked "
-                   "about (NoCorpus); assign them after the fit check")
 def test_refused_corpus_leaves_the_loaded_one_usable(engine, corpus_ids):
     engine.load_corpus(corpus_ids)
     with pytest.raises(CorpusTooLarge):

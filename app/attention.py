@@ -74,6 +74,8 @@ def attend_cached(query, layer, length: int, scale: float, block: int | None = N
     """
     if length == 0:
         return None, None
+    if hasattr(layer, "shards"):  # sequence-parallel: every shard's device works at once, merged here
+        return _attend_shards(query, layer, length, scale)
     b, hq, t, d = query.shape
     hkv = layer.keys.shape[1]
     if query.is_cuda and (hq // hkv) * t <= FEW_ROWS:  # a question's few tokens: read the cache once, as stored
@@ -96,6 +98,19 @@ def attend_cached(query, layer, length: int, scale: float, block: int | None = N
     return out.reshape(b, hq, t, d), lse.reshape(b, hq, t)
 
 
+def _attend_shards(query, layer, length: int, scale: float):
+    """Attention over a position-sharded layer: the query goes to each shard's device, the partial results
+    (out, lse) come back and merge. Launches are asynchronous, so the devices compute concurrently."""
+    parts = []
+    for shard, lo, hi, _ in layer.spans(0, length):
+        parts.append(attend_cached(query.to(shard.keys.device), shard, hi, scale))  # shards start at 0 locally
+    out = lse = None
+    for o, s in parts:
+        o, s = o.to(query.device), s.to(query.device)
+        out, lse = (o, s) if out is None else _merge(out, lse, o, s)
+    return out, lse
+
+
 def omnibus_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, kv_cache=None,
                       **kwargs):
     """transformers attention function: query [B, Hq, T, D]; key/value: this pass's [B, H_kv, T, D].
@@ -110,7 +125,7 @@ def omnibus_attention(module, query, key, value, attention_mask, scaling=None, d
     length = kv_cache.length
     layer = kv_cache.layers[module.layer_idx]
     if query.shape[2] == 1:  # decode: the new key is already in the cache, so one pass over all of it
-        if query.is_cuda:
+        if query.is_cuda and not kv_cache.sharded:
             from app.decode_kernel import decode_attention
 
             out = decode_attention(query, layer, kv_cache.decode_slots[query.device][1], scale)

@@ -137,7 +137,7 @@ def plan(args) -> int:
 
         config = AutoConfig.from_pretrained(resolve(args.model).source)
     shape = planner.ModelShape.from_config(config)
-    result = planner.plan(shape, args.tokens, devices, args.kv_dtype, args.weight_dtype)
+    result = planner.plan(shape, args.tokens, devices, args.kv_dtype, args.weight_dtype, mode=args.parallel)
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
     else:
@@ -169,6 +169,9 @@ def main(argv: list[str]) -> int:
     p_plan.add_argument("--kv-dtype", default="auto", choices=["auto", "bf16", "fp8"])
     p_plan.add_argument("--weight-dtype", default="bf16", choices=["bf16", "fp8"])
     p_plan.add_argument("--model", default="ultralong-4m")
+    p_plan.add_argument("--parallel", default="sequence", choices=["sequence", "layers"],
+                        help="several GPUs: split every layer's KV by position (attention on all GPUs at once) "
+                             "or split the layers (one GPU busy at a time)")
     p_plan.add_argument("--json", action="store_true")
     p_cache = commands.add_parser("cache", help="corpora saved on disk: list, rm ID, prune --max-gb N")
     actions = p_cache.add_subparsers(dest="action", required=True)

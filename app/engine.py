@@ -90,7 +90,7 @@ class Engine:
     name = "local"
 
     def __init__(self, model, tokenizer, *, kv_dtype: str = "auto", chunk_tokens: int | None = None,
-                 model_name: str = "", store=None):
+                 model_name: str = "", store=None, parallel: str = "auto"):
         self.model, self.tokenizer = model, tokenizer
         self.model_name = model_name or getattr(model.config, "_name_or_path", "model")
         self.shape = planner.ModelShape.from_config(model.config)
@@ -102,6 +102,12 @@ class Engine:
             {torch.float32: "fp32", torch.bfloat16: "bf16"}.get(self.dtype, "bf16")
         self.layer_devices = [layer.self_attn.o_proj.weight.device for layer in model.model.layers]
         self.on_gpu = self.layer_devices[0].type == "cuda"
+        # Several GPUs and the whole model on one: split every layer's KV cache by position over all of them,
+        # so attention (nearly all the work at long context) runs on every GPU at once.
+        one_device = len(set(self.layer_devices)) == 1
+        if parallel == "auto":
+            parallel = "sequence" if self.on_gpu and one_device and torch.cuda.device_count() > 1 else "layers"
+        self.parallel = parallel
         self.chunk_tokens = chunk_tokens or (16_384 if self.on_gpu else 2048)
         self.stop_ids = _stop_ids(model, tokenizer)
         self.cache: KVCache | None = None
@@ -121,10 +127,13 @@ class Engine:
             return planner.local_devices()
         held = self.cache.nbytes() if self.cache is not None else 0
         out = []
-        for device in sorted({d.index for d in self.layer_devices}):
+        indexes = range(torch.cuda.device_count()) if self.parallel == "sequence" else \
+            sorted({d.index for d in self.layer_devices})
+        for device in indexes:
             free, total = torch.cuda.mem_get_info(device)
-            share = held * sum(d.index == device for d in self.layer_devices) // len(self.layer_devices)
-            out.append(planner.Device(torch.cuda.get_device_name(device), total, free + share))
+            share = held // len(indexes) if self.parallel == "sequence" else \
+                held * sum(d.index == device for d in self.layer_devices) // len(self.layer_devices)
+            out.append(planner.Device(torch.cuda.get_device_name(device), total, free + share, device))
         return out
 
     def plan(self, tokens: int, kv_dtype: str | None = None) -> planner.Plan:
@@ -134,7 +143,7 @@ class Engine:
             kv = "fp32" if self.dtype == torch.float32 else "bf16"
         devices = self.devices()
         resident = [0] * len(devices)
-        indexes = sorted({d.index for d in self.layer_devices}) if self.on_gpu else [None]
+        indexes = [d.index for d in devices]
         for p in list(self.model.parameters()) + list(self.model.buffers()):
             if p.device.index in indexes:
                 resident[indexes.index(p.device.index)] += p.numel() * p.element_size()
@@ -142,7 +151,7 @@ class Engine:
             resident = [0]
         for chunk in (self.chunk_tokens, self.chunk_tokens // 2, self.chunk_tokens // 4):  # smaller chunks, less workspace
             result = planner.plan(self.shape, tokens, devices, kv, self.weight_dtype, chunk, self.reserve,
-                                  resident_weights=resident)
+                                  resident_weights=resident, mode=self.parallel)
             if result.fits:
                 break
         return result
@@ -189,7 +198,7 @@ class Engine:
         if not self.on_gpu:
             return self._forward([token], want_logits=True)
         cache.set_decode_position(cache.length)
-        if len(cache.decode_slots) > 1 or not self.use_cuda_graphs:
+        if len(cache.decode_slots) != 1 or not self.use_cuda_graphs:  # several devices: no single graph
             return self._forward([token], want_logits=True)
         if self._graph is None or self._graph[0] != (id(cache), cache.version):
             self._capture_decode_graph()
@@ -224,20 +233,25 @@ class Engine:
         cache.truncate(length)  # the warm-up wrote only past the committed sequence
         self._graph = ((id(cache), cache.version), graph, ids, positions, logits)
 
-    def _ensure_cache(self, needed: int, kv_dtype: str) -> None:
-        """Have a cache of the right storage that holds `needed` tokens, keeping the shared prefix."""
+    def _ensure_cache(self, needed: int, layout: planner.Plan) -> None:
+        """Have a cache of the planned storage that holds `needed` tokens, keeping the shared prefix if it can."""
         capacity = min(self.window, needed + self.reserve)
-        if self.cache is not None and self.cache.storage != kv_dtype:
+        kv_dtype = layout.kv_dtype
+        if self.cache is not None and (self.cache.storage != kv_dtype
+                                       or (self.cache.sharded and capacity > self.cache.capacity)):
             self.drop_cache()
         if self.cache is None:
+            shards = None
+            if self.parallel == "sequence":
+                shards = [(torch.device("cuda", i), n) for i, n in enumerate(layout.shard_tokens)]
             self.cache = KVCache(self.layer_devices, self.shape.kv_heads, self.shape.head_dim, capacity, kv_dtype,
-                                 compute_dtype=self.dtype)
+                                 compute_dtype=self.dtype, shards=shards)
         elif capacity > self.cache.capacity:
             self.cache.grow(capacity)
 
     def drop_cache(self) -> None:
         """Free the KV cache (and forget the cached corpus)."""
-        self.cache, self.cached_ids, self.corpus_ids, self._graph = None, [], [], None
+        self.cache, self.cached_ids, self._graph = None, [], None
         if self.on_gpu:
             torch.cuda.empty_cache()
 
@@ -259,19 +273,19 @@ class Engine:
                 raise CorpusTooLarge(layout.reason + ". " + _fit_advice(layout))
             if system_prompt is not None:
                 self.system_prompt = system_prompt
-            self.corpus_ids, self.prefix_length = corpus_ids, len(prefix)
             reused = _common_prefix(self.cached_ids, prefix)
-            if self.cache is not None and self.cache.storage != layout.kv_dtype:
-                reused = 0
-            self._ensure_cache(len(prefix), layout.kv_dtype)
+            self._ensure_cache(len(prefix), layout)
+            reused = min(reused, len(self.cached_ids))  # a reallocated cache starts empty
+            self.corpus_ids, self.prefix_length = corpus_ids, len(prefix)
             self.cache.truncate(reused)
             self.cached_ids = prefix[:reused]
             self.counters.corpus_loads += 1
-            disk = self.store.restore(self, prefix, layout.kv_dtype, beyond=reused) \
-                if self.store is not None and reused < len(prefix) else None
+            store = self.store if not self.cache.sharded else None  # sharded caches are not saved (yet)
+            disk = store.restore(self, prefix, layout.kv_dtype, beyond=reused) \
+                if store is not None and reused < len(prefix) else None
             reused = len(self.cached_ids)  # a restore leaves cache.length and cached_ids agreeing
             source = "disk" if disk and disk.tokens else ("memory" if reused else "prefill")
-            checkpoint = self.store.checkpointer(self, label) if self.store is not None else None
+            checkpoint = store.checkpointer(self, label) if store is not None else None
             started = time.perf_counter()
             for start in range(reused, len(prefix), layout.chunk_tokens):
                 if cancel is not None and cancel.is_set():
@@ -291,7 +305,7 @@ class Engine:
             _synchronize(self.on_gpu)
             seconds = time.perf_counter() - started
             fresh = len(prefix) - reused
-            saved = self.store.save(self, label=label) if self.store is not None and fresh else None
+            saved = store.save(self, label=label) if store is not None and fresh else None
             source += "+prefill" if fresh and source != "prefill" else ""
             return LoadStats(len(prefix), reused, seconds, fresh / seconds if fresh else 0.0, layout.kv_dtype,
                              source, disk.seconds if disk else 0.0, saved)

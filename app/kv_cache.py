@@ -91,6 +91,37 @@ class LayerKV:
         return sum(t.numel() * t.element_size() for t in tensors)
 
 
+class ShardedLayerKV:
+    """One layer's cache split by position over several devices: shard i holds tokens starts[i]..starts[i+1].
+
+    Used for sequence parallelism: every GPU holds a share of every layer's tokens, and attention runs on all
+    of them at once (see app/attention.py), so both the memory and the attention work are spread.
+    """
+
+    def __init__(self, kv_heads: int, head_dim: int, capacities: list[int], storage: str, devices, compute_dtype):
+        self.shards = [LayerKV(kv_heads, head_dim, c, storage, d, compute_dtype) for c, d in zip(capacities, devices)]
+        self.starts = [sum(capacities[:i]) for i in range(len(capacities))]
+        self.fp8 = storage == "fp8"
+        self.kv_heads = kv_heads
+        self.keys = self.shards[0].keys  # for callers that only look at shape, dtype and the first device
+
+    def spans(self, start: int, end: int):
+        """(shard, local start, local end, global offset) for each shard that holds part of start..end."""
+        for shard, first in zip(self.shards, self.starts):
+            lo, hi = max(start, first), min(end, first + shard.keys.shape[2])
+            if lo < hi:
+                yield shard, lo - first, hi - first, lo - start
+
+    def write(self, start: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        for shard, lo, hi, offset in self.spans(start, start + k.shape[2]):
+            n = hi - lo
+            device = shard.keys.device
+            shard.write(lo, k[:, :, offset:offset + n].to(device), v[:, :, offset:offset + n].to(device))
+
+    def nbytes(self) -> int:
+        return sum(shard.nbytes() for shard in self.shards)
+
+
 class KVCache:
     """The whole model's KV cache for one sequence of up to `capacity` tokens.
 
@@ -99,19 +130,28 @@ class KVCache:
     """
 
     def __init__(self, layer_devices, kv_heads: int, head_dim: int, capacity: int, storage: str = "bf16",
-                 compute_dtype=torch.bfloat16):
+                 compute_dtype=torch.bfloat16, shards: list[tuple[object, int]] | None = None):
+        """shards: [(device, tokens), ...] splits every layer by position over these devices (sequence
+        parallelism); `capacity` is then their sum. Without it, each layer lives whole on its layer's device."""
         if storage not in STORAGE_DTYPES:
             raise ValueError(f"KV storage must be one of {sorted(STORAGE_DTYPES)}, not {storage!r}")
         self.storage = storage
-        self.capacity = capacity
         self.kv_heads, self.head_dim, self.compute_dtype = kv_heads, head_dim, compute_dtype
-        self.layers = [LayerKV(kv_heads, head_dim, capacity, storage, d, compute_dtype) for d in layer_devices]
+        self.sharded = shards is not None and len(shards) > 1
+        if self.sharded:
+            devices, capacities = zip(*shards)
+            self.capacity = sum(capacities)
+            self.layers = [ShardedLayerKV(kv_heads, head_dim, list(capacities), storage, devices, compute_dtype)
+                           for _ in layer_devices]
+        else:
+            self.capacity = capacity
+            self.layers = [LayerKV(kv_heads, head_dim, capacity, storage, d, compute_dtype) for d in layer_devices]
         self.version = 0  # bumped when buffers move (grow), so captured CUDA graphs know they are stale
         self.length = 0  # committed tokens
         self.pending = 0  # tokens written by the pass in flight, not yet committed
         # On GPUs a decode step reads its position from device tensors, so its shapes never change and it
         # can be replayed as a CUDA graph: per device, (write position int64 [1], keys to attend int32 [1]).
-        devices = {layer.keys.device for layer in self.layers if layer.keys.is_cuda}
+        devices = {layer.keys.device for layer in self.layers if layer.keys.is_cuda and not self.sharded}
         self.decode_slots = {d: (torch.zeros(1, dtype=torch.long, device=d), torch.ones(1, dtype=torch.int32, device=d))
                              for d in devices}
 
@@ -122,7 +162,7 @@ class KVCache:
         if self.length + t > self.capacity:
             raise ValueError(f"KV cache holds {self.capacity:,} tokens; {self.length + t:,} were asked for")
         layer = self.layers[layer_idx]
-        if t == 1 and key_states.is_cuda:
+        if t == 1 and key_states.is_cuda and not self.sharded:
             layer.write_at(self.decode_slots[key_states.device][0], key_states, value_states)
         else:
             layer.write(self.length, key_states, value_states)
@@ -154,6 +194,8 @@ class KVCache:
         """Reallocate for `capacity` tokens, keeping the committed prefix (one layer at a time)."""
         if capacity <= self.capacity:
             return
+        if self.sharded:
+            raise ValueError("a sequence-sharded cache is sized once; reload the corpus to resize it")
         for i, old in enumerate(self.layers):
             new = LayerKV(self.kv_heads, self.head_dim, capacity, self.storage, old.keys.device, self.compute_dtype)
             new.copy_prefix(old, self.length)

@@ -64,6 +64,11 @@ class ModelShape:
         dequant = 2 * fp8_block * self.kv_heads * self.head_dim * 2 if kv_dtype == "fp8" else 0
         return chunk * per_token + dequant + self.vocab * 4 * 2
 
+    def attention_workspace_bytes(self, chunk: int, fp8_block: int = 65_536) -> int:
+        """Temporaries on a device that only holds KV shards: the query, fp32 partial outputs, a key block."""
+        qd = self.q_heads * self.head_dim
+        return chunk * qd * (2 + 4 * 2) + 2 * fp8_block * self.kv_heads * self.head_dim * 2
+
     def prefill_flops(self, tokens: int, start: int = 0) -> tuple[float, float]:
         """(linear, attention) FLOPs to prefill positions start..tokens."""
         linear = 2.0 * self.layers * self.layer_params() * (tokens - start) + 2.0 * self.vocab * self.hidden
@@ -76,6 +81,7 @@ class Device:
     name: str  # e.g. "NVIDIA H100 80GB HBM3" or "cpu"
     total_bytes: int
     free_bytes: int
+    index: int | None = None  # CUDA device index
 
 
 @dataclass
@@ -101,6 +107,8 @@ class Plan:
     devices: list[DevicePlan] = field(default_factory=list)
     reason: str = ""
     chunk_tokens: int = 16_384  # prefill chunk the plan was made for
+    mode: str = "layers"  # "layers" or "sequence" (see plan())
+    shard_tokens: list[int] = field(default_factory=list)  # sequence mode: tokens of KV on each device
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -108,6 +116,8 @@ class Plan:
     def summary(self) -> str:
         """One line for people: tokens against capacity, memory and time."""
         mem = ", ".join(f"{d.name}: {d.weights_gib:.1f} GiB weights + {d.kv_gib:.1f} GiB KV" for d in self.devices)
+        if self.mode == "sequence":
+            mem += " (KV split by position over the GPUs; attention runs on all at once)"
         verdict = "fits" if self.fits else "does NOT fit"
         return (f"{self.tokens:,} tokens {verdict} ({self.kv_dtype} KV, up to {self.max_tokens:,}); {mem}; "
                 f"prefill ≈ {format_seconds(self.prefill_seconds)}, decode ≈ {self.decode_tokens_per_s:.0f} tokens/s")
@@ -134,40 +144,63 @@ def _rates(device_name: str) -> tuple[float, float]:
     return THROUGHPUT["cpu" if device_name == "cpu" else "cuda"]
 
 
-def estimate_prefill_seconds(shape: ModelShape, tokens: int, device_name: str, start: int = 0) -> float:
+def estimate_prefill_seconds(shape: ModelShape, tokens: int, device_name: str, start: int = 0,
+                             attention_devices: int = 1) -> float:
     linear_rate, attention_rate = _rates(device_name)
     linear, attention = shape.prefill_flops(tokens, start)
-    return linear / linear_rate + attention / attention_rate
+    return linear / linear_rate + attention / (attention_rate * attention_devices)
 
 
 def plan(shape: ModelShape, tokens: int, devices: list[Device], kv_dtype: str = "auto", weight_dtype: str = "bf16",
-         chunk: int = 16_384, reserve: int = QUESTION_RESERVE_TOKENS, resident_weights: list[int] | None = None) -> Plan:
-    """Plan a corpus of `tokens` on `devices` (layers split evenly). kv_dtype "auto" picks bf16 if it fits, else fp8.
+         chunk: int = 16_384, reserve: int = QUESTION_RESERVE_TOKENS, resident_weights: list[int] | None = None,
+         mode: str = "layers") -> Plan:
+    """Plan a corpus of `tokens` on `devices`. kv_dtype "auto" picks bf16 if it fits, else fp8.
 
+    mode "layers": layers split evenly, each layer's KV on its layer's device (one device busy at a time).
+    mode "sequence": the weights on the first device, every layer's KV split by position over all devices,
+    so attention runs on all of them at once (`shard_tokens` says how many tokens each holds).
     resident_weights: bytes of weights already loaded on each device (their memory is no longer free);
     without it, the weights are computed from the shape and `weight_dtype` and must still fit.
     """
     if kv_dtype == "auto":
         choices = ["bf16", "fp8"] if devices[0].name != "cpu" else ["fp32"]
-        plans = [plan(shape, tokens, devices, k, weight_dtype, chunk, reserve, resident_weights) for k in choices]
+        plans = [plan(shape, tokens, devices, k, weight_dtype, chunk, reserve, resident_weights, mode) for k in choices]
         return next((p for p in plans if p.fits), plans[-1])
-    per_device_layers = split_layers(shape.layers, len(devices))
+    sequence = mode == "sequence" and len(devices) > 1
+    per_device_layers = [shape.layers] + [0] * (len(devices) - 1) if sequence else split_layers(shape.layers, len(devices))
     weight_bytes = WEIGHT_ELEMENT_BYTES[weight_dtype]
     embed_bytes = shape.vocab * shape.hidden * weight_bytes
-    capacity, device_plans = math.inf, []
+    per_token_all = shape.layers * shape.kv_bytes_per_token_layer(kv_dtype)
+    capacity, rooms, device_plans = math.inf, [], []
+    last = len(devices) - 1 if not sequence else 0
     for i, (device, layers) in enumerate(zip(devices, per_device_layers)):
         if resident_weights is None:
             weights = layers * shape.layer_params() * weight_bytes
-            weights += embed_bytes * ((i == 0) + (i == len(devices) - 1 and not shape.tied_embeddings))
+            weights += embed_bytes * ((i == 0) + (i == last and not shape.tied_embeddings))
             still_to_load = weights
         else:
             weights, still_to_load = resident_weights[i], 0
-        workspace = shape.workspace_bytes(chunk, kv_dtype)  # a full chunk, so max_tokens is the same for any corpus
-        room = device.free_bytes - still_to_load - workspace - (CONTEXT_RESERVE_BYTES if device.name != "cpu" else 0)
-        per_token = layers * shape.kv_bytes_per_token_layer(kv_dtype)
-        capacity = min(capacity, max(room, 0) // per_token if per_token else math.inf)
-        device_plans.append(DevicePlan(device.name, layers, weights / GiB, per_token * (tokens + reserve) / GiB,
-                                       workspace / GiB, device.free_bytes / GiB))
+        # a full chunk, so max_tokens is the same for any corpus; shard-only devices just run attention
+        workspace = shape.workspace_bytes(chunk, kv_dtype) if layers else shape.attention_workspace_bytes(chunk)
+        room = max(device.free_bytes - still_to_load - workspace - (CONTEXT_RESERVE_BYTES if device.name != "cpu" else 0), 0)
+        rooms.append(room)
+        per_token = per_token_all if sequence else layers * shape.kv_bytes_per_token_layer(kv_dtype)
+        if not sequence:
+            capacity = min(capacity, room // per_token if per_token else math.inf)
+        device_plans.append(DevicePlan(device.name, layers, weights / GiB, 0.0, workspace / GiB,
+                                       device.free_bytes / GiB))
+    shard_tokens: list[int] = []
+    if sequence:
+        capacity = sum(room // per_token_all for room in rooms)
+        needed = min(tokens + reserve, max(capacity, 1))
+        total_room = max(sum(rooms), 1)
+        shard_tokens = [needed * room // total_room for room in rooms]
+        shard_tokens[-1] += needed - sum(shard_tokens)
+        for d, n in zip(device_plans, shard_tokens):
+            d.kv_gib = n * per_token_all / GiB
+    else:
+        for d, layers in zip(device_plans, per_device_layers):
+            d.kv_gib = layers * shape.kv_bytes_per_token_layer(kv_dtype) * (tokens + reserve) / GiB
     max_tokens = int(min(capacity - reserve, shape.window - reserve))
     fits = tokens <= max_tokens
     reason = ""
@@ -178,12 +211,14 @@ def plan(shape: ModelShape, tokens: int, devices: list[Device], kv_dtype: str = 
         reason = (f"the corpus is {tokens:,} tokens; {len(devices)} device(s) hold {max(max_tokens, 0):,} "
                   f"with {kv_dtype} KV")
     name = devices[0].name
-    kv_total = shape.layers * shape.kv_bytes_per_token_layer(kv_dtype) * tokens
+    kv_total = per_token_all * tokens
     bandwidth = 3.0e12 if name != "cpu" else 20e9
     all_weights = sum(resident_weights) if resident_weights is not None else shape.params() * weight_bytes
-    decode_rate = bandwidth / (all_weights + kv_total)
-    return Plan(tokens, kv_dtype, weight_dtype, fits, max(max_tokens, 0), shape.window,
-                estimate_prefill_seconds(shape, tokens, name), decode_rate, device_plans, reason, chunk)
+    spread = len(devices) if sequence else 1  # sequence mode reads the KV on every GPU at once
+    decode_rate = bandwidth / (all_weights + kv_total / spread)
+    prefill = estimate_prefill_seconds(shape, tokens, name, attention_devices=spread)
+    return Plan(tokens, kv_dtype, weight_dtype, fits, max(max_tokens, 0), shape.window, prefill, decode_rate,
+                device_plans, reason, chunk, "sequence" if sequence else "layers", shard_tokens)
 
 
 def local_devices() -> list[Device]:
@@ -194,7 +229,7 @@ def local_devices() -> list[Device]:
         out = []
         for i in range(torch.cuda.device_count()):
             free, total = torch.cuda.mem_get_info(i)
-            out.append(Device(torch.cuda.get_device_name(i), total, free))
+            out.append(Device(torch.cuda.get_device_name(i), total, free, i))
         return out
     try:
         with open("/proc/meminfo") as f:

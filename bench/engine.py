@@ -41,8 +41,9 @@ def peak_gib() -> float:
 
 
 def reset_peak() -> None:
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
+    for i in range(torch.cuda.device_count()):
+        torch.cuda.synchronize(i)
+        torch.cuda.reset_peak_memory_stats(i)
 
 
 def random_ids(n: int, vocab: int) -> list[int]:
@@ -150,8 +151,10 @@ def fill_synthetic(engine: Engine, depth: int, kv: str) -> None:
     engine.kv_dtype_setting = kv
     corpus = random_ids(depth - 64, engine.shape.vocab)
     prefix = engine.prompt_prefix(corpus)
-    engine._ensure_cache(len(prefix) + engine.plan(len(prefix), kv).chunk_tokens, kv)
-    for layer in engine.cache.layers:
+    layout = engine.plan(len(prefix) + engine.chunk_tokens, kv)  # room for one more chunk at that depth
+    engine._ensure_cache(len(prefix) + layout.chunk_tokens, layout)
+    layers = [shard for layer in engine.cache.layers for shard in getattr(layer, "shards", [layer])]
+    for layer in layers:
         for buf in (layer.keys, layer.values):
             view = buf.view(torch.int8) if buf.dtype == torch.float8_e4m3fn else buf
             if view.dtype == torch.int8:
@@ -191,6 +194,7 @@ def synthetic(engine: Engine, depth: int, kv: str, decode_tokens: int, chunk_rep
     row["chunk_attention_tflops_effective"] = chunk_attention / row["chunk_s"] / 1e12
     row.update(follow_up(engine, decode_tokens))
     row["peak_gib"] = peak_gib()
+    row["peak_gib_per_gpu"] = [round(torch.cuda.max_memory_allocated(i) / GiB, 1) for i in range(torch.cuda.device_count())]
     return row
 
 
@@ -219,7 +223,7 @@ def main() -> int:
     parser.add_argument("--weight-dtype", default="bf16", choices=["bf16", "fp8"])
     parser.add_argument("--out", default="")
     args = parser.parse_args()
-    results = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
+    results = {"device": f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}", "torch": torch.__version__,
                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     import transformers
 
@@ -230,6 +234,8 @@ def main() -> int:
     results["weight_dtype"] = args.weight_dtype
     results["weights_gib"] = torch.cuda.memory_allocated() / GiB
     engine = Engine(model, llama3_tokenizer(), chunk_tokens=args.chunk_tokens, model_name="random-8B")
+    results["parallel"] = engine.parallel
+    log("engine", engine.parallel, "over", torch.cuda.device_count(), "GPU(s)")
     engine.stop_ids = set()  # random weights: decode the full count
     vocab = engine.shape.vocab
     if args.baseline:

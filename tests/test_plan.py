@@ -133,8 +133,8 @@ DEVICE_KEYS = {"name", "layers", "weights_gib", "kv_gib", "workspace_gib", "free
 
 def test_launch_plan_json_schema():
     env = dict(os.environ, OMNIBUS_NO_BOOTSTRAP="1")
-    done = subprocess.run([sys.executable, "launch.py", "plan", "--tokens", "1048576", "--gpus", "4x80", "--json"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "launch.py", "plan", "--tokens", "1048576", "--gpus", "4x80", "--json",
+                           "--parallel", "layers"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert PLAN_KEYS <= set(result)

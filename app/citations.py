@@ -1,0 +1,539 @@
+"""Citations: the form the model writes them in, and checking each quote against the corpus.
+
+The form (the system prompt asks for it; `CITATION_FORMAT` is that instruction)::
+
+    [3, p. 47: "exact words"]          document 3 (the index in <document index="3">), PDF page 47
+    [3, pp. 47-48: "exact words"]      a page range
+    [3, line 120: "exact words"]       line 120 of a text or code file (`lines 120-125` for a range)
+    [src/app.py:120: "exact words"]    the document named by its source, line 120 (`:120-125`)
+    [report.pdf, p. 4: "exact words"]  the source with a page
+    [3: "exact words"]                 no page or line: the whole document
+
+A citation is `[`, a document (its index, optionally written `doc 3` or `#3`, or its source, or a unique
+end of its source such as its file name), an optional locator (`, p. N`, `, pp. N-M`, `, page N`,
+`, line N`, `, lines N-M`, or `:N` / `:N-M` right after a source), then `: "quote"]`. Curly quotes work
+too. The quote ends at the first `"]`, stays on one line, and may hold other double quotes; an opening
+that never closes is dropped without swallowing the next citation. A bare `[3, p. 47]` or
+`[src/app.py:120]` (a locator, no quote) is a citation with nothing to check.
+
+Checking a quote searches only the cited document, place by place:
+
+1. the cited page(s) or lines: exact, then normalised (case, runs of whitespace, curly quotes and
+   dashes, `...` as a gap of up to 300 characters, line-number prefixes in the quote): **verified**;
+2. the neighbouring page on each side (two lines each side for line citations), so a quote that runs
+   over a page break verifies; a match that lies wholly on a neighbour is **near** ("on p. 48");
+3. the whole document, exact or normalised: **near**, with where it really is;
+4. fuzzy (difflib on windows found from the quote's rarest words, so only a few short windows are
+   compared, however long the document): **near** when the score is at least `NEAR_SCORE`;
+5. else **not found** (with the best score seen).
+"""
+
+from __future__ import annotations
+
+import bisect
+import difflib
+import re
+from dataclasses import dataclass
+
+VERIFIED, NEAR, NOT_FOUND, UNCHECKED = "verified", "near", "not found", "no quote"
+NEAR_SCORE = 0.8
+MAX_QUOTE = 1000
+ELLIPSIS_GAP = 300
+
+CITATION_FORMAT = (
+    'Back each claim with a short exact quote from the documents, written right after the claim as '
+    '[N, p. P: "exact words"] for page P of a PDF, [N, line L: "exact words"] for a line of a text or '
+    'code file, or [N: "exact words"] otherwise, where N is the document\'s index. Copy the words exactly, '
+    'at most about 25 of them, on one line.'
+)
+
+_REF_CHARS = r"[^\[\]\"“”\n]"
+_SPACE = r"[ \t]{0,20}"  # never a newline: a citation lies on one line
+_OPENING = rf"\[{_REF_CHARS}{{1,200}}?:{_SPACE}[\"“]"
+CITATION = re.compile(
+    rf"\[{_SPACE}(?P<ref>{_REF_CHARS}{{1,200}}?){_SPACE}"
+    rf"(?::{_SPACE}[\"“](?P<quote>(?:(?![\"“”]{_SPACE}\])(?!{_OPENING})[^\n]){{1,{MAX_QUOTE}}})[\"”])?{_SPACE}\]")
+LONGEST = 1 + 20 + 200 + 20 + 1 + 20 + 1 + MAX_QUOTE + 1 + 20 + 1  # characters a citation can span
+_LOCATOR = re.compile(r"(?:,\s*|\s+)(?P<kind>pp?|pages?|ll?|lines?)\.?\s*(?P<a>\d{1,7})"
+                      r"(?:\s*[-–—]\s*(?P<b>\d{1,7}))?$", re.IGNORECASE)
+_COLON_LINES = re.compile(r":(?P<a>\d{1,7})(?:\s*[-–—]\s*(?P<b>\d{1,7}))?$")
+_INDEX = re.compile(r"(?:doc(?:ument)?\.?\s*|#)?(?P<n>\d{1,7})", re.IGNORECASE)
+_LINE_PREFIX = re.compile(r"(?m)^[ \t]*\d+\|[ ]?")
+_ELLIPSIS = re.compile(r"\s*(?:\.\.\.|…|\[\.\.\.\]|\[…\])\s*")
+_FOLD = str.maketrans({"“": '"', "”": '"', "„": '"', "‘": "'", "’": "'", "–": "-", "—": "-",
+                       "\n": " ", "\t": " ", "\u00a0": " "})
+_PUNCT_CLASS = {'"': "[\"“”„]", "'": "['‘’]", "-": "[-–—]"}
+
+
+@dataclass(frozen=True)
+class Citation:
+    """One citation as written in an answer; `start`/`end` are its offsets in the answer text.
+
+    The document is `index` (as written) or `source`; `pages` or `lines` is an inclusive (first, last)
+    range or None; `quote` is "" for a bare reference.
+    """
+
+    index: int | None
+    source: str | None
+    pages: tuple[int, int] | None
+    lines: tuple[int, int] | None
+    quote: str
+    start: int = 0
+    end: int = 0
+
+    @property
+    def where(self) -> str:
+        """The reference without its quote: `3, p. 47` or `src/app.py:120`."""
+        return format_citation(self, quote=False)[1:-1]
+
+
+def _range(a: str, b: str | None) -> tuple[int, int]:
+    first, last = int(a), int(b) if b else int(a)
+    return (first, last) if last >= first else (last, first)
+
+
+def _reference(ref: str, quoted: bool) -> tuple | None:
+    """(index, source, pages, lines) from the text before the quote, or None if it is no citation."""
+    ref = ref.strip()
+    pages = lines = None
+    if (m := _LOCATOR.search(ref)) and m.start() > 0:
+        span = _range(m["a"], m["b"])
+        pages, lines = (span, None) if m["kind"].lower().startswith("p") else (None, span)
+        ref = ref[:m.start()].strip()
+    elif (m := _COLON_LINES.search(ref)) and m.start() > 0:
+        lines, ref = _range(m["a"], m["b"]), ref[:m.start()].strip()
+    ref = ref.rstrip(",").strip()
+    if not ref:
+        return None
+    if m := _INDEX.fullmatch(ref):
+        index, source = int(m["n"]), None
+    else:
+        index, source = None, ref
+    if not quoted and pages is None and lines is None:
+        return None  # `[1]`, `x[0]`, `[a link]`: not a citation without a quote or a locator
+    return index, source, pages, lines
+
+
+def parse(text: str) -> list[Citation]:
+    """Every citation in `text`, in order. Never raises; text that is not a citation is left alone."""
+    found = []
+    for m in CITATION.finditer(text):
+        quote = m["quote"]
+        ref = _reference(m["ref"], quote is not None)
+        if ref is not None:
+            found.append(Citation(*ref, quote=quote or "", start=m.start(), end=m.end()))
+    return found
+
+
+def format_citation(citation: Citation, quote: bool = True) -> str:
+    """The canonical written form of `citation` (`parse` reads it back)."""
+    by_index = citation.index is not None
+    out = str(citation.index) if by_index else citation.source
+    if citation.pages:
+        a, b = citation.pages
+        out += f", p. {a}" if a == b else f", pp. {a}-{b}"
+    elif citation.lines:
+        a, b = citation.lines
+        span = str(a) if a == b else f"{a}-{b}"
+        out += (f", line {span}" if a == b else f", lines {span}") if by_index else f":{span}"
+    if quote and citation.quote:
+        out += f': "{citation.quote}"'
+    return f"[{out}]"
+
+
+class CitationStream:
+    """Citations found while an answer streams: `feed(piece)` returns the ones completed by that piece.
+
+    A citation is handed out once no earlier `[` on the answer's last line could still open a longer
+    one around it, so the citations fed out, followed by `finish()`, equal `parse(answer)`. Only the text
+    after the last settled citation is scanned again.
+    """
+
+    def __init__(self):
+        self.text = ""
+        self.citations: list[Citation] = []
+        self._from = 0
+
+    def feed(self, piece: str) -> list[Citation]:
+        self.text += piece
+        segment = self.text[self._from:]
+        matches = list(CITATION.finditer(segment))
+        open_from = max(segment.rfind("\n") + 1, len(segment) - LONGEST)
+        covered = [(m.start(), m.end()) for m in matches]
+        pending = next((i for i in _brackets(segment, open_from) if not any(s <= i < e for s, e in covered)),
+                       len(segment) + 1)
+        settled = [m for m in matches if m.start() < pending]
+        new = []
+        for m in settled:
+            quote = m["quote"]
+            ref = _reference(m["ref"], quote is not None)
+            if ref is not None:
+                new.append(Citation(*ref, quote=quote or "", start=self._from + m.start(),
+                                    end=self._from + m.end()))
+        if settled:
+            self._from += settled[-1].end()
+        self.citations += new
+        return new
+
+    def finish(self) -> list[Citation]:
+        """The citations the answer's end settles (call once the stream is over)."""
+        new = [replace_offsets(c, self._from) for c in parse(self.text[self._from:])]
+        self._from = len(self.text)
+        self.citations += new
+        return new
+
+
+def _brackets(text: str, start: int):
+    at = text.find("[", start)
+    while at >= 0:
+        yield at
+        at = text.find("[", at + 1)
+
+
+def replace_offsets(citation: Citation, shift: int) -> Citation:
+    return Citation(citation.index, citation.source, citation.pages, citation.lines, citation.quote,
+                    citation.start + shift, citation.end + shift)
+
+
+# -- verification --
+
+@dataclass(frozen=True)
+class Check:
+    """What checking one citation found.
+
+    `status`: verified, near, not found, or "no quote" (a bare reference). `how`: exact, normalised,
+    fuzzy, or "" (nothing). `score`: 1.0 for exact and normalised, difflib's ratio for fuzzy. `document`
+    is the corpus index of the cited document (None if none matches). `start`/`end` is the matched span
+    in that document's `text` (-1 when nothing matched); `pages`/`lines` is where it lies.
+    """
+
+    citation: Citation
+    status: str
+    how: str = ""
+    score: float = 0.0
+    document: int | None = None
+    source: str = ""
+    start: int = -1
+    end: int = -1
+    pages: tuple[int, int] | None = None
+    lines: tuple[int, int] | None = None
+    note: str = ""
+
+
+class DocumentView:
+    """A document's own text for searching: no wrapper tag, no `[page N]` markers, no line-number prefixes.
+
+    `text` is the document's segments (pages, or numbered lines, or the whole body) joined by newlines;
+    `to_document` maps an offset back into `Document.text`.
+    """
+
+    def __init__(self, document):
+        text = document.text
+        body_start = text.index("\n") + 1
+        body_end = max(body_start, len(text) - len("</document>\n"))
+        self.paged = bool(document.page_spans)
+        if self.paged:
+            segments = [(s, e) for _, s, e in document.page_spans]
+            self.page_numbers = [p for p, _, _ in document.page_spans]
+        elif document.line_numbers:
+            segments, at = [], body_start
+            for m in _LINE_PREFIX.finditer(text, body_start, body_end):
+                end = text.find("\n", m.end(), body_end)
+                end = body_end if end < 0 else end
+                segments.append((m.end(), end))
+                at = end
+            segments = segments or [(body_start, at)]
+            self.page_numbers = []
+        else:
+            body_end -= text[body_start:body_end].endswith("\n")
+            segments, self.page_numbers = [(body_start, body_end)], []
+        self.text = "\n".join(text[s:e] for s, e in segments)
+        self.starts, self.origins, at = [], [], 0
+        for s, e in segments:
+            self.starts.append(at)
+            self.origins.append(s)
+            at += e - s + 1
+        lower = self.text.lower()
+        self.folded = (lower if len(lower) == len(self.text) else
+                       "".join(c if len(c.lower()) != 1 else c.lower() for c in self.text)).translate(_FOLD)
+        self._newlines: list[int] | None = None
+
+    def to_document(self, offset: int) -> int:
+        i = max(bisect.bisect_right(self.starts, offset) - 1, 0)
+        return self.origins[i] + offset - self.starts[i]
+
+    def from_document(self, offset: int) -> int:
+        i = max(bisect.bisect_right(self.origins, offset) - 1, 0)
+        return self.starts[i] + max(offset - self.origins[i], 0)
+
+    def page_span(self, first: int, last: int) -> tuple[int, int] | None:
+        """View offsets covering pages first..last (clamped to the document); None if none exist."""
+        numbers = self.page_numbers
+        lo, hi = bisect.bisect_left(numbers, first), bisect.bisect_right(numbers, last) - 1
+        if lo > hi:
+            return None
+        end = self.starts[hi + 1] - 1 if hi + 1 < len(self.starts) else len(self.text)
+        return self.starts[lo], end
+
+    def pages_at(self, start: int, end: int) -> tuple[int, int]:
+        first = bisect.bisect_right(self.starts, start) - 1
+        last = bisect.bisect_right(self.starts, max(start, end - 1)) - 1
+        return self.page_numbers[max(first, 0)], self.page_numbers[max(last, 0)]
+
+    def _line_starts(self) -> list[int]:
+        if self._newlines is None:
+            self._newlines = [0] + [m.end() for m in re.finditer("\n", self.text)]
+        return self._newlines
+
+    def line_span(self, first: int, last: int) -> tuple[int, int] | None:
+        starts = self._line_starts()
+        first, last = max(first, 1), min(last, len(starts))
+        if first > last:
+            return None
+        return starts[first - 1], (starts[last] - 1 if last < len(starts) else len(self.text))
+
+    def lines_at(self, start: int, end: int) -> tuple[int, int]:
+        starts = self._line_starts()
+        return bisect.bisect_right(starts, start), bisect.bisect_right(starts, max(start, end - 1))
+
+
+def _pattern(quote: str) -> re.Pattern | None:
+    """The normalised form of a quote as a regex: any case, any whitespace run, any quote or dash style,
+    and each ellipsis a gap."""
+    parts = [p for p in _ELLIPSIS.split(quote) if p.strip()]
+    if not parts:
+        return None
+    words = []
+    for part in parts:
+        tokens = ["".join(_PUNCT_CLASS.get(c.translate(_FOLD), re.escape(c)) for c in word)
+                  for word in part.split()]
+        words.append(r"\s+".join(tokens))
+    return re.compile(rf"[\s\S]{{0,{ELLIPSIS_GAP}}}?".join(words), re.IGNORECASE)
+
+
+def _fold(quote: str) -> str:
+    return " ".join(_ELLIPSIS.sub(" ", quote).lower().translate(_FOLD).split())
+
+
+class Verifier:
+    """Checks citations against one corpus (`ingest.Corpus` or a list of `Document`s).
+
+    Each document's search view is built the first time it is cited and kept.
+    """
+
+    def __init__(self, corpus):
+        self.documents = list(getattr(corpus, "documents", corpus))
+        self._views: dict[int, DocumentView] = {}
+
+    def view(self, document) -> DocumentView:
+        if document.index not in self._views:
+            self._views[document.index] = DocumentView(document)
+        return self._views[document.index]
+
+    def document(self, citation: Citation):
+        """The cited document: by index, by exact source, then by a unique end of the source."""
+        if citation.index is not None:
+            return next((d for d in self.documents if d.index == citation.index), None)
+        name = citation.source.strip().strip("`'").lstrip("./")
+        exact = [d for d in self.documents if d.source == name]
+        if exact:
+            return exact[0]
+        ends = [d for d in self.documents if d.source.endswith("/" + name) or d.source.endswith(name)]
+        return ends[0] if len(ends) == 1 else None
+
+    def check_all(self, citations) -> list[Check]:
+        return [self.check(c) for c in citations]
+
+    def check(self, citation: Citation) -> Check:
+        """Verify one citation's quote against the cited document, page or lines."""
+        document = self.document(citation)
+        if document is None:
+            return Check(citation, NOT_FOUND, note=f"no document {citation.where.split(',')[0]} in the corpus")
+        base = dict(document=document.index, source=document.source)
+        view = self.view(document)
+        cited, nearby = self._regions(view, citation)
+        if not citation.quote.strip():
+            return Check(citation, UNCHECKED, note="no quote to check", **base)
+        quote = _LINE_PREFIX.sub("", citation.quote) if document.line_numbers else citation.quote
+        quote = quote.strip()
+        pattern = _pattern(quote)
+        whole = (0, len(view.text))
+        for region, overlap_needed in ((cited, False), (nearby, True), (whole, True)):
+            if region is None:
+                continue
+            found = self._literal(view, quote, pattern, region)
+            if found:
+                (start, end), how = found
+                if not overlap_needed or _overlaps((start, end), cited or whole):
+                    return self._found(citation, view, VERIFIED, how, 1.0, start, end, base)
+                return self._found(citation, view, NEAR, how, 1.0, start, end, base, elsewhere=True)
+        best = (0.0, -1, -1)
+        for region in (nearby or whole, whole):
+            score, start, end = _fuzzy(view.folded, _fold(quote), *region)
+            if score > best[0]:
+                best = (score, start, end)
+            if best[0] >= NEAR_SCORE:
+                break
+        score, start, end = best
+        if score >= NEAR_SCORE:
+            return self._found(citation, view, NEAR, "fuzzy", score, start, end, base,
+                               elsewhere=not _overlaps((start, end), cited or whole))
+        return Check(citation, NOT_FOUND, score=round(score, 3),
+                     note=f"nothing close in {self._describe(document, citation)} (best {score:.0%})", **base)
+
+    @staticmethod
+    def _regions(view: DocumentView, citation: Citation):
+        if citation.pages and view.paged:
+            a, b = citation.pages
+            return view.page_span(a, b), view.page_span(a - 1, b + 1)
+        if citation.lines and not view.paged:
+            a, b = citation.lines
+            return view.line_span(a, b), view.line_span(a - 2, b + 2)
+        return None, None
+
+    @staticmethod
+    def _literal(view: DocumentView, quote: str, pattern, region):
+        lo, hi = region
+        at = view.text.find(quote, lo, hi) if quote else -1
+        if at >= 0:
+            return (at, at + len(quote)), "exact"
+        m = pattern.search(view.text, lo, hi) if pattern else None
+        if m and m.end() > m.start():
+            return (m.start(), m.end()), "normalised"
+        return None
+
+    def _found(self, citation, view, status, how, score, start, end, base, elsewhere=False) -> Check:
+        pages = view.pages_at(start, end) if view.paged else None
+        lines = None if view.paged else view.lines_at(start, end)
+        note = ""
+        if elsewhere:
+            note = ("found on " + _pages_text(pages)) if pages else ("found at " + _lines_text(lines))
+        elif how == "fuzzy":
+            note = f"close but not exact ({score:.0%})"
+        doc_start = view.to_document(start)
+        doc_end = view.to_document(end - 1) + 1 if end > start else doc_start
+        return Check(citation, status, how, round(score, 3), start=doc_start, end=doc_end,
+                     pages=pages, lines=lines, note=note, **base)
+
+    @staticmethod
+    def _describe(document, citation: Citation) -> str:
+        if citation.pages and document.page_spans:
+            return f"{document.source} ({_pages_text(citation.pages)} and its neighbours, then the whole file)"
+        if citation.lines:
+            return f"{document.source} ({_lines_text(citation.lines)}, then the whole file)"
+        return document.source
+
+
+def _overlaps(span, region) -> bool:
+    return span[0] < region[1] and span[1] > region[0] or span[0] == span[1] == region[0]
+
+
+def _pages_text(pages) -> str:
+    a, b = pages
+    return f"p. {a}" if a == b else f"pp. {a}-{b}"
+
+
+def _lines_text(lines) -> str:
+    a, b = lines
+    return f"line {a}" if a == b else f"lines {a}-{b}"
+
+
+def _fuzzy(folded: str, quote: str, lo: int, hi: int) -> tuple[float, int, int]:
+    """Best difflib match of the folded `quote` in folded[lo:hi]: (score, start, end).
+
+    A short region is one window. In a long one, windows are placed where the quote's rarest words
+    occur, so the work does not grow with the document.
+    """
+    quote = quote[:MAX_QUOTE]
+    if not quote or hi <= lo:
+        return 0.0, -1, -1
+    slack = len(quote) // 3 + 8
+    if hi - lo <= 3 * len(quote) + 200:
+        windows = [(lo, hi)]
+    else:
+        words = sorted({w for w in re.findall(r"\w{4,}", quote)} or set(quote.split()), key=len, reverse=True)[:12]
+        counted = sorted((c, w) for w in words if (c := folded.count(w, lo, hi)))
+        starts = set()
+        for _, word in counted[:4]:
+            offset, at = quote.find(word), lo
+            for _ in range(16):
+                at = folded.find(word, at, hi)
+                if at < 0:
+                    break
+                starts.add(max(lo, at - offset) // max(slack, 1))
+                at += len(word)
+        windows = [(max(lo, b * slack - slack), min(hi, b * slack + len(quote) + 2 * slack))
+                   for b in sorted(starts)[:48]]
+    best = (0.0, -1, -1)
+    for w_lo, w_hi in windows:
+        score, start, end = _align(quote, folded, w_lo, w_hi)
+        if score > best[0]:
+            best = (score, start, end)
+    return best
+
+
+def _align(quote: str, folded: str, lo: int, hi: int) -> tuple[float, int, int]:
+    """Where in folded[lo:hi] the quote best lines up, and difflib's ratio there."""
+    window = folded[lo:hi]
+    matcher = difflib.SequenceMatcher(None, quote, window, autojunk=False)
+    blocks = [b for b in matcher.get_matching_blocks() if b.size >= 3] or \
+        [b for b in matcher.get_matching_blocks() if b.size]
+    if not blocks:
+        return 0.0, -1, -1
+    start = max(0, blocks[0].b - blocks[0].a)
+    end = min(len(window), blocks[-1].b + blocks[-1].size + (len(quote) - blocks[-1].a - blocks[-1].size))
+    start = blocks[0].b if blocks[0].b - start > 8 else start
+    piece = " ".join(window[start:end].split())
+    score = difflib.SequenceMatcher(None, quote, piece, autojunk=False).ratio()
+    return score, lo + start, lo + end
+
+
+@dataclass(frozen=True)
+class Passage:
+    """What to show for one citation: the page(s) or lines it points at, with the quote's place marked.
+
+    `highlights` are (start, end) offsets into `text`. `first_line` numbers the first line shown (text and
+    code); it is None for PDF pages, whose text starts each page with a `[page N]` line.
+    """
+
+    title: str
+    text: str
+    highlights: tuple[tuple[int, int], ...] = ()
+    first_line: int | None = None
+
+
+def passage(verifier: Verifier, check: Check, context_lines: int = 6) -> Passage | None:
+    """The cited page(s) (PDFs) or lines with `context_lines` around them, the matched quote highlighted."""
+    document = next((d for d in verifier.documents if d.index == check.document), None)
+    if document is None:
+        return None
+    view = verifier.view(document)
+    span = (view.from_document(check.start), view.from_document(check.end - 1) + 1) if check.end > check.start \
+        else None
+    if view.paged:
+        first, last = check.pages or check.citation.pages or (view.page_numbers[0],) * 2
+        first, last = max(first, view.page_numbers[0]), min(last, view.page_numbers[-1])
+        if first > last:
+            first = last = view.page_numbers[-1]
+        parts, highlights, at = [], [], 0
+        for number in range(first, last + 1):
+            lo, hi = view.page_span(number, number) or (0, 0)
+            head = f"[page {number}]\n"
+            if span and span[0] < hi and span[1] > lo:
+                s, e = max(span[0], lo), min(span[1], hi)
+                highlights.append((at + len(head) + s - lo, at + len(head) + e - lo))
+            parts.append(head + view.text[lo:hi] + "\n")
+            at += len(parts[-1])
+        return Passage(f"{document.source} · {_pages_text((first, last))}", "".join(parts), tuple(highlights))
+    total = len(view._line_starts())
+    first, last = check.lines or check.citation.lines or (1, min(total, 2 * context_lines))
+    first, last = max(1, min(first, total)), max(1, min(last, total))
+    show_first, show_last = max(1, first - context_lines), min(total, last + context_lines)
+    lo, hi = view.line_span(show_first, show_last)
+    highlights = ((max(span[0], lo) - lo, min(span[1], hi) - lo),) if span and span[0] < hi and span[1] > lo else ()
+    return Passage(f"{document.source} · {_lines_text((first, last))}", view.text[lo:hi], highlights, show_first)
+
+
+def verify(answer: str, corpus) -> list[Check]:
+    """Parse `answer` and check every citation in it against `corpus`."""
+    return Verifier(corpus).check_all(parse(answer))

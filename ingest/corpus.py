@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from . import context, formats
+from . import context, isolation
 from .document import Document, Extracted, Progress, Skipped
 from .errors import FileRejected, InputError
 from .limits import Limits
@@ -169,7 +169,7 @@ def build_corpus(paths, tokenizer=None, line_numbers: bool = False,
 def _load(entry, limits: Limits, skipped: list[Skipped]) -> Extracted | None:
     """One file through its loader; any failure becomes a Skipped entry."""
     try:
-        return formats.extract(entry.source, entry.read(), limits)
+        return isolation.extract(entry.source, entry.read(), limits)
     except FileRejected as error:
         skipped.append(Skipped(entry.source, error.reason))
     except OSError as error:

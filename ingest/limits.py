@@ -1,4 +1,4 @@
-"""Resource limits for one ingestion run (per-file caps, archive bomb guards)."""
+"""Resource limits for one ingestion run (per-file caps, archive bomb guards, parser worker caps)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ class Limits:
     max_compression_ratio: float = 100.0     # uncompressed / compressed, per member
     max_pdf_pages: int = 20_000              # pages read from one PDF
     minified_line_chars: int = 2_000         # .js/.css whose mean line is longer count as minified
+    parse_timeout_s: float = 120.0           # wall clock for one PDF/DOCX in the parser worker
+    parse_memory_bytes: int = 2000 * MB      # address-space cap of the parser worker (RLIMIT_AS)
 
     def __post_init__(self):
         for name, value in vars(self).items():

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .archive import is_archive, read_archive
@@ -59,7 +59,24 @@ def walk(paths, limits) -> Walk:
             _open_archive(real, root, limits, result)
         else:
             _add_file(real, root, root, False, limits, result)
+    result.entries = [replace(e, source=display_name(e.source), root=display_name(e.root)) for e in result.entries]
+    result.skipped = [replace(s, source=display_name(s.source)) for s in result.skipped]
     return result
+
+
+_CONTROLS = {c: f"\\x{c:02x}" for c in range(32) if chr(c) not in "\t\n"} | {0x7F: "\\x7f"}
+
+
+def display_name(path: str) -> str:
+    """A display path that is valid UTF-8 and holds no terminal controls: bytes that are not UTF-8
+    (kept by Python as lone surrogates) and C0 controls other than tab and newline become `\\xNN`."""
+    if path.isascii() and path.isprintable():
+        return path
+    try:
+        raw = path.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that no file-system byte produced
+        raw = path.encode("utf-8", "backslashreplace")
+    return raw.decode("utf-8", "backslashreplace").translate(_CONTROLS)
 
 
 def _root_name(real: Path, roots_seen: dict[str, Path]) -> str | None:
@@ -118,9 +135,12 @@ def _walk_folder(top: Path, root: str, limits, result: Walk) -> None:
                 else:
                     subfolders.append((Path(child.path), child_rel))
                 continue
-            if child.is_symlink() and child.is_dir():
-                result.skipped.append(Skipped(shown + "/", "link to a folder (not followed)"))
-                continue
+            if child.is_symlink():
+                reason = _link_reason(Path(child.path), top)
+                if reason:
+                    result.skipped.append(Skipped(shown + ("/" if reason.startswith("link to a folder") else ""),
+                                                  reason))
+                    continue
             if child.name == ".gitignore" or not child.is_file():
                 continue
             reason = default_reason(child.name, False)
@@ -133,6 +153,19 @@ def _walk_folder(top: Path, root: str, limits, result: Walk) -> None:
             else:
                 _add_file(Path(child.path), shown, root, True, limits, result)
         stack.extend(reversed(subfolders))
+
+
+def _link_reason(link: Path, top: Path) -> str | None:
+    """Why a symbolic link inside a dropped folder is not read, or None for a link to a file inside it."""
+    try:
+        target = link.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return "broken or looping link (not followed)"
+    if target.is_dir():
+        return "link to a folder (not followed)"
+    if not target.is_relative_to(top):
+        return "link to a file outside the dropped folder (not followed)"
+    return None
 
 
 def _folder_reason(entry: os.DirEntry, ignores: GitIgnores, rel: str) -> str | None:

@@ -46,6 +46,21 @@ def bench_pdf(pages: int = 400) -> dict:
         seconds = time.perf_counter() - start
         assert len(out) == pages and all(t.strip() for t in out)
         result[name] = round(pages / seconds)
+    from ingest import isolation
+    from ingest.pdf import extract as extract_in_process
+
+    isolation.extract("big.pdf", data, Limits())  # starts the worker (once per process)
+    start = time.perf_counter()
+    assert isolation.extract("big.pdf", data, Limits()).pages == pages
+    result["pypdfium2 in the worker"] = round(pages / (time.perf_counter() - start))
+    with tempfile.TemporaryDirectory() as tmp:  # many small files: the per-file cost of the worker round trip
+        small = make_pdf(Path(tmp) / "small.pdf", texts[:2]).read_bytes()
+    for name, extract in (("small files, in process", lambda: extract_in_process("s.pdf", small, Limits())),
+                          ("small files, in the worker", lambda: isolation.extract("s.pdf", small, Limits()))):
+        start = time.perf_counter()
+        for _ in range(200):
+            extract()
+        result[name + " (files/s)"] = round(200 / (time.perf_counter() - start))
     return result
 
 

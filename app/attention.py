@@ -81,7 +81,8 @@ def attend_cached(query, layer, length: int, scale: float, block: int | None = N
     if query.is_cuda and (hq // hkv) * t <= FEW_ROWS:  # a question's few tokens: read the cache once, as stored
         from app.decode_kernel import cached_attention
 
-        return cached_attention(query, layer, torch.tensor([length], dtype=torch.int32, device=query.device), scale)
+        # a fill kernel, not a host-to-device copy: nothing here waits for the GPU
+        return cached_attention(query, layer, torch.full((1,), length, dtype=torch.int32, device=query.device), scale)
     grouped = query.reshape(b, hkv, (hq // hkv) * t, d)  # [B, H_kv, groups*T, D]
     # On GPUs the keys go in contiguous blocks to FlexAttention, which beats flash there (383 vs 337 TFLOP/s at
     # 256K on an H100) but not on strided views of the whole cache (177 vs 354): see BENCHMARKS.md. Copying a

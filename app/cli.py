@@ -59,6 +59,11 @@ def ask(args) -> int:
     corpus = build_corpus(args.paths, tokenizer=backend.tokenizer, line_numbers=args.line_numbers)
     for skipped in corpus.skipped:
         _say(f"skipped {skipped.source}: {skipped.reason}")
+    if backend.name != "local":  # the whole corpus goes to the server: name the files that look like secrets
+        from app.secrets import scan_corpus, summary
+
+        for line in summary(scan_corpus(corpus), limit=100):
+            _say(f"warning: likely secret, will be sent to {backend.base_url}: {line}")
     _say(f"corpus: {len(corpus.documents)} documents, {corpus.total_tokens:,} tokens; model {backend.model_name}")
     layout = backend.plan(corpus.total_tokens)
     _say("plan: " + layout.summary())

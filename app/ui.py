@@ -16,12 +16,14 @@ import tempfile
 from pathlib import Path
 
 import gradio as gr
+from starlette.middleware import Middleware
 
 from app import ui_views as views
 from app.engine import Settings
 from app.errors import Cancelled, OmnibusError
 from app.prompt import DEFAULT_SYSTEM_PROMPT
-from app.ui_auth import Access, AuthError, decide
+from app.secrets import warning as secrets_warning
+from app.ui_auth import Access, AuthError, ClientAddress, LoginGuard, decide
 from app.ui_handlers import Session, Workbench
 
 CSS = """
@@ -133,6 +135,15 @@ def build(workbench: Workbench, max_upload_mb: int = 500) -> gr.Blocks:
         yield from stream(session, last.question, workbench.answer(session, last.question, settings),
                           views.load_done(stats))
 
+    def show_secrets(session):
+        """The likely-secrets warning and its button, shown while the corpus holds such files."""
+        text = secrets_warning(session.secrets, getattr(backend, "base_url", "") if backend.name != "local" else "")
+        return gr.update(value=text, visible=bool(text)), gr.update(visible=bool(text))
+
+    def exclude_secrets(session, system_prompt):
+        workbench.exclude_secrets(session)
+        return corpus_view(session, system_prompt)
+
     def stop(session):
         workbench.stop(session)
 
@@ -167,6 +178,8 @@ def build(workbench: Workbench, max_upload_mb: int = 500) -> gr.Blocks:
                                      elem_id="documents")
                 skipped = gr.Dataframe(headers=views.SKIPPED_HEADERS, value=[], interactive=False, wrap=True,
                                        label="Files left out", visible=False)
+                secrets_note = gr.Markdown(visible=False, elem_classes=["refusal"], elem_id="secrets")
+                exclude_btn = gr.Button("Leave these files out", size="sm", visible=False, elem_id="exclude-secrets")
                 with gr.Row():
                     to_remove = gr.Dropdown([], value=[], multiselect=True, label="Remove files", scale=3,
                                             visible=False)
@@ -222,6 +235,8 @@ def build(workbench: Workbench, max_upload_mb: int = 500) -> gr.Blocks:
         cancel_btn.click(stop, session, None, api_name=False, concurrency_limit=None)
         clear_btn.click(clear_chat, session, [chat, answer_info], api_name="clear_chat")
         chat.clear(clear_chat, session, [chat, answer_info], api_name=False)  # the chat's own bin icon
+        summary.change(show_secrets, session, [secrets_note, exclude_btn], api_name=False)  # after every corpus change
+        exclude_btn.click(exclude_secrets, [session, system_prompt], corpus_outputs, api_name="exclude_secrets")
         export_md_btn.click(export("md"), session, export_file, api_name="export_markdown")
         export_json_btn.click(export("json"), session, export_file, api_name="export_json")
     return demo
@@ -246,6 +261,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--auth-file", metavar="FILE", help="logins to accept, one user:password a line")
     parser.add_argument("--no-auth", action="store_true", help="no login even with --share or --listen (unsafe)")
     parser.add_argument("--max-upload-mb", type=int, default=500, help="largest file one may upload (default 500)")
+    parser.add_argument("--max-upload-files", type=int, default=2000,
+                        help="most files one upload may hold; a folder counts each file (default 2000)")
     parser.add_argument("--model", default="auto",
                         help="auto, ultralong-1m|2m|4m, demo, or any Hugging Face id or local folder (default: auto)")
     parser.add_argument("--kv-dtype", default="auto", choices=["auto", "bf16", "fp8", "fp32"])
@@ -268,10 +285,12 @@ def _say(message: str) -> None:
 
 def start(args: argparse.Namespace, backend, access: Access) -> gr.Blocks:
     """Build the app for `backend` and serve it in the background as `args` ask; return it running."""
-    demo = build(Workbench(backend), args.max_upload_mb)
+    demo = build(Workbench(backend, args.max_upload_files), args.max_upload_mb)
     demo.queue(default_concurrency_limit=1)
     demo.launch(server_name="0.0.0.0" if args.listen else "127.0.0.1", server_port=args.port, share=args.share,
-                auth=access.credentials, max_file_size=f"{args.max_upload_mb}mb", inbrowser=args.inbrowser,
+                auth=LoginGuard(access.credentials) if access.credentials else None,
+                app_kwargs={"middleware": [Middleware(ClientAddress)]},  # the caller's address, for LoginGuard
+                max_file_size=f"{args.max_upload_mb}mb", inbrowser=args.inbrowser,
                 auth_message="Log in with the user and password printed where Omnibus was started.",
                 prevent_thread_lock=True, quiet=True, ssr_mode=False, footer_links=["api"], css=CSS,
                 theme=gr.themes.Soft())

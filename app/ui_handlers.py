@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.engine import AnswerStats, Settings
-from app.errors import CorpusTooLarge, NoCorpus
+from app.errors import CorpusTooLarge, NoCorpus, OmnibusError
+from app.secrets import scan_corpus
 from app.prompt import DEFAULT_SYSTEM_PROMPT, Turn
 from app.ui_views import fit_advice
 from ingest import build_corpus
@@ -37,6 +38,7 @@ class Session:
 
     def __init__(self):
         self.corpus = None  # ingest.Corpus, or None before the first file
+        self.secrets: dict = {}  # source -> [app.secrets.Finding]: likely secrets in this corpus
         self.exchanges: list[Exchange] = []
         self.loaded_tokens = 0  # corpus tokens this session last loaded into the model (0: not loaded)
         self.cancel = threading.Event()
@@ -54,11 +56,19 @@ class Session:
         return self.corpus is not None and self.loaded_tokens == self.corpus.total_tokens > 0
 
 
-class Workbench:
-    """The handlers, bound to one backend (`app.backend.open_backend`)."""
+class TooManyFiles(OmnibusError):
+    """One upload holds more files than the app accepts at once (`--max-upload-files`)."""
 
-    def __init__(self, backend):
+
+class Workbench:
+    """The handlers, bound to one backend (`app.backend.open_backend`).
+
+    `max_upload_files` caps the files of one upload (a folder counts each file).
+    """
+
+    def __init__(self, backend, max_upload_files: int = 2000):
         self.backend = backend
+        self.max_upload_files = max_upload_files
 
     # -- the corpus --
     def add_files(self, session: Session, paths, progress=None) -> Session:
@@ -66,9 +76,13 @@ class Workbench:
         paths = [str(p) for p in paths or [] if p]
         if not paths:
             return session
+        if len(paths) > self.max_upload_files:
+            raise TooManyFiles(f"this upload holds {len(paths):,} files; at most {self.max_upload_files:,} "
+                               "are accepted at once (zip the folder, or add it in parts)")
         report = (lambda p: progress(p.files_done, p.files_total, p.current)) if progress else None
         session.corpus = build_corpus(paths, tokenizer=self.backend.tokenizer, progress=report,
                                       base=session.corpus)
+        session.secrets = scan_corpus(session.corpus)
         return session
 
     def remove_files(self, session: Session, sources) -> Session:
@@ -77,11 +91,19 @@ class Workbench:
             session.corpus = session.corpus.without(sources)
             if not session.corpus.documents:
                 session.corpus = None
+        session.secrets = {s: f for s, f in session.secrets.items() if s in set(session.sources)}
         return session
+
+    def exclude_secrets(self, session: Session) -> list[str]:
+        """Remove every document with a likely secret; returns the sources removed."""
+        gone = list(session.secrets)
+        self.remove_files(session, gone)
+        return gone
 
     def new_corpus(self, session: Session) -> Session:
         """Forget this session's documents and conversation (the model's cache is left for reuse)."""
         session.corpus, session.exchanges, session.loaded_tokens = None, [], 0
+        session.secrets = {}
         return session
 
     def plan(self, session: Session, system_prompt: str = DEFAULT_SYSTEM_PROMPT):

@@ -180,7 +180,7 @@ def synthetic(engine: Engine, depth: int, kv: str, decode_tokens: int, chunk_rep
         return {"depth": depth, "kv": kv, "error": "CUDA out of memory while allocating"}
     chunk = random_ids(layout.chunk_tokens, engine.shape.vocab)
     base = engine.cache.length
-    times = []
+    times = [float("nan")]
     for _ in range(chunk_repeats):
         torch.cuda.synchronize()
         started = time.perf_counter()
@@ -188,6 +188,7 @@ def synthetic(engine: Engine, depth: int, kv: str, decode_tokens: int, chunk_rep
         torch.cuda.synchronize()
         times.append(time.perf_counter() - started)
         engine.cache.truncate(base)
+    times = [t for t in times if t == t] or [float("nan")]
     row = {"depth": base, "kv": kv, "chunk_tokens": len(chunk), "chunk_s": min(times)}
     qd = engine.shape.q_heads * engine.shape.head_dim
     chunk_attention = 4.0 * len(chunk) * (base + len(chunk) / 2) * qd * engine.shape.layers
@@ -200,7 +201,7 @@ def synthetic(engine: Engine, depth: int, kv: str, decode_tokens: int, chunk_rep
 
 def project(rows: list[dict], chunk: int, target: int) -> float | None:
     """Full-prefill time for `target` tokens from chunk times measured at several depths (linear fit in depth)."""
-    points = [(r["depth"], r["chunk_s"]) for r in rows if "chunk_s" in r]
+    points = [(r["depth"], r["chunk_s"]) for r in rows if r.get("chunk_s", float("nan")) == r.get("chunk_s")]
     if len(points) < 2:
         return None
     n = len(points)
@@ -220,6 +221,7 @@ def main() -> int:
     parser.add_argument("--project", default="", help="kv:N: project a full prefill from the --depths rows")
     parser.add_argument("--decode-tokens", type=int, default=32)
     parser.add_argument("--chunk-tokens", type=int, default=16_384)
+    parser.add_argument("--chunk-repeats", type=int, default=2, help="prefill chunks timed at each depth (0: none)")
     parser.add_argument("--weight-dtype", default="bf16", choices=["bf16", "fp8"])
     parser.add_argument("--out", default="")
     args = parser.parse_args()
@@ -249,7 +251,7 @@ def main() -> int:
     results["synthetic"] = []
     for item in filter(None, args.depths.split(",")):
         kv, d = item.split(":")
-        row = synthetic(engine, int(d), kv, args.decode_tokens)
+        row = synthetic(engine, int(d), kv, args.decode_tokens, args.chunk_repeats)
         log("synthetic", row)
         results["synthetic"].append(row)
     for item in filter(None, args.project.split(",")):

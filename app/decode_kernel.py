@@ -103,12 +103,13 @@ def cached_attention(query: torch.Tensor, layer, length: torch.Tensor, scale: fl
     keys, values = layer.keys[0], layer.values[0]  # [H_kv, capacity, D]
     scales_k = layer.key_scales[0] if layer.fp8 else keys
     scales_v = layer.value_scales[0] if layer.fp8 else values
-    _partial[(hkv, SPLITS, row_blocks)](
-        q, keys, values, scales_k, scales_v, length, partial, lse, scale * LOG2E,
-        q.stride(0), keys.stride(0), keys.stride(1), scales_k.stride(0) if layer.fp8 else 0, rows, rows_padded,
-        BLOCK_G=block_g, D=d, BLOCK_N=BLOCK_N, SPLITS=SPLITS, FP8=layer.fp8,
-    )
-    _reduce[(hkv, rows)](partial, lse, out, out_lse, rows, rows_padded, D=d, SPLITS=SPLITS)
+    with torch.cuda.device(query.device):  # Triton launches on the current device: make it the tensors' one
+        _partial[(hkv, SPLITS, row_blocks)](
+            q, keys, values, scales_k, scales_v, length, partial, lse, scale * LOG2E,
+            q.stride(0), keys.stride(0), keys.stride(1), scales_k.stride(0) if layer.fp8 else 0, rows, rows_padded,
+            BLOCK_G=block_g, D=d, BLOCK_N=BLOCK_N, SPLITS=SPLITS, FP8=layer.fp8,
+        )
+        _reduce[(hkv, rows)](partial, lse, out, out_lse, rows, rows_padded, D=d, SPLITS=SPLITS)
     return out.view(1, hq, t, d), out_lse.view(1, hq, t)
 
 

@@ -44,10 +44,13 @@ def choose_model(requested: str) -> str:
 def open_backend(model: str = "auto", *, backend: str = "local", base_url: str | None = None,
                  api_key_env: str | None = None, served_model: str | None = None, kv_dtype: str = "auto",
                  chunk_tokens: int | None = None, random_weights: bool = False, weight_dtype: str = "bf16",
-                 max_model_len: int | None = None, disk_cache: bool = False, cache_dir: str | None = None) -> Backend:
+                 max_model_len: int | None = None, disk_cache: bool = False, cache_dir: str | None = None,
+                 parallel: str = "sequence") -> Backend:
     """Load the local engine, or connect to an OpenAI-compatible server.
 
     disk_cache: save processed corpora under `cache_dir` (app/store.py) and reopen them instead of prefilling.
+    parallel: with several GPUs, "sequence" splits every layer's KV cache by position over all of them (attention
+    on every GPU at once; the default), "layers" splits the layers (one GPU busy at a time).
     """
     if backend == "openai":
         from app.remote import RemoteEngine
@@ -58,7 +61,7 @@ def open_backend(model: str = "auto", *, backend: str = "local", base_url: str |
 
     name = choose_model(model)
     log.info("loading model %s", name)
-    loaded, tokenizer = load_model(name, random_weights=random_weights, weight_dtype=weight_dtype)
+    loaded, tokenizer = load_model(name, random_weights=random_weights, weight_dtype=weight_dtype, parallel=parallel)
     if tokenizer is None:  # random weights: the real Llama-3 tokenizer stands in
         from ingest import load_tokenizer
 
@@ -68,4 +71,5 @@ def open_backend(model: str = "auto", *, backend: str = "local", base_url: str |
         from app.store import Store
 
         store = Store(cache_dir)
-    return Engine(loaded, tokenizer, kv_dtype=kv_dtype, chunk_tokens=chunk_tokens, model_name=name, store=store)
+    return Engine(loaded, tokenizer, kv_dtype=kv_dtype, chunk_tokens=chunk_tokens, model_name=name, store=store,
+                  parallel="auto" if parallel == "sequence" else "layers")

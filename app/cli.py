@@ -29,6 +29,9 @@ def _add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weight-dtype", default="bf16", choices=["bf16", "fp8"],
                         help="fp8 halves the weights' memory (needed for a 1M-token corpus on one 80 GB GPU)")
     parser.add_argument("--max-model-len", type=int, help="the server's context length, if it does not report one")
+    parser.add_argument("--parallel", default="sequence", choices=["sequence", "layers"],
+                        help="several GPUs: split every layer's KV by position so attention runs on all of them "
+                             "at once (default), or split the layers (one GPU busy at a time)")
     parser.add_argument("--random-weights", action="store_true", help=argparse.SUPPRESS)  # benchmarks only
 
 
@@ -48,14 +51,15 @@ def _progress_printer():
 def ask(args) -> int:
     from app.backend import open_backend
     from app.engine import AnswerStats, Settings
-    from app.prompt import Turn
+    from app.citations import Verifier, parse
+    from app.prompt import Turn, system_prompt
     from ingest import build_corpus
 
     backend = open_backend(args.model, backend=args.backend, base_url=args.base_url, api_key_env=args.api_key_env,
                            served_model=args.served_model, kv_dtype=args.kv_dtype,
                            chunk_tokens=args.chunk_tokens, random_weights=args.random_weights,
                            weight_dtype=args.weight_dtype, max_model_len=args.max_model_len,
-                           disk_cache=not args.no_disk_cache, cache_dir=args.cache_dir)
+                           disk_cache=not args.no_disk_cache, cache_dir=args.cache_dir, parallel=args.parallel)
     corpus = build_corpus(args.paths, tokenizer=backend.tokenizer, line_numbers=args.line_numbers)
     for skipped in corpus.skipped:
         _say(f"skipped {skipped.source}: {skipped.reason}")
@@ -67,8 +71,10 @@ def ask(args) -> int:
     _say(f"corpus: {len(corpus.documents)} documents, {corpus.total_tokens:,} tokens; model {backend.model_name}")
     layout = backend.plan(corpus.total_tokens)
     _say("plan: " + layout.summary())
-    stats = backend.load(corpus, progress=_progress_printer())
+    system = None if args.citation_prompt else system_prompt(citations=False)
+    stats = backend.load(corpus, system_prompt=system, progress=_progress_printer())
     _report_load(stats)
+    verifier = Verifier(corpus) if args.citations else None
     settings = Settings(max_new_tokens=args.max_new_tokens, temperature=args.temperature)
     history: list[Turn] = []
     for question in args.question:
@@ -83,8 +89,26 @@ def ask(args) -> int:
                 answer.append(piece)
                 print(piece, end="", flush=True)
         print(flush=True)
+        if verifier is not None:
+            print(citation_list(verifier.check_all(parse("".join(answer)))), flush=True)
         history.append(Turn(question, "".join(answer)))
     return 0
+
+
+def citation_list(checks) -> str:
+    """The `--citations` block: one line per citation, what it cites and whether its quote was found."""
+    marks = {"verified": "✓", "near": "≈", "not found": "✗", "no quote": "·"}
+    lines = [f"\nCitations ({sum(c.status == 'verified' for c in checks)} of {len(checks)} verified):"
+             if checks else "\nCitations: none"]
+    for n, check in enumerate(checks, start=1):
+        how = f" ({check.how}{f', {check.score:.0%}' if check.how == 'fuzzy' else ''})" if check.how else ""
+        where = f" ({check.source})" if check.source else ""
+        quote = check.citation.quote
+        quote = f' "{quote[:70]}{"…" * (len(quote) > 70)}"' if quote else ""
+        note = f"; {check.note}" if check.note else ""
+        lines.append(f"  {n}. {marks.get(check.status, '?')} {check.citation.where}{where}{quote}: "
+                     f"{check.status}{how}{note}")
+    return "\n".join(lines)
 
 
 def _report_load(stats) -> None:
@@ -165,6 +189,10 @@ def main(argv: list[str]) -> int:
     p_ask.add_argument("--temperature", type=float, default=0.0)
     p_ask.add_argument("--chat", action="store_true", help="keep earlier questions and answers as context")
     p_ask.add_argument("--line-numbers", action="store_true", help="number the lines of code files")
+    p_ask.add_argument("--citations", action="store_true",
+                       help="after each answer, list its citations and whether each quote is in the cited place")
+    p_ask.add_argument("--no-citation-prompt", dest="citation_prompt", action="store_false",
+                       help="do not ask the model to cite quotes in the [N, p. P: \"words\"] form")
     _add_backend_arguments(p_ask)
     p_ask.add_argument("--cache-dir", help="folder of corpora saved on disk (default: ~/.cache/omnibus)")
     p_ask.add_argument("--no-disk-cache", action="store_true", help="neither reopen nor save the corpus on disk")

@@ -78,6 +78,20 @@ def _random_weights_config(spec: ModelSpec):
         return llama31_8b_config(window=4_194_304)
 
 
+def layer_device_map(num_layers: int, devices: list) -> dict:
+    """An accelerate `device_map` that splits the decoder layers evenly over `devices` (the planner's split):
+    embeddings with the first layers, the final norm and the output head with the last ones."""
+    from app.plan import split_layers
+
+    mapping, layer = {"model.embed_tokens": devices[0], "model.rotary_emb": devices[0]}, 0
+    for device, count in zip(devices, split_layers(num_layers, len(devices))):
+        for _ in range(count):
+            mapping[f"model.layers.{layer}"] = device
+            layer += 1
+    mapping["model.norm"] = mapping["lm_head"] = devices[-1]
+    return mapping
+
+
 def load_tokenizer(name: str):
     """The model's own tokenizer (no weights)."""
     spec = resolve(name)
@@ -88,11 +102,13 @@ def load_tokenizer(name: str):
 
 
 def load_model(name: str, *, device_map=None, dtype=None, random_weights: bool = False, tokenizer=None,
-               weight_dtype: str = "bf16"):
+               weight_dtype: str = "bf16", parallel: str = "sequence"):
     """Load (model, tokenizer) with attention set to Omnibus's cache-aware kernel.
 
-    device_map: None puts the whole model on one device (CUDA if present, else CPU); a dict or "auto" spreads
-    its layers over GPUs through accelerate. dtype: bf16 on GPUs and fp32 on CPUs unless given.
+    device_map: None puts the whole model on one device (CUDA if present, else CPU), or with several GPUs and
+    parallel="layers" splits its layers evenly over them (accelerate); a dict or "auto" is passed through.
+    (parallel="sequence" keeps the weights on GPU 0 and the engine spreads the KV cache over every GPU.)
+    dtype: bf16 on GPUs and fp32 on CPUs unless given.
     weight_dtype "fp8" stores the decoder layers' linear weights as e4m3 (app/fp8_linear.py).
     """
     spec = resolve(name)
@@ -100,6 +116,9 @@ def load_model(name: str, *, device_map=None, dtype=None, random_weights: bool =
     dtype = dtype or (torch.bfloat16 if cuda else torch.float32)
     if device_map is None:
         device_map = {"": 0} if cuda else {"": "cpu"}
+        if cuda and parallel == "layers" and torch.cuda.device_count() > 1 and not random_weights:
+            config = AutoConfig.from_pretrained(_source_dir(spec), gguf_file=spec.gguf_file)
+            device_map = layer_device_map(config.num_hidden_layers, list(range(torch.cuda.device_count())))
     source = _source_dir(spec)
     try:
         if random_weights:

@@ -19,6 +19,7 @@ import gradio as gr
 from starlette.middleware import Middleware
 
 from app import ui_views as views
+from app.citations import CITATION_FORMAT
 from app.engine import Settings
 from app.errors import Cancelled, OmnibusError
 from app.prompt import DEFAULT_SYSTEM_PROMPT
@@ -34,7 +35,27 @@ CSS = """
 .refusal { margin-top: 0.5em; padding: 0.6em; border-left: 4px solid #c62828; background: #ffebee; color: #000; }
 .banner { padding: 0.6em 0.9em; border-radius: 6px; background: #fff8e1; border: 1px solid #ffcc80; }
 .banner, .banner * { color: #3e2723 !important; }
+.citations { margin-top: 0.3em; }
+.cite-label, .cite-none { font-size: 0.9em; margin-right: 0.3em; }
+button.cite, span.cite { display: inline-block; margin: 0.15em 0.25em 0.15em 0; padding: 0.1em 0.6em;
+  border-radius: 999px; font-size: 0.85em; border: 1px solid; cursor: pointer; }
+.cite-verified { background: #e8f5e9; border-color: #2e7d32 !important; color: #1b5e20 !important; }
+.cite-near { background: #fff8e1; border-color: #ef6c00 !important; color: #e65100 !important; }
+.cite-not-found { background: #ffebee; border-color: #c62828 !important; color: #b71c1c !important;
+  text-decoration: line-through; }
+.cite-no-quote { background: #f5f5f5; border-color: #9e9e9e !important; color: #424242 !important; }
+.passage { margin-top: 0.5em; border: 1px solid #ddd; border-radius: 6px; padding: 0.5em 0.7em; }
+.passage-text { max-height: 320px; overflow: auto; white-space: pre-wrap; font-size: 0.85em; margin: 0.4em 0 0; }
+.passage-text mark { background: #ffeb3b; color: #000; }
+.passage-text .ln { color: #9e9e9e; user-select: none; }
+.passage-quote { font-size: 0.85em; font-style: italic; }
 """
+
+# Chips are buttons inside one HTML block; a click sends the chip's number to `show_passage`.
+CHIPS_JS = ("element.addEventListener('click', (e) => { const chip = e.target.closest('[data-cite]'); "
+            "if (chip) trigger('click', {cite: Number(chip.dataset.cite)}); });")
+PASSAGE_JS = ("watch('value', () => { const m = element.querySelector('mark'); "
+              "if (m) m.scrollIntoView({block: 'nearest'}); });")
 
 INTRO = ("Ask questions about whole books, document collections and codebases. **1.** Add your files. "
          "**2.** Press *Load into the model* (it reads everything once). **3.** Ask; follow-up questions are "
@@ -147,6 +168,16 @@ def build(workbench: Workbench, max_upload_mb: int = 500) -> gr.Blocks:
     def stop(session):
         workbench.stop(session)
 
+    def show_citations(session):
+        return views.citation_chips(workbench.citations(session)), ""
+
+    def show_passage(session, evt: gr.EventData):
+        return views.cited_passage(*workbench.cited_passage(session, int(getattr(evt, "cite", -1))))
+
+    def toggle_citations(on, instructions):
+        instructions = (instructions or "").replace(CITATION_FORMAT, "").strip()
+        return f"{instructions} {CITATION_FORMAT}".strip() if on else instructions
+
     def clear_chat(session):
         workbench.clear_chat(session)
         return [], ""
@@ -201,6 +232,8 @@ def build(workbench: Workbench, max_upload_mb: int = 500) -> gr.Blocks:
                     send_btn = gr.Button("Ask", variant="primary", scale=1, elem_id="ask")
                     stop_btn = gr.Button("Stop", variant="stop", scale=1)
                 answer_info = gr.Markdown(elem_id="answer-info")
+                chips = gr.HTML("", elem_id="citations", js_on_load=CHIPS_JS)
+                cited = gr.HTML("", elem_id="cited-passage", js_on_load=PASSAGE_JS)
                 with gr.Row():
                     regen_btn = gr.Button("Regenerate last answer", size="sm")
                     clear_btn = gr.Button("Clear chat (keep documents)", size="sm")
@@ -214,6 +247,8 @@ def build(workbench: Workbench, max_upload_mb: int = 500) -> gr.Blocks:
                     system_prompt = gr.Textbox(DEFAULT_SYSTEM_PROMPT, lines=4,
                                                label="Instructions to the model (changing them means the "
                                                      "documents are loaded again)")
+                    cite_box = gr.Checkbox(True, label="Ask for a quote and its source with each claim "
+                                                       "(each is checked against the documents)")
 
         corpus_outputs = [session, summary, table, skipped, to_remove, meter, load_status]
         files.upload(add_files, [session, files, system_prompt], corpus_outputs + [files], api_name="add_files",
@@ -222,19 +257,22 @@ def build(workbench: Workbench, max_upload_mb: int = 500) -> gr.Blocks:
                       concurrency_id="ingest")
         remove_btn.click(remove_files, [session, to_remove, system_prompt], corpus_outputs, api_name="remove_files")
         new_btn.click(new_corpus, [session, system_prompt], corpus_outputs + [chat, answer_info],
-                      api_name="new_corpus")
+                      api_name="new_corpus").then(show_citations, session, [chips, cited], api_name=False)
         model = dict(concurrency_limit=1, concurrency_id="model")  # one GPU: one prefill or answer at a time
         load_btn.click(load, [session, system_prompt], load_status, api_name="load", **model)
         asked = [session, question, max_new, temperature, system_prompt]
         answer_outputs = [chat, answer_info, question, load_status]
-        question.submit(ask, asked, answer_outputs, api_name=False, **model)
-        send_btn.click(ask, asked, answer_outputs, api_name="ask", **model)
+        citations = dict(fn=show_citations, inputs=session, outputs=[chips, cited], api_name=False)
+        question.submit(ask, asked, answer_outputs, api_name=False, **model).then(**citations)
+        send_btn.click(ask, asked, answer_outputs, api_name="ask", **model).then(**citations)
         regen_btn.click(regenerate, [session, max_new, temperature, system_prompt], answer_outputs,
-                        api_name="regenerate", **model)
+                        api_name="regenerate", **model).then(**citations)
+        chips.click(show_passage, session, cited, api_name=False)
+        cite_box.change(toggle_citations, [cite_box, system_prompt], system_prompt, api_name=False)
         stop_btn.click(stop, session, None, api_name="stop", concurrency_limit=None)
         cancel_btn.click(stop, session, None, api_name=False, concurrency_limit=None)
-        clear_btn.click(clear_chat, session, [chat, answer_info], api_name="clear_chat")
-        chat.clear(clear_chat, session, [chat, answer_info], api_name=False)  # the chat's own bin icon
+        clear_btn.click(clear_chat, session, [chat, answer_info], api_name="clear_chat").then(**citations)
+        chat.clear(clear_chat, session, [chat, answer_info], api_name=False).then(**citations)  # the bin icon
         summary.change(show_secrets, session, [secrets_note, exclude_btn], api_name=False)  # after every corpus change
         exclude_btn.click(exclude_secrets, [session, system_prompt], corpus_outputs, api_name="exclude_secrets")
         export_md_btn.click(export("md"), session, export_file, api_name="export_markdown")
@@ -276,6 +314,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--max-model-len", type=int, help="the server's context length, if it does not report one")
     parser.add_argument("--cache-dir", help="where processed corpora are saved (default ~/.cache/omnibus)")
     parser.add_argument("--no-disk-cache", action="store_true", help="neither reopen nor save corpora on disk")
+    parser.add_argument("--parallel", default="sequence", choices=["sequence", "layers"],
+                        help="several GPUs: split the KV cache by position (default) or split the layers")
     return parser.parse_args(argv)
 
 
@@ -314,7 +354,7 @@ def main(argv: list[str]) -> int:
                                api_key_env=args.api_key_env, served_model=args.served_model,
                                kv_dtype=args.kv_dtype, weight_dtype=args.weight_dtype,
                                max_model_len=args.max_model_len, disk_cache=not args.no_disk_cache,
-                               cache_dir=args.cache_dir)
+                               cache_dir=args.cache_dir, parallel=args.parallel)
     except OmnibusError as err:
         _say(f"error: {err}")
         return 1

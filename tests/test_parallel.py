@@ -75,3 +75,22 @@ def test_sequence_parallel_plan_spreads_the_cache_over_every_gpu():
     assert sequence.shard_tokens[0] == min(sequence.shard_tokens)
     # attention is spread over all four GPUs, so the projected prefill is much shorter than the layer split's
     assert sequence.prefill_seconds < layers.prefill_seconds / 3
+
+
+def test_layer_split_device_map_matches_the_planner_and_places_each_layers_cache():
+    from app.models import layer_device_map
+
+    mapping = layer_device_map(32, [0, 1, 2, 3])
+    per_device = [sum(1 for k, v in mapping.items() if k.startswith("model.layers.") and v == d) for d in range(4)]
+    assert per_device == planner.split_layers(32, 4) == [8, 8, 8, 8]
+    assert mapping["model.embed_tokens"] == 0 and mapping["lm_head"] == mapping["model.norm"] == 3
+    # uneven: 30 layers over 4 GPUs -> 8, 8, 7, 7, in order
+    uneven = layer_device_map(30, [0, 1, 2, 3])
+    assert [uneven[f"model.layers.{i}"] for i in range(30)] == [0] * 8 + [1] * 8 + [2] * 7 + [3] * 7
+    # the cache follows the layers: each layer's buffers are allocated where that layer lives (meta: no memory)
+    devices = [torch.device("meta")] * 30
+    cache = KVCache(devices, 8, 128, 1_000_000, "fp8", torch.bfloat16)
+    assert all(layer.keys.device.type == "meta" and layer.keys.shape == (1, 8, 1_000_000, 128) for layer in cache.layers)
+    plan = planner.plan(planner.ModelShape(30, 4096, 14336, 32, 8, 128, 128256, 1_048_576), 100_000,
+                        planner.parse_gpus("4x80"), "fp8", mode="layers")
+    assert [d.layers for d in plan.devices] == [8, 8, 7, 7]

@@ -322,6 +322,7 @@ class Verifier:
     """
 
     def __init__(self, corpus):
+        self.corpus = corpus
         self.documents = list(getattr(corpus, "documents", corpus))
         self._views: dict[int, DocumentView] = {}
 
@@ -353,7 +354,7 @@ class Verifier:
         view = self.view(document)
         cited, nearby = self._regions(view, citation)
         if not citation.quote.strip():
-            return Check(citation, UNCHECKED, note="no quote to check", **base)
+            return Check(citation, UNCHECKED, **base)
         quote = _LINE_PREFIX.sub("", citation.quote) if document.line_numbers else citation.quote
         quote = quote.strip()
         pattern = _pattern(quote)
@@ -524,7 +525,8 @@ def passage(verifier: Verifier, check: Check, context_lines: int = 6) -> Passage
                 highlights.append((at + len(head) + s - lo, at + len(head) + e - lo))
             parts.append(head + view.text[lo:hi] + "\n")
             at += len(parts[-1])
-        return Passage(f"{document.source} · {_pages_text((first, last))}", "".join(parts), tuple(highlights))
+        return Passage(f"{document.source} · {_pages_text((first, last))}", "".join(parts).rstrip("\n"),
+                       tuple(highlights))
     total = len(view._line_starts())
     first, last = check.lines or check.citation.lines or (1, min(total, 2 * context_lines))
     first, last = max(1, min(first, total)), max(1, min(last, total))

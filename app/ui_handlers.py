@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from app.citations import Verifier, parse, passage
 from app.engine import AnswerStats, Settings
 from app.errors import CorpusTooLarge, NoCorpus, OmnibusError
 from app.secrets import scan_corpus
@@ -42,6 +43,7 @@ class Session:
         self.exchanges: list[Exchange] = []
         self.loaded_tokens = 0  # corpus tokens this session last loaded into the model (0: not loaded)
         self.cancel = threading.Event()
+        self.verifier = None  # app.citations.Verifier of this corpus, built when an answer is first checked
 
     def __deepcopy__(self, memo):
         # Gradio deep-copies a state's starting value for each new browser; a fresh session is that copy.
@@ -195,6 +197,25 @@ class Workbench:
         """Forget the conversation; the documents stay loaded."""
         session.exchanges = []
         return session
+
+    # -- citations --
+    def citations(self, session: Session, exchange: int = -1):
+        """The citations of an answer (the last by default), each checked against the session's corpus.
+
+        None when there is no answer; a list of `app.citations.Check` otherwise.
+        """
+        if not session.exchanges or session.corpus is None:
+            return None
+        if session.verifier is None or session.verifier.corpus is not session.corpus:
+            session.verifier = Verifier(session.corpus)
+        return session.verifier.check_all(parse(session.exchanges[exchange].answer))
+
+    def cited_passage(self, session: Session, number: int):
+        """(check, passage) for citation `number` of the last answer: the page or lines, quote marked."""
+        checks = self.citations(session) or []
+        if not 0 <= number < len(checks):
+            return None, None
+        return checks[number], passage(session.verifier, checks[number])
 
     # -- export --
     def conversation(self, session: Session) -> dict:

@@ -140,3 +140,66 @@ def answer_line(stats) -> str:
     if stats.dropped_turns:
         parts.append(f"the {stats.dropped_turns} oldest exchange(s) no longer fit and were left out")
     return " · ".join(parts)
+
+
+CITE_MARKS = {"verified": "✓", "near": "≈", "not found": "✗", "no quote": "·"}
+CITE_WORDS = {"verified": "quote found", "near": "close match only", "not found": "quote not found",
+              "no quote": "no quote to check"}
+
+
+def _cite_class(status: str) -> str:
+    return "cite-" + status.replace(" ", "-")
+
+
+def _cite_place(check) -> str:
+    """`report.pdf · p. 4`: the cited file's name and the page(s) or lines the citation names."""
+    c = check.citation
+    name = (check.source or c.source or f"document {c.index}").rstrip("/").rsplit("/", 1)[-1]
+    span, word = (c.pages, ("p.", "pp.")) if c.pages else (c.lines, ("line", "lines")) if c.lines else (None, None)
+    if span is None:
+        return name
+    return f"{name} · {word[0]} {span[0]}" if span[0] == span[1] else f"{name} · {word[1]} {span[0]}-{span[1]}"
+
+
+def citation_chips(checks) -> str:
+    """HTML: one button per citation of the answer (`data-cite` = its position), marked by how it checked out."""
+    if checks is None:
+        return ""
+    if not checks:
+        return "<div class='citations'><span class='cite-none'>No citations in this answer.</span></div>"
+    found = sum(c.status == "verified" for c in checks)
+    chips = []
+    for n, check in enumerate(checks):
+        tip = f"{CITE_WORDS.get(check.status, check.status)}" + (f": {check.note}" if check.note else "")
+        chips.append(f"<button class='cite {_cite_class(check.status)}' data-cite='{n}' title='{escape(tip)}'>"
+                     f"{CITE_MARKS.get(check.status, '?')} {escape(_cite_place(check))}</button>")
+    return (f"<div class='citations'><span class='cite-label'>Sources ({found} of {len(checks)} quotes found; "
+            f"click to see the page):</span> {''.join(chips)}</div>")
+
+
+def cited_passage(check, passage) -> str:
+    """HTML: the cited page(s) or lines as text, the quote marked, with how the quote checked out."""
+    if check is None:
+        return ""
+    status = CITE_WORDS.get(check.status, check.status)
+    how = f" ({check.how}{f', {check.score:.0%}' if check.how == 'fuzzy' else ''})" if check.how else ""
+    note = f" · {escape(check.note)}" if check.note else ""
+    quote = f"<div class='passage-quote'>Quoted: “{escape(check.citation.quote)}”</div>" if check.citation.quote else ""
+    head = (f"<div class='passage-head'><b>{escape(passage.title if passage else _cite_place(check))}</b> · "
+            f"<span class='cite {_cite_class(check.status)}'>{CITE_MARKS.get(check.status, '?')} {status}{how}</span>"
+            f"{note}</div>{quote}")
+    if passage is None:
+        return f"<div class='passage'>{head}</div>"
+    lines, at = [], 0
+    for number, line in enumerate(passage.text.split("\n")):
+        end = at + len(line)
+        cuts = sorted({at, end, *(x for a, b in passage.highlights for x in (a, b) if at < x < end)})
+        pieces = []
+        for lo, hi in zip(cuts, cuts[1:]):
+            text = escape(passage.text[lo:hi])
+            marked = any(a <= lo and hi <= b for a, b in passage.highlights)
+            pieces.append(f"<mark>{text}</mark>" if marked else text)
+        gutter = f"<span class='ln'>{passage.first_line + number:>5} </span>" if passage.first_line else ""
+        lines.append(gutter + "".join(pieces))
+        at = end + 1
+    return f"<div class='passage'>{head}<pre class='passage-text'>{chr(10).join(lines)}</pre></div>"

@@ -116,7 +116,7 @@ def citations(draw):
 prose = st.text(st.characters(blacklist_characters="[]", blacklist_categories=("Cs",)), max_size=80)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(prose, citations()), max_size=5), prose)
 def test_well_formed_citations_round_trip_through_any_prose(pairs, tail):
     text, expected = "", []
@@ -133,7 +133,7 @@ def test_well_formed_citations_round_trip_through_any_prose(pairs, tail):
 bracketty = st.text(st.sampled_from(list('[]":“”,.p-: 0123456789ab\n')) | st.characters(), max_size=400)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(bracketty, st.lists(st.integers(1, 40), max_size=30))
 def test_parser_never_crashes_and_streaming_agrees_with_the_whole(text, cuts):
     found = parse(text)

@@ -2,11 +2,21 @@
 
 Serving only on 127.0.0.1 needs no login. Sharing (--share) or serving on the network (--listen) does,
 unless --no-auth says otherwise explicitly.
+
+`LoginGuard` is what Gradio calls to check a login: it compares in constant time and, after
+`max_failures` failed tries for one user name or from one address within `window_s`, refuses every try for
+that name or address (the right password included) until the window has passed. Gradio hands the check only
+the user name and password; `ClientAddress` (ASGI middleware) makes the caller's address available to it.
 """
 
 from __future__ import annotations
 
+import contextvars
+import hmac
 import secrets
+import threading
+import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,3 +74,79 @@ def decide(*, auth: str | None, auth_file: str | None, no_auth: bool, exposed: b
                   f"Login required. user: {DEFAULT_USER}  password: {password}\n"
                   "(a new password is made at each start; set your own with --auth user:password "
                   "or --auth-file FILE)")
+
+
+MAX_TRACKED = 10_000  # addresses and names with recent failures kept before stale ones are purged
+_client_address: contextvars.ContextVar[str] = contextvars.ContextVar("client_address", default="")
+
+
+class ClientAddress:
+    """ASGI middleware: remembers the address of the client of each HTTP request for `LoginGuard`."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope.get("type") == "http":
+            client = scope.get("client") or ("", 0)
+            token = _client_address.set(str(client[0]))
+            try:
+                return await self.app(scope, receive, send)
+            finally:
+                _client_address.reset(token)
+        return await self.app(scope, receive, send)
+
+
+class LoginGuard:
+    """A login check (Gradio's callable `auth`) that locks out a user name or an address after repeated failures."""
+
+    def __init__(self, credentials: list[tuple[str, str]], max_failures: int = 5, window_s: float = 300.0,
+                 clock=time.monotonic):
+        self.passwords = dict(credentials)
+        self.max_failures, self.window_s, self.clock = max_failures, window_s, clock
+        self.failures: dict[str, deque] = {}
+        self.refused = 0  # tries refused because of a lock-out (tests, logs)
+        self._lock = threading.Lock()
+
+    def __call__(self, username: str, password: str) -> bool:
+        # Only real user names are counted (no password opens an unknown one, and counting them would let
+        # anyone grow this table); loopback is not an address of its own (a share link's tunnel arrives there).
+        address = _client_address.get()
+        keys = ([f"user:{username}"] if username in self.passwords else []) + \
+            ([f"addr:{address}"] if address and not _is_loopback(address) else [])
+        now = self.clock()
+        with self._lock:
+            if len(self.failures) > MAX_TRACKED:
+                for key in list(self.failures):
+                    self._recent(key, now)
+            if any(self._recent(key, now) >= self.max_failures for key in keys):
+                self.refused += 1
+                return False
+            expected = self.passwords.get(username)
+            ok = expected is not None and hmac.compare_digest(password.encode(), expected.encode())
+            if not ok:
+                for key in keys:
+                    self.failures.setdefault(key, deque()).append(now)
+            return ok
+
+    def locked_out(self, username: str = "", address: str = "") -> bool:
+        """True while this user name (or address) may not log in."""
+        now = self.clock()
+        with self._lock:
+            return any(self._recent(k, now) >= self.max_failures
+                       for k in ([f"user:{username}"] if username else []) + ([f"addr:{address}"] if address else []))
+
+    def _recent(self, key: str, now: float) -> int:
+        times = self.failures.get(key)
+        if not times:
+            return 0
+        while times and now - times[0] > self.window_s:
+            times.popleft()
+        if not times:
+            del self.failures[key]
+            return 0
+        return len(times)
+
+
+def _is_loopback(address: str) -> bool:
+    return address in ("127.0.0.1", "::1", "localhost") or address.startswith("127.")

@@ -1,0 +1,109 @@
+"""A share link faces the internet: failed logins are rate-limited, uploads are capped in size and count, and
+Gradio's file route serves nothing outside the files uploaded to this app. Checked over HTTP on a running app."""
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.ui import parse_args, start
+from app.ui_auth import Access, LoginGuard, _client_address
+from app.ui_handlers import Session, TooManyFiles, Workbench
+from test_ui_helpers import demo_backend, free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_a_user_is_locked_out_after_five_failures_until_the_window_passes():
+    now = [1000.0]
+    guard = LoginGuard([("ada", "correct horse")], max_failures=5, window_s=300, clock=lambda: now[0])
+    assert not any(guard("ada", f"guess{i}") for i in range(5))
+    assert not guard("ada", "correct horse") and guard.locked_out("ada")  # even the right password now
+    now[0] += 301
+    assert guard("ada", "correct horse") and not guard.locked_out("ada")
+
+
+def test_failures_from_one_network_address_lock_that_address_out_for_every_name():
+    guard = LoginGuard([("ada", "pw-a"), ("bob", "pw-b")], max_failures=3)
+    token = _client_address.set("203.0.113.9")
+    try:
+        assert not any(guard(name, "wrong") for name in ("ada", "bob", "ada"))
+        assert not guard("bob", "pw-b") and guard.locked_out(address="203.0.113.9")
+    finally:
+        _client_address.reset(token)
+    assert guard("bob", "pw-b")  # from another address (here: loopback, a share link's tunnel) bob still gets in
+
+
+def test_unknown_names_are_not_tracked():
+    guard = LoginGuard([("ada", "pw")])
+    for i in range(20_000):
+        guard(f"nobody{i}", "x")
+    assert guard.failures == {} and guard("ada", "pw")
+
+
+def test_one_upload_with_too_many_files_is_refused_before_reading_any(tmp_path):
+    paths = []
+    for i in range(4):
+        (tmp_path / f"f{i}.txt").write_text(f"file {i}\n")
+        paths.append(tmp_path / f"f{i}.txt")
+    workbench, session = Workbench(demo_backend(), max_upload_files=3), Session()
+    with pytest.raises(TooManyFiles, match="4 files; at most 3"):
+        workbench.add_files(session, paths)
+    assert session.corpus is None
+    workbench.add_files(session, paths[:3])
+    assert len(session.corpus.documents) == 3
+
+
+@pytest.fixture(scope="module")
+def shared_app():
+    """The app as `--listen --auth` starts it (login required), on a free port, with a 1 MB upload cap."""
+    port = free_port()
+    args = parse_args(["--listen", "--port", str(port), "--auth", "ada:correct horse", "--max-upload-mb", "1"])
+    demo = start(args, demo_backend(), Access([("ada", "correct horse")]))
+    try:
+        assert isinstance(demo.app.auth, LoginGuard)  # what Gradio's /login calls
+        demo.base = f"http://127.0.0.1:{port}"
+        yield demo
+    finally:
+        demo.close()
+
+
+def _logged_in(base: str) -> httpx.Client:
+    client = httpx.Client(base_url=base, timeout=30)
+    assert client.post("/login", data={"username": "ada", "password": "correct horse"}).status_code == 200
+    return client
+
+
+def test_the_running_app_locks_out_a_guessed_user(shared_app):
+    client = httpx.Client(base_url=shared_app.base, timeout=30)
+    for i in range(5):
+        assert client.post("/login", data={"username": "eve", "password": f"g{i}"}).status_code == 400
+    # "eve" is not a user: nothing is locked. Now guess at a real one.
+    for i in range(5):
+        assert client.post("/login", data={"username": "ada", "password": f"g{i}"}).status_code == 400
+    assert client.post("/login", data={"username": "ada", "password": "correct horse"}).status_code == 400
+    assert shared_app.app.auth.locked_out("ada")
+    shared_app.app.auth.failures.clear()  # let ada back in for the other tests
+    assert _logged_in(shared_app.base)
+
+
+@pytest.mark.parametrize("path", ["/etc/passwd", "/etc/../etc/passwd", "..%2F..%2F..%2Fetc%2Fpasswd",
+                                  "%2Fetc%2Fpasswd", str(ROOT / "README.md"), str(ROOT / "app" / "ui_auth.py"),
+                                  "~/.ssh/id_rsa", "/proc/self/environ"])
+def test_the_file_route_serves_nothing_outside_the_uploads(shared_app, path):
+    anonymous = httpx.Client(base_url=shared_app.base, timeout=30)
+    assert anonymous.get(f"/gradio_api/file={path}").status_code in (401, 403)
+    response = _logged_in(shared_app.base).get(f"/gradio_api/file={path}")
+    assert response.status_code in (403, 404), (path, response.status_code)
+    assert "root:" not in response.text and "LoginGuard" not in response.text
+
+
+def test_an_upload_is_served_to_a_logged_in_browser_only_and_oversized_ones_are_refused(shared_app):
+    client = _logged_in(shared_app.base)
+    response = client.post("/gradio_api/upload", files={"files": ("note.txt", b"harbour note\n")})
+    assert response.status_code == 200
+    [uploaded] = response.json()
+    assert client.get(f"/gradio_api/file={uploaded}").text == "harbour note\n"
+    assert httpx.get(f"{shared_app.base}/gradio_api/file={uploaded}").status_code == 401
+    big = client.post("/gradio_api/upload", files={"files": ("big.txt", b"x" * 1_500_000)})
+    assert big.status_code == 413

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -20,7 +20,7 @@ from app.errors import Cancelled, CorpusTooLarge, NoCorpus, OutOfMemory
 from app.fp8_linear import Fp8Linear
 from app.generation import StreamDecoder, sample
 from app.kv_cache import KVCache
-from app.prompt import DEFAULT_SYSTEM_PROMPT, Turn, encode_prompt
+from app.prompt import Turn, default_system_prompt, encode_prompt
 
 
 @dataclass
@@ -114,7 +114,7 @@ class Engine:
         self.cached_ids: list[int] = []  # the committed prefix (system prompt + corpus), token for token
         self.corpus_ids: list[int] = []  # the corpus alone, as loaded
         self.prefix_length = 0  # tokens of system prompt + corpus once fully loaded
-        self.system_prompt = DEFAULT_SYSTEM_PROMPT
+        self.system_prompt = default_system_prompt(self.model_name)
         self.counters = Counters()
         self.use_cuda_graphs = True
         self._graph = None  # ((cache id, version), CUDAGraph, input ids, positions, logits): the decode step

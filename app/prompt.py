@@ -27,6 +27,12 @@ def system_prompt(citations: bool = True) -> str:
 
 
 DEFAULT_SYSTEM_PROMPT = system_prompt(citations=True)
+SMALL_MODELS = ("demo",)  # too small to follow the citation form: asking for it costs them their answers
+
+
+def default_system_prompt(model_name: str) -> str:
+    """Citations on by default, except for the CPU demo model, which answers worse when asked to cite."""
+    return system_prompt(citations=model_name not in SMALL_MODELS)
 
 # Used only when a model ships no chat template (random-weights benchmarks, bare tokenizers).
 FALLBACK_TEMPLATE = (

@@ -20,14 +20,12 @@ checkpoints are entries of a prefix, written during a long prefill; only the new
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import logging
 import os
 import shutil
 import time
 import uuid
-import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,12 +33,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from app.cache_key import FORMAT, fingerprint, fingerprint_hash, ids_hash, sha
 from app.errors import OmnibusError
+from app.kv_files import CorruptEntry, layer_bytes, layer_name, read_layer, write_layer
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1  # bump when the file layout or what the KV values depend on changes
-BLOCK_BYTES = 64 * 2**20  # bytes moved between the device and the disk at once, per worker
 RESERVE_BYTES = 256 * 2**20  # left free on the disk after a save
 WORKERS = 4  # layers written or read in parallel (device copies, checksums and file I/O release the GIL)
 GB = 1e9
@@ -48,10 +46,6 @@ GB = 1e9
 
 class CacheEntryNotFound(OmnibusError):
     """`cache rm ID` named no saved corpus (or more than one)."""
-
-
-class CorruptEntry(Exception):
-    """A saved entry whose files do not match its meta.json (truncated, damaged or from another version)."""
 
 
 def default_dir() -> Path:
@@ -63,81 +57,6 @@ def default_dir() -> Path:
 def free_bytes(path) -> int:
     """Free bytes on the file system that holds `path` (the one probe tests replace to simulate a full disk)."""
     return shutil.disk_usage(path).free
-
-
-# -- what makes a cache valid --
-
-_model_fingerprints: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-_tokenizer_fingerprints: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _weights_sample(model) -> str:
-    """Hash of a few hundred values from the first, middle and last weights: different weights under one name
-    (random-weights runs, local fine-tunes) never share entries. Cheap: a few KB leave the device."""
-    params = [p for _, p in model.named_parameters()]
-    digest = hashlib.sha256()
-    for p in (params[0], params[len(params) // 2], params[-1]):
-        digest.update(p.detach().reshape(-1)[:512].float().cpu().numpy().tobytes())
-        digest.update(str(tuple(p.shape)).encode())
-    digest.update(str(sum(p.numel() for p in params)).encode())
-    return digest.hexdigest()
-
-
-def _tokenizer_fingerprint(tokenizer) -> str:
-    """Hash of the tokenizer's full specification (its backend JSON) and special ids (computed once per tokenizer)."""
-    try:
-        return _tokenizer_fingerprints[tokenizer]
-    except (KeyError, TypeError):
-        pass
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    spec = backend.to_str() if backend is not None else ""
-    special = [len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id]
-    found = _sha((json.dumps(special) + spec).encode())
-    try:
-        _tokenizer_fingerprints[tokenizer] = found
-    except TypeError:
-        pass
-    return found
-
-
-def _model_fingerprint(engine) -> dict:
-    config = engine.model.config
-    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None)
-    shape = engine.shape
-    return {
-        "model": engine.model_name,
-        "name_or_path": getattr(config, "_name_or_path", ""),
-        "revision": getattr(config, "_commit_hash", None),
-        "weight_dtype": getattr(engine, "weight_dtype", None),
-        "compute_dtype": str(engine.dtype),
-        "layers": shape.layers, "q_heads": shape.q_heads, "kv_heads": shape.kv_heads,
-        "head_dim": shape.head_dim, "hidden": shape.hidden, "vocab": shape.vocab, "window": shape.window,
-        "rope": json.loads(json.dumps(rope, sort_keys=True, default=str)),
-        "rope_theta": getattr(config, "rope_theta", None),
-        "weights": _weights_sample(engine.model),
-        "tokenizer": _tokenizer_fingerprint(engine.tokenizer),
-    }
-
-
-def fingerprint(engine, kv_dtype: str) -> dict:
-    """Everything besides the token ids that decides the cached keys and values (computed once per model)."""
-    base = _model_fingerprints.get(engine.model)
-    if base is None:
-        base = _model_fingerprints[engine.model] = _model_fingerprint(engine)
-    return {**base, "kv_dtype": kv_dtype, "format": FORMAT}
-
-
-def _fingerprint_hash(fp: dict) -> str:
-    return _sha(json.dumps(fp, sort_keys=True).encode())
-
-
-def ids_hash(ids) -> str:
-    """sha256 of token ids as little-endian int32."""
-    return _sha(np.asarray(ids, dtype="<i4").tobytes())
 
 
 # -- entries --
@@ -203,63 +122,6 @@ def _describe(tokenizer, corpus_ids) -> tuple[str, int]:
         return (" ".join(text.split())[:60] or "(empty)"), 0
     name = ", ".join(sources[:3]) + (f" and {len(sources) - 3} more" if len(sources) > 3 else "")
     return name, len(sources)
-
-
-def _segments(layer, tokens: int):
-    """(tensor view, rows) pieces of one layer's first `tokens` positions, in file order, each ≤ BLOCK_BYTES."""
-    tensors = [layer.keys, layer.values] + ([layer.key_scales, layer.value_scales] if layer.fp8 else [])
-    for tensor in tensors:  # keys/values [1, H, C, D]; scales [1, H, C]
-        row_bytes = tensor.element_size() * (tensor.shape[3] if tensor.dim() == 4 else 1)
-        step = max(1, BLOCK_BYTES // row_bytes)
-        for head in range(tensor.shape[1]):
-            for start in range(0, tokens, step):
-                yield tensor[0, head, start:min(start + step, tokens)]  # contiguous [rows, D] or [rows]
-
-
-def _layer_bytes(layer, tokens: int) -> int:
-    per_token = 2 * layer.keys.shape[1] * layer.keys.shape[3] * layer.keys.element_size()
-    if layer.fp8:
-        per_token += 2 * layer.key_scales.shape[1] * layer.key_scales.element_size()
-    return per_token * tokens
-
-
-def _staging(device) -> torch.Tensor:
-    return torch.empty(BLOCK_BYTES, dtype=torch.uint8, pin_memory=device.type == "cuda")
-
-
-def _write_layer(layer, tokens: int, path: Path) -> dict:
-    staging = _staging(layer.keys.device)
-    digest, size = hashlib.blake2b(digest_size=16), 0
-    with open(path, "wb") as handle:
-        for piece in _segments(layer, tokens):
-            n = piece.numel() * piece.element_size()
-            staging[:n].view(piece.dtype).view(piece.shape).copy_(piece)
-            chunk = memoryview(staging[:n].numpy())
-            digest.update(chunk)
-            handle.write(chunk)
-            size += n
-        handle.flush()
-        os.fsync(handle.fileno())
-    return {"name": path.name, "bytes": size, "blake2b": digest.hexdigest()}
-
-
-def _read_layer(layer, tokens: int, path: Path, expected: dict) -> None:
-    staging = _staging(layer.keys.device)
-    digest = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as handle:
-        for piece in _segments(layer, tokens):
-            n = piece.numel() * piece.element_size()
-            chunk = memoryview(staging[:n].numpy())
-            if handle.readinto(chunk) != n:
-                raise CorruptEntry(f"{path.name} ended early")
-            digest.update(chunk)
-            piece.copy_(staging[:n].view(piece.dtype).view(piece.shape))
-    if digest.hexdigest() != expected["blake2b"]:
-        raise CorruptEntry(f"{path.name} fails its checksum")
-
-
-def _layer_name(i: int) -> str:
-    return f"layer_{i:03d}.kv"
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -370,8 +232,8 @@ class Store:
         if cache is None or tokens < self.min_tokens or cache.length < tokens:
             return SaveResult("skipped", f"nothing to save ({tokens:,} tokens cached)")
         fp = fingerprint(engine, cache.storage)
-        fp_hash, prefix_hash = _fingerprint_hash(fp), ids_hash(ids)
-        entry_id = _sha((fp_hash + prefix_hash).encode())[:20]
+        fp_hash, prefix_hash = fingerprint_hash(fp), ids_hash(ids)
+        entry_id = sha((fp_hash + prefix_hash).encode())[:20]
         final = self.root / entry_id
         existing = self._load_entry(final)
         if existing is not None:
@@ -379,7 +241,7 @@ class Store:
             return SaveResult("exists", "already in the disk cache", existing, time.perf_counter() - started)
         if final.exists():  # a broken entry under this key (unreadable meta.json): replace it
             shutil.rmtree(final, ignore_errors=True)
-        need = sum(_layer_bytes(layer, tokens) for layer in cache.layers)
+        need = sum(layer_bytes(layer, tokens) for layer in cache.layers)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             free = free_bytes(self.root)
@@ -396,7 +258,7 @@ class Store:
         try:
             temp.mkdir()
             with ThreadPoolExecutor(min(WORKERS, len(cache.layers))) as pool:
-                files = list(pool.map(lambda i: _write_layer(cache.layers[i], tokens, temp / _layer_name(i)),
+                files = list(pool.map(lambda i: write_layer(cache.layers[i], tokens, temp / layer_name(i)),
                                       range(len(cache.layers))))
             now = time.time()
             meta = {"format": FORMAT, "kind": kind, "name": label or name, "documents": documents,
@@ -443,7 +305,7 @@ class Store:
         loaded prefix, or (when a bad entry was partly copied in) an empty cache. Bad entries are removed.
         """
         started, result = time.perf_counter(), RestoreResult()
-        fp_hash = _fingerprint_hash(fingerprint(engine, kv_dtype))
+        fp_hash = fingerprint_hash(fingerprint(engine, kv_dtype))
         array = np.asarray(prefix, dtype="<i4")
         candidates = [e for e in self.entries() if e.meta.get("fingerprint_hash") == fp_hash
                       and beyond < e.tokens <= len(prefix) and e.tokens >= self.min_tokens]
@@ -480,15 +342,15 @@ class Store:
         if tokens > cache.capacity:
             raise CorruptEntry(f"{tokens:,} tokens do not fit a {cache.capacity:,}-token cache")
         for i, layer in enumerate(cache.layers):
-            path = entry.path / _layer_name(i)
+            path = entry.path / layer_name(i)
             size = path.stat().st_size if path.is_file() else -1
-            if files[i]["bytes"] != _layer_bytes(layer, tokens) or size != files[i]["bytes"]:
-                raise CorruptEntry(f"{path.name} has {max(size, 0):,} bytes, not {_layer_bytes(layer, tokens):,}")
+            if files[i]["bytes"] != layer_bytes(layer, tokens) or size != files[i]["bytes"]:
+                raise CorruptEntry(f"{path.name} has {max(size, 0):,} bytes, not {layer_bytes(layer, tokens):,}")
 
     def _read(self, cache, entry: Entry) -> None:
         files, tokens = entry.meta["files"], entry.tokens
         with ThreadPoolExecutor(min(WORKERS, len(cache.layers))) as pool:
-            for _ in pool.map(lambda i: _read_layer(cache.layers[i], tokens, entry.path / _layer_name(i), files[i]),
+            for _ in pool.map(lambda i: read_layer(cache.layers[i], tokens, entry.path / layer_name(i), files[i]),
                               range(len(cache.layers))):
                 pass
         for device in {layer.keys.device for layer in cache.layers if layer.keys.is_cuda}:

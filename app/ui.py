@@ -244,10 +244,11 @@ def build(workbench: Workbench, max_upload_mb: int = 500) -> gr.Blocks:
                     max_new = gr.Slider(16, 4096, value=512, step=16, label="Longest answer (tokens)")
                     temperature = gr.Slider(0.0, 1.5, value=0.0, step=0.05,
                                             label="Temperature (0 = always the same answer; higher = more varied)")
-                    system_prompt = gr.Textbox(DEFAULT_SYSTEM_PROMPT, lines=4,
+                    start_prompt = getattr(backend, "system_prompt", DEFAULT_SYSTEM_PROMPT)
+                    system_prompt = gr.Textbox(start_prompt, lines=4,
                                                label="Instructions to the model (changing them means the "
                                                      "documents are loaded again)")
-                    cite_box = gr.Checkbox(True, label="Ask for a quote and its source with each claim "
+                    cite_box = gr.Checkbox(start_prompt == DEFAULT_SYSTEM_PROMPT, label="Ask for a quote and its source with each claim "
                                                        "(each is checked against the documents)")
 
         corpus_outputs = [session, summary, table, skipped, to_remove, meter, load_status]

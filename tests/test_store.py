@@ -164,14 +164,14 @@ def test_too_little_disk_space_skips_the_save_with_a_message(tmp_path, monkeypat
 
 
 def test_a_write_that_fails_midway_leaves_nothing_behind(tmp_path, monkeypatch):
-    real = store_module._write_layer
+    real = store_module.write_layer
 
     def full_disk(layer, tokens, path):
         real(layer, tokens, path)
         if path.name == "layer_001.kv":
             raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(store_module, "_write_layer", full_disk)
+    monkeypatch.setattr(store_module, "write_layer", full_disk)
     engine = tiny_engine(store=Store(tmp_path / "cache"))
     stats = engine.load_corpus(corpus_ids(tmp_path / "docs"))
     assert stats.saved.status == "failed" and "disk is full" in stats.saved.message
@@ -185,13 +185,13 @@ CRASH = textwrap.dedent("""
     from app.store import Store
     from test_store_helpers import corpus_ids, tiny_engine
 
-    real = store_module._write_layer
+    real = store_module.write_layer
 
     def write_then_die(layer, tokens, path):
         real(layer, tokens, path)
         os.kill(os.getpid(), signal.SIGKILL)
 
-    store_module._write_layer = write_then_die
+    store_module.write_layer = write_then_die
     tmp = Path(sys.argv[1])
     tiny_engine(store=Store(tmp / "cache")).load_corpus(corpus_ids(tmp / "docs"))
 """)

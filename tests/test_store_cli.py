@@ -76,7 +76,12 @@ def demo(monkeypatch):
     from test_ui_helpers import demo_backend
 
     engine = demo_backend()
-    monkeypatch.setattr("app.backend.open_backend", lambda *args, **kwargs: engine)
+
+    def open_backend(*args, disk_cache=False, cache_dir=None, **kwargs):  # the loaded demo model, with the real store
+        engine.store = Store(cache_dir) if disk_cache else None
+        return engine
+
+    monkeypatch.setattr("app.backend.open_backend", open_backend)
     engine.drop_cache()
     yield engine
     engine.store = None

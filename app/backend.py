@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 from typing import Iterator, Protocol
 
@@ -73,3 +74,34 @@ def open_backend(model: str = "auto", *, backend: str = "local", base_url: str |
         store = Store(cache_dir)
     return Engine(loaded, tokenizer, kv_dtype=kv_dtype, chunk_tokens=chunk_tokens, model_name=name, store=store,
                   parallel="auto" if parallel == "sequence" else "layers")
+
+
+def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that choose and configure the backend, shared by `ask` and the app."""
+    parser.add_argument("--model", default="auto",
+                        help="auto, ultralong-1m|2m|4m, demo, or any Hugging Face id or local folder (default: auto)")
+    parser.add_argument("--kv-dtype", default="auto", choices=["auto", "bf16", "fp8", "fp32"])
+    parser.add_argument("--chunk-tokens", type=int, default=None, help="prefill chunk size (default 16,384 on GPUs)")
+    parser.add_argument("--backend", default="local", choices=["local", "openai"],
+                        help="local: this machine's GPUs/CPU; openai: a vLLM/SGLang/llama.cpp server")
+    parser.add_argument("--base-url", help="the server's OpenAI API root, e.g. http://127.0.0.1:8000/v1")
+    parser.add_argument("--api-key-env", help="name of the environment variable that holds the server's API key")
+    parser.add_argument("--served-model", help="the model name the server expects (default: the first it lists)")
+    parser.add_argument("--weight-dtype", default="bf16", choices=["bf16", "fp8"],
+                        help="fp8 halves the weights' memory (needed for a 1M-token corpus on one 80 GB GPU)")
+    parser.add_argument("--max-model-len", type=int, help="the server's context length, if it does not report one")
+    parser.add_argument("--parallel", default="sequence", choices=["sequence", "layers"],
+                        help="several GPUs: split every layer's KV by position so attention runs on all of them "
+                             "at once (default), or split the layers (one GPU busy at a time)")
+    parser.add_argument("--cache-dir", help="where processed corpora are saved (default: ~/.cache/omnibus)")
+    parser.add_argument("--no-disk-cache", action="store_true", help="neither reopen nor save corpora on disk")
+    parser.add_argument("--random-weights", action="store_true", help=argparse.SUPPRESS)  # benchmarks only
+
+
+def open_from_arguments(args: argparse.Namespace) -> Backend:
+    """`open_backend` with the options `add_backend_arguments` defined (the CLI and the app use both)."""
+    return open_backend(args.model, backend=args.backend, base_url=args.base_url, api_key_env=args.api_key_env,
+                        served_model=args.served_model, kv_dtype=args.kv_dtype, chunk_tokens=args.chunk_tokens,
+                        random_weights=args.random_weights, weight_dtype=args.weight_dtype,
+                        max_model_len=args.max_model_len, disk_cache=not args.no_disk_cache,
+                        cache_dir=args.cache_dir, parallel=args.parallel)

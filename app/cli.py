@@ -9,30 +9,12 @@ import sys
 import time
 
 from app import plan as planner
+from app.backend import add_backend_arguments
 from app.errors import OmnibusError
 
 
 def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def _add_backend_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="auto",
-                        help="auto, ultralong-1m|2m|4m, demo, or any Hugging Face id or local folder (default: auto)")
-    parser.add_argument("--kv-dtype", default="auto", choices=["auto", "bf16", "fp8", "fp32"])
-    parser.add_argument("--chunk-tokens", type=int, default=None, help="prefill chunk size (default 16,384 on GPUs)")
-    parser.add_argument("--backend", default="local", choices=["local", "openai"],
-                        help="local: this machine's GPUs/CPU; openai: a vLLM/SGLang/llama.cpp server")
-    parser.add_argument("--base-url", help="the server's OpenAI API root, e.g. http://127.0.0.1:8000/v1")
-    parser.add_argument("--api-key-env", help="name of the environment variable that holds the server's API key")
-    parser.add_argument("--served-model", help="the model name the server expects (default: the first it lists)")
-    parser.add_argument("--weight-dtype", default="bf16", choices=["bf16", "fp8"],
-                        help="fp8 halves the weights' memory (needed for a 1M-token corpus on one 80 GB GPU)")
-    parser.add_argument("--max-model-len", type=int, help="the server's context length, if it does not report one")
-    parser.add_argument("--parallel", default="sequence", choices=["sequence", "layers"],
-                        help="several GPUs: split every layer's KV by position so attention runs on all of them "
-                             "at once (default), or split the layers (one GPU busy at a time)")
-    parser.add_argument("--random-weights", action="store_true", help=argparse.SUPPRESS)  # benchmarks only
 
 
 def _progress_printer():
@@ -49,17 +31,13 @@ def _progress_printer():
 
 
 def ask(args) -> int:
-    from app.backend import open_backend
+    from app.backend import open_from_arguments
     from app.engine import AnswerStats, Settings
     from app.citations import Verifier, parse
     from app.prompt import Turn, system_prompt
     from ingest import build_corpus
 
-    backend = open_backend(args.model, backend=args.backend, base_url=args.base_url, api_key_env=args.api_key_env,
-                           served_model=args.served_model, kv_dtype=args.kv_dtype,
-                           chunk_tokens=args.chunk_tokens, random_weights=args.random_weights,
-                           weight_dtype=args.weight_dtype, max_model_len=args.max_model_len,
-                           disk_cache=not args.no_disk_cache, cache_dir=args.cache_dir, parallel=args.parallel)
+    backend = open_from_arguments(args)
     corpus = build_corpus(args.paths, tokenizer=backend.tokenizer, line_numbers=args.line_numbers)
     for skipped in corpus.skipped:
         _say(f"skipped {skipped.source}: {skipped.reason}")
@@ -193,9 +171,7 @@ def main(argv: list[str]) -> int:
                        help="after each answer, list its citations and whether each quote is in the cited place")
     p_ask.add_argument("--no-citation-prompt", dest="citation_prompt", action="store_false",
                        help="do not ask the model to cite quotes in the [N, p. P: \"words\"] form")
-    _add_backend_arguments(p_ask)
-    p_ask.add_argument("--cache-dir", help="folder of corpora saved on disk (default: ~/.cache/omnibus)")
-    p_ask.add_argument("--no-disk-cache", action="store_true", help="neither reopen nor save the corpus on disk")
+    add_backend_arguments(p_ask)
     p_plan = commands.add_parser("plan", help="will N tokens fit, and how long will the prefill take")
     p_plan.add_argument("--tokens", type=int, required=True)
     p_plan.add_argument("--gpus", help="e.g. 4x80 for four 80 GiB GPUs (default: the GPUs of this machine)")

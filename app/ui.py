@@ -22,6 +22,7 @@ from app import ui_views as views
 from app.citations import CITATION_FORMAT
 from app.engine import Settings
 from app.errors import Cancelled, OmnibusError
+from app.backend import add_backend_arguments
 from app.prompt import DEFAULT_SYSTEM_PROMPT
 from app.secrets import warning as secrets_warning
 from app.ui_auth import Access, AuthError, ClientAddress, LoginGuard, decide
@@ -302,21 +303,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--max-upload-mb", type=int, default=500, help="largest file one may upload (default 500)")
     parser.add_argument("--max-upload-files", type=int, default=2000,
                         help="most files one upload may hold; a folder counts each file (default 2000)")
-    parser.add_argument("--model", default="auto",
-                        help="auto, ultralong-1m|2m|4m, demo, or any Hugging Face id or local folder (default: auto)")
-    parser.add_argument("--kv-dtype", default="auto", choices=["auto", "bf16", "fp8", "fp32"])
-    parser.add_argument("--backend", default="local", choices=["local", "openai"],
-                        help="local: this machine's GPUs/CPU; openai: a vLLM/SGLang/llama.cpp server")
-    parser.add_argument("--base-url", help="the server's OpenAI API root, e.g. http://127.0.0.1:8000/v1")
-    parser.add_argument("--api-key-env", help="name of the environment variable that holds the server's API key")
-    parser.add_argument("--served-model", help="the model name the server expects (default: the first it lists)")
-    parser.add_argument("--weight-dtype", default="bf16", choices=["bf16", "fp8"],
-                        help="fp8 halves the weights' memory (needed for a 1M-token corpus on one 80 GB GPU)")
-    parser.add_argument("--max-model-len", type=int, help="the server's context length, if it does not report one")
-    parser.add_argument("--cache-dir", help="where processed corpora are saved (default ~/.cache/omnibus)")
-    parser.add_argument("--no-disk-cache", action="store_true", help="neither reopen nor save corpora on disk")
-    parser.add_argument("--parallel", default="sequence", choices=["sequence", "layers"],
-                        help="several GPUs: split the KV cache by position (default) or split the layers")
+    add_backend_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -347,15 +334,11 @@ def main(argv: list[str]) -> int:
     except AuthError as err:
         _say(f"error: {err}")
         return 2
-    from app.backend import open_backend
+    from app.backend import open_from_arguments
 
     _say(f"omnibus: loading the model ({args.model}); this can take a while…")
     try:
-        backend = open_backend(args.model, backend=args.backend, base_url=args.base_url,
-                               api_key_env=args.api_key_env, served_model=args.served_model,
-                               kv_dtype=args.kv_dtype, weight_dtype=args.weight_dtype,
-                               max_model_len=args.max_model_len, disk_cache=not args.no_disk_cache,
-                               cache_dir=args.cache_dir, parallel=args.parallel)
+        backend = open_from_arguments(args)
     except OmnibusError as err:
         _say(f"error: {err}")
         return 1

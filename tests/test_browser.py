@@ -14,6 +14,7 @@ from test_ui_helpers import FACT, QUESTION, free_port, make_documents
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
+CITE_REQUEST = 'Copy this citation exactly as written: [1, p. 1: "harbour"]'
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
@@ -79,6 +80,21 @@ def test_drop_files_load_ask_and_read_the_streamed_answer(app_url, tmp_path):
             expect(page.locator("#chat")).to_contain_text(QUESTION, timeout=30_000)
             expect(page.locator("#answer-info")).to_contain_text("First word after", timeout=180_000)
             expect(page.locator("#chat")).to_contain_text(FACT)
+
+            # A citation chip opens the cited page with the quote highlighted. The demo model is asked (on a clear
+            # chat, greedy) to copy a citation; it answers 'The document is: [1, p. 1: "harbour"]'.
+            page.get_by_role("button", name="Clear chat (keep documents)").click()
+            expect(page.locator("#answer-info")).not_to_contain_text("First word after", timeout=30_000)
+            page.locator("#question textarea").fill(CITE_REQUEST)
+            page.locator("#ask").click()
+            chip = page.locator("#citations button[data-cite]").first
+            expect(chip).to_be_visible(timeout=180_000)
+            expect(chip).to_contain_text("harbour-report.pdf")
+            chip.click()
+            passage = page.locator("#cited-passage")
+            expect(passage.locator("mark")).to_contain_text("harbour", ignore_case=True, timeout=30_000)
+            expect(passage).to_contain_text("Shipping volumes rose")  # page 1, the cited page
+            expect(passage).not_to_contain_text("lighthouse keeper")  # not page 2
         finally:
             page.screenshot(path=str(artifacts / "ui.png"), full_page=True)
             browser.close()

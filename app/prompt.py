@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from app.citations import CITATION_FORMAT
+from app.citation_format import CITATION_FORMAT
 
 BASE_SYSTEM_PROMPT = (
     "You are Omnibus, an assistant that answers questions about the documents the user has provided. "

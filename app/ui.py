@@ -19,7 +19,7 @@ import gradio as gr
 from starlette.middleware import Middleware
 
 from app import ui_views as views
-from app.citations import CITATION_FORMAT
+from app.citation_format import CITATION_FORMAT
 from app.engine import Settings
 from app.errors import Cancelled, OmnibusError
 from app.backend import add_backend_arguments

@@ -85,6 +85,15 @@ def build(workbench: Workbench, max_upload_mb: int = 500) -> gr.Blocks:
     """The page, wired to `workbench`."""
     backend = workbench.backend
 
+    def show_saved():
+        entries = workbench.saved_corpora()
+        return views.saved_rows(entries), gr.update(choices=views.saved_choices(entries), value=[])
+
+    def remove_saved(ids):
+        with user_errors():
+            workbench.remove_saved(ids)
+        return show_saved()
+
     def corpus_view(session: Session, system_prompt: str, status: str | None = None):
         corpus = session.corpus
         skipped = views.skipped_rows(corpus)
@@ -222,6 +231,13 @@ def build(workbench: Workbench, max_upload_mb: int = 500) -> gr.Blocks:
                     load_btn = gr.Button("Load into the model", variant="primary", elem_id="load")
                     cancel_btn = gr.Button("Cancel loading", variant="stop")
                 load_status = gr.Markdown(elem_id="load-status")
+                with gr.Accordion("Saved corpora", open=False, visible=getattr(backend, "store", None) is not None):
+                    gr.Markdown(views.SAVED_NOTE)
+                    saved = gr.Dataframe(headers=views.SAVED_HEADERS, value=[], interactive=False, wrap=True,
+                                         elem_id="saved")
+                    with gr.Row():
+                        saved_pick = gr.Dropdown([], value=[], multiselect=True, label="Remove from disk", scale=3)
+                        saved_remove = gr.Button("Remove selected", size="sm", scale=1)
             with gr.Column(scale=7):
                 gr.Markdown("### 2 · Ask")
                 chat = gr.Chatbot(height=460, buttons=["copy"], feedback_options=None, elem_id="chat",
@@ -277,6 +293,10 @@ def build(workbench: Workbench, max_upload_mb: int = 500) -> gr.Blocks:
         chat.clear(clear_chat, session, [chat, answer_info], api_name=False).then(**citations)  # the bin icon
         summary.change(show_secrets, session, [secrets_note, exclude_btn], api_name=False)  # after every corpus change
         exclude_btn.click(exclude_secrets, [session, system_prompt], corpus_outputs, api_name="exclude_secrets")
+        saved_outputs = [saved, saved_pick]
+        demo.load(show_saved, None, saved_outputs, api_name=False)
+        load_status.change(show_saved, None, saved_outputs, api_name=False)  # after each load
+        saved_remove.click(remove_saved, saved_pick, saved_outputs, api_name="remove_saved")
         export_md_btn.click(export("md"), session, export_file, api_name="export_markdown")
         export_json_btn.click(export("json"), session, export_file, api_name="export_json")
     return demo

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from app.citations import Verifier, parse, passage
@@ -197,6 +197,21 @@ class Workbench:
         """Forget the conversation; the documents stay loaded."""
         session.exchanges = []
         return session
+
+    # -- saved corpora (app/store.py) --
+    def saved_corpora(self) -> list:
+        """The corpora saved on disk (most recently used first); none for a remote backend or --no-disk-cache."""
+        store = getattr(self.backend, "store", None)
+        return [e for e in store.entries() if e.kind == "corpus"] if store is not None else []
+
+    def remove_saved(self, ids) -> int:
+        """Delete saved corpora by id; returns how many were removed."""
+        store = getattr(self.backend, "store", None)
+        if store is None:
+            return 0
+        for ident in ids or []:
+            store.remove(ident)
+        return len(ids or [])
 
     # -- citations --
     def citations(self, session: Session, exchange: int = -1):

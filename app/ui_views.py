@@ -203,3 +203,23 @@ def cited_passage(check, passage) -> str:
         lines.append(gutter + "".join(pieces))
         at = end + 1
     return f"<div class='passage'>{head}<pre class='passage-text'>{chr(10).join(lines)}</pre></div>"
+
+
+SAVED_HEADERS = ["Saved corpus", "Documents", "Tokens", "Size on disk", "Last used"]
+
+
+def saved_rows(entries) -> list[list]:
+    """Table rows for the corpora saved on disk."""
+    import time
+
+    return [[e.name or e.id[:8], e.documents, f"{e.tokens:,}", f"{e.bytes / 1e9:,.2f} GB",
+             time.strftime("%Y-%m-%d %H:%M", time.localtime(e.last_used)) if e.last_used else ""] for e in entries]
+
+
+def saved_choices(entries) -> list[tuple[str, str]]:
+    """(label, id) pairs for the remove menu."""
+    return [(f"{e.name or e.id[:8]} ({e.tokens:,} tokens)", e.id) for e in entries]
+
+
+SAVED_NOTE = ("Documents you have loaded before are saved on disk after loading. Loading the same documents again "
+              "(even after a restart) reopens them from here in seconds instead of reading them again.")

@@ -1,8 +1,16 @@
 """Shared fixtures: the real SmolLM2 demo model (loaded once per run) and tiny random Llama models."""
 
+import os
+import tempfile
+
 import pytest
 
 from test_engine_helpers import tiny_llama as make_tiny_llama
+
+
+# Saved corpora (app/store.py) go to $XDG_CACHE_HOME/omnibus: keep every test run, and the apps and CLIs the
+# tests start, out of the user's real cache folder.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="omnibus-test-cache-")
 
 
 @pytest.fixture(scope="session")

@@ -27,7 +27,8 @@ def app_url(tmp_path):
     """`launch.py --model demo` on a free localhost port; stopped after the test."""
     port = free_port()
     log = open(tmp_path / "app.log", "w")
-    process = subprocess.Popen([sys.executable, "launch.py", "--model", "demo", "--port", str(port)], cwd=ROOT,
+    process = subprocess.Popen([sys.executable, "launch.py", "--model", "demo", "--port", str(port),
+                                "--cache-dir", str(tmp_path / "saved")], cwd=ROOT,
                                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMNIBUS_NO_BOOTSTRAP": "1"})
     url = f"http://127.0.0.1:{port}/"
     try:
@@ -95,6 +96,9 @@ def test_drop_files_load_ask_and_read_the_streamed_answer(app_url, tmp_path):
             expect(passage.locator("mark")).to_contain_text("harbour", ignore_case=True, timeout=30_000)
             expect(passage).to_contain_text("Shipping volumes rose")  # page 1, the cited page
             expect(passage).not_to_contain_text("lighthouse keeper")  # not page 2
+
+            page.get_by_text("Saved corpora").click()  # the loaded documents were saved on disk
+            expect(page.locator("#saved")).to_contain_text("harbour-report.pdf", timeout=30_000)
         finally:
             page.screenshot(path=str(artifacts / "ui.png"), full_page=True)
             browser.close()

@@ -12,6 +12,7 @@ import io
 import posixpath
 import tarfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 
 from .document import Skipped
@@ -92,13 +93,13 @@ def _read_zip(name: str, data: bytes, limits, skipped: list[Skipped]) -> list[Me
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
         infos = archive.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError) as error:
+    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, EOFError, zlib.error) as error:
         raise FileRejected(f"not a readable zip archive ({error})") from error
     if len(infos) > limits.max_archive_entries:
         raise FileRejected(f"has {len(infos):,} entries, over the {limits.max_archive_entries:,}-entry cap")
     budget, members = _Budget(name, limits, skipped), []
     for info in infos:
-        if info.is_dir():
+        if info.filename.endswith("/"):  # a folder (ZipInfo.is_dir() fails on an empty name)
             continue
         path = budget.admit(info.filename, info.file_size, info.compress_size)
         if path is None:
@@ -109,7 +110,7 @@ def _read_zip(name: str, data: bytes, limits, skipped: list[Skipped]) -> list[Me
         try:
             with archive.open(info) as handle:
                 content = handle.read(info.file_size + 1)  # never trust the declared size beyond +1
-        except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError) as error:
+        except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, EOFError, zlib.error) as error:
             skipped.append(Skipped(f"{name}/{path}", f"cannot be read from the archive ({error})"))
             continue
         if len(content) > info.file_size:
@@ -142,6 +143,6 @@ def _read_tar(name: str, data: bytes, limits, skipped: list[Skipped]) -> list[Me
             handle = archive.extractfile(info)
             content = handle.read(info.size) if handle is not None else b""
             members.append(Member(path, content))
-    except (tarfile.TarError, OSError, EOFError) as error:
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
         raise FileRejected(f"not a readable tar archive ({error})") from error
     return members

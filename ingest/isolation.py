@@ -29,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from pathlib import Path
 
 from . import formats
@@ -217,6 +218,8 @@ def _load(name: str, data: bytes, limits) -> Extracted:
         return formats.extract(name, data, limits)
     except XMLSyntaxError as error:  # also what libxml2 raises for an entity bomb (billion laughs)
         raise FileRejected(f"not a readable DOCX (broken XML: {error})") from error
+    except (zlib.error, EOFError, NotImplementedError) as error:  # damaged zip data (bench/fuzz_loaders.py)
+        raise FileRejected(f"not a readable DOCX (damaged zip data: {error})") from error
 
 
 def check_docx_zip(data: bytes, limits) -> None:
@@ -228,7 +231,7 @@ def check_docx_zip(data: bytes, limits) -> None:
 
     try:
         infos = zipfile.ZipFile(io.BytesIO(data)).infolist()
-    except (zipfile.BadZipFile, OSError, ValueError) as error:
+    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, EOFError) as error:
         raise FileRejected(f"not a readable DOCX (not a zip: {error})") from error
     if len(infos) > limits.max_archive_entries:
         raise FileRejected(f"not a readable DOCX ({len(infos):,} zip entries, over the "

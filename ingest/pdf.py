@@ -98,5 +98,11 @@ def _pages_pypdf(data: bytes, limits) -> list[str]:
         if count > limits.max_pdf_pages:
             raise FileRejected(f"has {count:,} pages, over the {limits.max_pdf_pages:,}-page cap")
         return [page.extract_text() or "" for page in reader.pages]
+    except FileRejected:
+        raise
     except (PyPdfError, ValueError, KeyError, TypeError) as error:
+        raise FileRejected(f"not a readable PDF ({type(error).__name__}: {error})") from error
+    except Exception as error:  # noqa: BLE001
+        # pypdf runs only on files pdfium could not parse; its internal errors on them (AttributeError,
+        # AssertionError, zlib.error, ... found by bench/fuzz_loaders.py) are damaged input, not defects here.
         raise FileRejected(f"not a readable PDF ({type(error).__name__}: {error})") from error

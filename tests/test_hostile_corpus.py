@@ -150,3 +150,49 @@ def test_one_worker_serves_many_files_and_a_dead_one_is_replaced(tmp_path):
         assert "Hello." in worker.run("p.pdf", data, Limits()).body and worker.starts == 2
     finally:
         worker.close()
+
+
+# Inputs bench/fuzz_loaders.py (atheris) found that escaped as exceptions other than FileRejected; now skips.
+FUZZ_FINDINGS = {
+    "pdf_attribute_error.pdf": (
+        "JVBEJVBERi0xLjMKJeLjz9MKMSAwIG9iago8PAovUHJvZHVjZXIgKHB5cGRmKQo+PgplbmRvYmsKMiAwIG9iago8PAovVHlwZSAv"
+        "UGFnZXMKL0NvdW50IDIKL0tpZHMgWyA1IDAgUiA3IDAgUgo+PgplbmRvYmoKMyAwIG9iagoyIDAgUgo+PgplMDAxMTkKMyAwIG9i"
+        "MDAwMTY4IDAwMDAKdHJhaWxlcgo8PAovU2l6ZSA4Ci9Sb290IDMgMCBSCi8AAEluZm8gMVIKPj4Kc3RhcnR4cmVmCjMxNQolJUVP"
+        "Rjw8Ci9UeXBlIC9DYXRhbG9nCi9QYWdlcyAyIDAgUgo+PgplbmRvYmoKNCAwIG9iago8PAovVHlwZSAgL1R5cGUxCi9CYXNlRm9u"
+        "dCAvSGVsdmV0aWNhCi9kaW5nCj4+CmVuZG9iago1IDAgb2JqCjw8Ci9UeXBlIC9QYWdlCi9SZXNvdXJjZXMgPDwKL0ZvbnQgPDwK"
+        "L0YxIDQgMCBSCj4+Cj4+Ci9NZWRpYUJveCAwIDAuMCA2MzIgNzkyIF0KL1BhcmVudCAyKjAgUgovQ29udGVudHMgNiAwIFL/AAD/"
+        "/////2JqCjYgMCBvYmoKPDwKL0xlbmd0aCA3Mgo+PgpzdHJlYW0KQlQgL0YxIDExIFRmIDE0IFRMIDcyIDc0MCBUZCAoSGVsbG8g"
+        "XCh3b3KobGRcKSkgVGogcmVhbQplbmRvYmoKNyAwIG9iago8PAovVHlwZXMgPDwKL0Zv/////////////////250IDwgMCBTCj4+"
+        "Cj4+Ci9NZWRpYUJveCBbIDAuMCAwLjAgNjggMDAwMTAwMDAwMDAwMSAwMDAwMCBuIAp0cmFpbGVyCjw8Ci9TaXplIDkKL1Jvb3Qg"
+        "MyAwIFIKL0luZm8gRi0xCiUxIDAgUgo+PgpzdGFydHhyZWYK4uPP0woxIDAgb2JqCjw8Ci9QNzMwcm9kdWNlciAKJUUlT0YKKHB5"
+        "cGRmKQ=="
+    ),
+    "zip_bad_deflate.zip": (
+        "UEsDBBQAAAAIADBXe11NBYrIDQAAAAsAAAAIAAAAc3JjL2EucHkrKMrMK9FQT1QAS1AC1+QDBBQAAAAIADBXe121XRSJBgAAAAQA"
+        "AAAJAAAAZG9jcy9iLm1kU1Zw4gcAUEsBAhQDFAAAAAgAMFd7XU0FisgNAAAACwAAAAgAAAAAAAAAAAAAAIABAAAAAHNyYy9hLnB5"
+        "UEsBAhQDFAAAAAgAMFd7XbVdFIkGAAAABAAAAAkAAAAAAAAAAAAAAIABMwAAAGRvY3MvYi5tZFBLBQYAAAAAAgACAG0AAABgAAAA"
+        "AAA="
+    ),
+    "zip_version_23.zip": (
+        "UEsDBBQAAAAIAFhXe11NBYrIDQAAAABYV3tdtV0UiQYAAAAEAAAACQAAAGRvY3MvYi5tZFNWcOICAFBLAQIUAxQAAAAIAFhXAAQA"
+        "AAAJAAAAZG9jcy9iLm1kU1Zw4gIAUEsBAhQDFAAAAAgAWFd7XU0FisgNAAAACwAAAAgAAAAAAAAAAAAAAIABAAAAAHNyYy9hLnB5"
+        "UEsBAvT86/////f/WFd7XbVdFIkGAAAABAAAAAkAAAAAAAAAAAAAAIABMwAAAGRvY3MvYi5tZFBLBQYAAAAAAgACAG0AAABgAAAA"
+        "AAA="
+    ),
+    "zip_empty_name.zip": (
+        "UEsDBBQAAAAIAABYe11NBYrIDQAAAAsAAAAIAAAAc3JjL2EucHkrKMrMK9FQT1TX5AIAUEsDBBQAAAAIAABYe121XRSJBgAAAAQA"
+        "AAAJAAAAZG9jcy9iLm1kU1Zw4gIAUEsBAhQDFAAAAAgAAFh7XU0FisgNAAAACwAAAAgAAAAAAAAAAAAAAIABc3IAAABjAC9hLnB5"
+        "UEsBAhQDFAAAAAgAAFh7XbVdFIkGAAAABAAAAAkAAAAAAAAAAAAAAIABMwAAAGRvY3MvYi5tZFBLBQYAAAAAAgACAG0AAABgAAAA"
+        "AAA="
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FUZZ_FINDINGS))
+def test_fuzz_findings_are_skipped_with_a_reason_not_a_defect(tmp_path, name):
+    import base64
+
+    (tmp_path / name).write_bytes(base64.b64decode(FUZZ_FINDINGS[name]))
+    corpus = build_corpus([tmp_path / name], tokenizer=load_tokenizer())
+    assert corpus.skipped and not any(s.defect for s in corpus.skipped)
+    assert all(s.reason for s in corpus.skipped)

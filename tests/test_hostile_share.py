@@ -107,3 +107,16 @@ def test_an_upload_is_served_to_a_logged_in_browser_only_and_oversized_ones_are_
     assert httpx.get(f"{shared_app.base}/gradio_api/file={uploaded}").status_code == 401
     big = client.post("/gradio_api/upload", files={"files": ("big.txt", b"x" * 1_500_000)})
     assert big.status_code == 413
+
+
+def test_files_with_likely_secrets_can_be_left_out_through_the_app(shared_app, tmp_path):
+    from gradio_client import Client, handle_file
+
+    (tmp_path / "deploy.env").write_text("GITHUB_TOKEN=ghp_" + "7aB9cD1eF3gH5iJ7kL9mN1oP3qR5sT7uV9wX\n")
+    (tmp_path / "notes.txt").write_text("Harbour notes.\n")
+    client = Client(shared_app.base, auth=("ada", "correct horse"), verbose=False)
+    client.predict([handle_file(str(tmp_path / "deploy.env")), handle_file(str(tmp_path / "notes.txt"))],
+                   api_name="/add_files")
+    outputs = client.predict(api_name="/exclude_secrets")
+    documents = outputs[1]["value"]["data"]  # the documents table, after the files were left out
+    assert [row[1] for row in documents] == ["notes.txt"]

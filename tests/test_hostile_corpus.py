@@ -22,6 +22,16 @@ WORKER_CAP = 768_000_000  # the parser worker's address-space cap in this test
 INGEST = textwrap.dedent("""
     import json, resource, sys, time
     from ingest import Limits, build_corpus, load_tokenizer
+
+    def peak_rss_mb():
+        # VmHWM belongs to this process's own memory map. ru_maxrss would also count the forked pytest
+        # process's resident size from before exec (Linux carries it over), which is not ours.
+        try:
+            with open("/proc/self/status") as status:
+                return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
+        except (OSError, StopIteration):
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
     tokenizer = load_tokenizer()
     started = time.perf_counter()
     corpus = build_corpus(sys.argv[2:], tokenizer=tokenizer, limits=Limits(parse_memory_bytes=int(sys.argv[1])))
@@ -35,7 +45,7 @@ INGEST = textwrap.dedent("""
         "special_ids": sorted({int(i) for i in ids if i >= 128000}),
         "ids_equal_hf": ids.tolist() == tokenizer(corpus.text, add_special_tokens=False,
                                                    split_special_tokens=True)["input_ids"],
-        "self_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "self_rss_mb": peak_rss_mb(),
         "worker_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
     }, ensure_ascii=True))
 """)

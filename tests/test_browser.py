@@ -4,12 +4,11 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
+from serving import wait_until_serving
 from test_ui_helpers import FACT, QUESTION, free_port, make_documents
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,18 +31,7 @@ def app_url(tmp_path):
                                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMNIBUS_NO_BOOTSTRAP": "1"})
     url = f"http://127.0.0.1:{port}/"
     try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                pytest.fail("the app exited:\n" + (tmp_path / "app.log").read_text()[-3000:])
-            try:
-                if httpx.get(url, timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        else:
-            pytest.fail("the app did not start within 240 s:\n" + (tmp_path / "app.log").read_text()[-3000:])
+        wait_until_serving(process, url, 240, "the app", tmp_path / "app.log", poll=1)
         yield url
     finally:
         process.terminate()

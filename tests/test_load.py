@@ -10,10 +10,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
 import pytest
 
 from test_ingest_helpers import make_pdf
+from serving import wait_until_serving
 from test_ui_helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,18 +28,12 @@ def _start(port: int, tmp: Path) -> subprocess.Popen:
     process = subprocess.Popen([sys.executable, str(ROOT / "launch.py"), "--model", "demo", "--port", str(port),
                                 "--no-disk-cache"], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp)
     process.log_path = log.name
-    deadline = time.monotonic() + 150
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"the app exited ({process.returncode}): {Path(log.name).read_text()[-2000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/", timeout=2).status_code == 200:
-                return process
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    process.kill()
-    raise AssertionError("the app did not serve within 150 s")
+    try:
+        wait_until_serving(process, f"http://127.0.0.1:{port}/", 150, "the app", log.name)
+    except AssertionError:
+        process.kill()
+        raise
+    return process
 
 
 def _children(pid: int) -> list[int]:

@@ -8,10 +8,10 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
+
+from serving import wait_until_serving
 
 SERVED_NAME = "smollm2-demo"
 
@@ -57,18 +57,12 @@ class LlamaServer:
                    "--verbose", "False"]
         log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL
         self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"llama_cpp.server exited with {self.process.returncode}; see {self.log_path}")
-            try:
-                if httpx.get(self.url + "/models", timeout=1.0).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.25)
-        self.__exit__()
-        raise RuntimeError("llama_cpp.server did not start within 120 s")
+        try:
+            wait_until_serving(self.process, self.url + "/models", 120, "llama_cpp.server", self.log_path, poll=0.25)
+        except AssertionError:
+            self.__exit__()
+            raise
+        return self
 
     def __exit__(self, *exc):
         if self.process is not None and self.process.poll() is None:

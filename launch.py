@@ -85,7 +85,7 @@ def main(argv: list[str]) -> int:
 
         return app_main([command, *rest])
     if command == "ui":
-        from app.ui import main as ui_main
+        from app.ui.app import main as ui_main
 
         return ui_main(rest)
 

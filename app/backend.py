@@ -6,13 +6,13 @@ import argparse
 import logging
 from typing import Iterator, Protocol
 
-from app import plan as planner
+from app import planner
 
 log = logging.getLogger(__name__)
 
 
 class Backend(Protocol):
-    """What answers questions: `app.engine.Engine` (local GPU/CPU) or `app.remote.RemoteEngine` (a server)."""
+    """What answers questions: `app.engine.engine.Engine` (local GPU/CPU) or `app.remote.RemoteEngine` (a server)."""
 
     name: str  # "local" or "openai"
     model_name: str
@@ -33,7 +33,7 @@ def choose_model(requested: str) -> str:
     devices = planner.local_devices()
     if devices[0].name == "cpu":
         return "demo"
-    from app.models import llama31_8b_config
+    from app.engine.models import llama31_8b_config
 
     shape = planner.ModelShape.from_config(llama31_8b_config(window=4_194_304))
     most = planner.plan(shape, 1, devices, "fp8").max_tokens
@@ -57,8 +57,8 @@ def open_backend(model: str = "auto", *, backend: str = "local", base_url: str |
         from app.remote import RemoteEngine
 
         return RemoteEngine(base_url, api_key_env=api_key_env, served_model=served_model, max_model_len=max_model_len)
-    from app.engine import Engine
-    from app.models import load_model
+    from app.engine.engine import Engine
+    from app.engine.models import load_model
 
     name = choose_model(model)
     log.info("loading model %s", name)
@@ -69,7 +69,7 @@ def open_backend(model: str = "auto", *, backend: str = "local", base_url: str |
         tokenizer = load_tokenizer()
     store = None
     if disk_cache:
-        from app.store import Store
+        from app.store.library import Store
 
         store = Store(cache_dir)
     return Engine(loaded, tokenizer, kv_dtype=kv_dtype, chunk_tokens=chunk_tokens, model_name=name, store=store,

@@ -8,7 +8,7 @@ import json
 import sys
 import time
 
-from app import plan as planner
+from app import planner
 from app.backend import add_backend_arguments
 from app.errors import OmnibusError
 
@@ -32,8 +32,8 @@ def _progress_printer():
 
 def ask(args) -> int:
     from app.backend import open_from_arguments
-    from app.engine import AnswerStats, Settings
-    from app.citations import Verifier, parse
+    from app.protocol import AnswerStats, Settings
+    from app.citations.check import Verifier, parse
     from app.prompt import Turn, system_prompt
     from ingest import build_corpus
 
@@ -42,7 +42,7 @@ def ask(args) -> int:
     for skipped in corpus.skipped:
         _say(f"skipped {skipped.source}: {skipped.reason}")
     if backend.name != "local":  # the whole corpus goes to the server: name the files that look like secrets
-        from app.secrets import scan_corpus, summary
+        from ingest.secret_scan import scan_corpus, summary
 
         for line in summary(scan_corpus(corpus), limit=100):
             _say(f"warning: likely secret, will be sent to {backend.base_url}: {line}")
@@ -103,7 +103,7 @@ def _report_load(stats) -> None:
 
 
 def cache(args) -> int:
-    from app.store import Store
+    from app.store.library import Store
 
     store = Store(args.cache_dir)
     if args.action == "rm":
@@ -133,7 +133,7 @@ def cache(args) -> int:
 
 
 def plan(args) -> int:
-    from app.models import llama31_8b_config, resolve
+    from app.engine.models import llama31_8b_config, resolve
 
     devices = planner.parse_gpus(args.gpus) if args.gpus else planner.local_devices()
     windows = {"ultralong-1m": 1_048_576, "ultralong-2m": 2_097_152, "ultralong-4m": 4_194_304}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from app.citation_format import CITATION_FORMAT
+from app.citations.form import CITATION_FORMAT
 
 BASE_SYSTEM_PROMPT = (
     "You are Omnibus, an assistant that answers questions about the documents the user has provided. "
@@ -22,7 +22,7 @@ BASE_SYSTEM_PROMPT = (
 
 
 def system_prompt(citations: bool = True) -> str:
-    """The default instructions; with `citations`, also the quote-and-source form that `app.citations` checks."""
+    """The default instructions; with `citations`, also the quote-and-source form that `app.citations.check` checks."""
     return f"{BASE_SYSTEM_PROMPT} {CITATION_FORMAT}" if citations else BASE_SYSTEM_PROMPT
 
 

@@ -19,8 +19,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from app import plan as planner
-from app.engine import AnswerStats, LoadStats, PrefillProgress, Settings
+from app import planner
+from app.protocol import AnswerStats, LoadStats, PrefillProgress, Settings
 from app.errors import BackendError, Cancelled, CorpusTooLarge, NoCorpus
 from app.prompt import DEFAULT_SYSTEM_PROMPT, Turn, build_messages
 

@@ -14,9 +14,9 @@ import triton
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from app.attention import attend_cached, omnibus_attention  # noqa: E402
-from app.decode_kernel import cached_attention  # noqa: E402
-from app.kv_cache import KVCache  # noqa: E402
+from app.engine.attention import attend_cached, omnibus_attention  # noqa: E402
+from app.engine.decode_kernel import cached_attention  # noqa: E402
+from app.engine.kv_cache import KVCache  # noqa: E402
 
 HQ, HKV, D = 32, 8, 128
 
@@ -49,7 +49,7 @@ def main() -> int:
             ms = bench(lambda: omnibus_attention(module, q, k_new, k_new, None, scale, kv_cache=cache))
             print(f"prefill chunk {t} at depth {depth:,} {storage}: {ms:.1f} ms, {flops / ms / 1e9:.0f} TFLOP/s", flush=True)
             if storage == "bf16":
-                from app import attention
+                from app.engine import attention
 
                 grouped = q.reshape(1, HKV, (HQ // HKV) * t, D)
                 k_past, v_past = layer.keys[:, :, :depth], layer.values[:, :, :depth]

@@ -23,10 +23,10 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from app import plan as planner  # noqa: E402
-from app.engine import AnswerStats, Engine, Settings  # noqa: E402
+from app import planner  # noqa: E402
+from app.engine.engine import AnswerStats, Engine, Settings  # noqa: E402
 from app.errors import OmnibusError  # noqa: E402
-from app.models import load_model  # noqa: E402
+from app.engine.models import load_model  # noqa: E402
 
 GiB = 1024**3
 QUESTION = "Which of the documents above mentions the harbour, and on which page? " * 4
@@ -62,8 +62,8 @@ def llama3_tokenizer():
 
 def check_attention() -> dict:
     """Omnibus attention (bf16 and fp8 caches) against plain SDPA on a random problem, on this GPU."""
-    from app.attention import omnibus_attention
-    from app.kv_cache import KVCache
+    from app.engine.attention import omnibus_attention
+    from app.engine.kv_cache import KVCache
 
     torch.manual_seed(0)
     hq, hkv, d, past, t = 32, 8, 128, 50_000, 4096

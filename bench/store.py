@@ -1,7 +1,7 @@
 """GPU benchmark: saving the KV cache to disk and loading it back, against the prefill it replaces.
 
 The cache is filled in place at a synthetic depth (bench/engine.py's `fill_synthetic`, random 8B weights),
-saved through app.store, evicted from the page cache, and loaded back into the preallocated cache.
+saved through app.store.library, evicted from the page cache, and loaded back into the preallocated cache.
 
     python bench/store.py --depths bf16:262144,fp8:262144,fp8:1048576 --project --out store.json
 
@@ -24,9 +24,9 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from app.engine import Engine  # noqa: E402
-from app.models import load_model  # noqa: E402
-from app.store import Store  # noqa: E402
+from app.engine.engine import Engine  # noqa: E402
+from app.engine.models import load_model  # noqa: E402
+from app.store.library import Store  # noqa: E402
 from bench.engine import fill_synthetic, llama3_tokenizer, log, project, synthetic  # noqa: E402
 
 GB = 1e9

@@ -16,7 +16,7 @@ os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="omnibus-test-cache-")
 @pytest.fixture(scope="session")
 def demo_model():
     """(model, tokenizer) of the real demo model on the CPU, fp32 (about 20 s to load, so once per run)."""
-    from app.models import load_model
+    from app.engine.models import load_model
 
     return load_model("demo")
 

@@ -1,4 +1,4 @@
-"""Citations (`app.citations`): the parser on written forms and arbitrary text, and the checks of quotes
+"""Citations (`app.citations.check`): the parser on written forms and arbitrary text, and the checks of quotes
 against real ingested PDFs (built here with pypdf) and code, across page breaks and near misses."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.citations import (NEAR, NOT_FOUND, UNCHECKED, VERIFIED, Citation, CitationStream, Verifier,
+from app.citations.check import (NEAR, NOT_FOUND, UNCHECKED, VERIFIED, Citation, CitationStream, Verifier,
                            format_citation, parse, passage)
 from app.cli import citation_list
 from ingest import build_corpus

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 
 from app import cli
-from app import ui_views as views
-from app.citations import CITATION_FORMAT, NEAR, NOT_FOUND, UNCHECKED, VERIFIED, CitationStream, parse
-from app.engine import AnswerStats, Settings
+from app.ui import views
+from app.citations.check import CITATION_FORMAT, NEAR, NOT_FOUND, UNCHECKED, VERIFIED, CitationStream, parse
+from app.protocol import AnswerStats, Settings
 from app.prompt import DEFAULT_SYSTEM_PROMPT, system_prompt
-from app.ui_handlers import Session, Workbench
+from app.ui.handlers import Session, Workbench
 from test_ui_helpers import QUESTION, demo_backend, make_documents
 
 STATUSES = {VERIFIED, NEAR, NOT_FOUND, UNCHECKED}

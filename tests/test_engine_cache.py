@@ -8,7 +8,8 @@ import threading
 
 import pytest
 
-from app.engine import AnswerStats, Engine, Settings
+from app.engine.engine import Engine
+from app.protocol import AnswerStats, Settings
 from app.errors import Cancelled, CorpusTooLarge, NoCorpus
 from app.prompt import Turn, encode_prompt
 from ingest import build_corpus

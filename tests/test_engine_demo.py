@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from app.engine import AnswerStats, Engine, Settings
+from app.engine.engine import Engine
+from app.protocol import AnswerStats, Settings
 from app.errors import CorpusTooLarge
 from test_engine_helpers import forward_cached, new_cache
 

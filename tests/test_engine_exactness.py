@@ -14,7 +14,8 @@ import time
 import pytest
 import torch
 
-from app.engine import Engine, Settings
+from app.engine.engine import Engine
+from app.protocol import Settings
 from test_engine_helpers import cached_logits, forward_cached, full_logits, new_cache
 
 PROMPT_TOKENS = 120

@@ -8,12 +8,12 @@
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from app import attention
-from app.kv_cache import KVCache
+from app.engine import attention
+from app.engine.kv_cache import KVCache
 
 ROPES = {
     "default": {"rope_type": "default", "rope_theta": 10_000.0},
-    # The Llama-3.1 scaling of app.models.llama31_8b_config.
+    # The Llama-3.1 scaling of app.engine.models.llama31_8b_config.
     "llama3": {"rope_type": "llama3", "rope_theta": 500_000.0, "factor": 8.0, "low_freq_factor": 1.0,
                "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
     "yarn": {"rope_type": "yarn", "rope_theta": 10_000.0, "factor": 4.0, "original_max_position_embeddings": 1024},

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from app.engine import AnswerStats, Engine, Settings
+from app.engine.engine import Engine
+from app.protocol import AnswerStats, Settings
 from app.errors import Cancelled, OutOfMemory
-from app.store import Store
+from app.store.library import Store
 from ingest import build_corpus
 from test_store_helpers import corpus_ids, next_logits, tiny_engine
 
@@ -117,7 +118,7 @@ def test_cancelled_prefill_then_loading_again_gives_the_fresh_answer(engine, dem
 CRASH = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path
-    from app.store import Store
+    from app.store.library import Store
     from test_store_helpers import corpus_ids, tiny_engine
 
     kill_at, calls = int(sys.argv[2]), [0]

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from app.fp8_linear import Fp8Linear, quantize_layers
+from app.engine.fp8_linear import Fp8Linear, quantize_layers
 
 
 def _real_text_ids(tokenizer, n=600):

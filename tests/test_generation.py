@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from app.generation import StreamDecoder, sample
+from app.engine.generation import StreamDecoder, sample
 
 TEXTS = [
     "Plain ASCII, nothing to see.",

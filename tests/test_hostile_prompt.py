@@ -5,7 +5,8 @@ data and is what the engine prefilled first."""
 import pytest
 import torch
 
-from app.engine import Engine, Settings
+from app.engine.engine import Engine
+from app.protocol import Settings
 from app.prompt import DEFAULT_SYSTEM_PROMPT, build_messages, encode_prompt
 from ingest import build_corpus
 

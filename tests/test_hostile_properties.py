@@ -78,7 +78,7 @@ def test_display_names_are_utf8_without_terminal_controls(name):
 
 
 try:
-    from app.citations import Citation, format_citation, parse
+    from app.citations.check import Citation, format_citation, parse
 except ImportError:  # citations not in this tree
     parse = None
 

@@ -6,8 +6,8 @@ import os
 import pytest
 
 from app import cli
-from app.secrets import entropy_bits, scan_corpus, scan_text, warning
-from app.ui_handlers import Session, Workbench
+from ingest.secret_scan import entropy_bits, scan_corpus, scan_text, warning
+from app.ui.handlers import Session, Workbench
 from ingest import build_corpus, load_tokenizer
 from remote_support.fake_server import FakeServer, send_json
 

@@ -6,9 +6,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.ui import parse_args, start
-from app.ui_auth import Access, LoginGuard, _client_address
-from app.ui_handlers import Session, TooManyFiles, Workbench
+from app.ui.app import parse_args, start
+from app.ui.auth import Access, LoginGuard, _client_address
+from app.ui.handlers import Session, TooManyFiles, Workbench
 from test_ui_helpers import demo_backend, free_port
 
 ROOT = Path(__file__).resolve().parents[1]

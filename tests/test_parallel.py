@@ -8,9 +8,9 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-import app.attention  # noqa: F401  (registers the "omnibus" attention)
-from app import plan as planner
-from app.kv_cache import KVCache
+import app.engine.attention  # noqa: F401  (registers the "omnibus" attention)
+from app import planner
+from app.engine.kv_cache import KVCache
 
 
 def _tiny_llama():
@@ -64,7 +64,7 @@ def test_sharded_cache_refuses_to_overflow_and_to_grow():
 
 
 def test_sequence_parallel_plan_spreads_the_cache_over_every_gpu():
-    shape = planner.ModelShape.from_config(__import__("app.models", fromlist=["x"]).llama31_8b_config(4_194_304))
+    shape = planner.ModelShape.from_config(__import__("app.engine.models", fromlist=["x"]).llama31_8b_config(4_194_304))
     gpus = planner.parse_gpus("4x80")
     layers = planner.plan(shape, 4_186_112, gpus, "fp8", "bf16")
     sequence = planner.plan(shape, 4_186_112, gpus, "fp8", "bf16", mode="sequence")
@@ -78,7 +78,7 @@ def test_sequence_parallel_plan_spreads_the_cache_over_every_gpu():
 
 
 def test_layer_split_device_map_matches_the_planner_and_places_each_layers_cache():
-    from app.models import layer_device_map
+    from app.engine.models import layer_device_map
 
     mapping = layer_device_map(32, [0, 1, 2, 3])
     per_device = [sum(1 for k, v in mapping.items() if k.startswith("model.layers.") and v == d) for d in range(4)]

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from app import plan as planner
+from app import planner
 from app.cli import main as cli_main
-from app.models import llama31_8b_config
+from app.engine.models import llama31_8b_config
 
 ROOT = Path(__file__).resolve().parent.parent
 KiB, GiB = 1024, 1024**3

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from app.engine import AnswerStats, Settings
+from app.protocol import AnswerStats, Settings
 from app.errors import BackendError, Cancelled, CorpusTooLarge, NoCorpus
 from app.prompt import Turn
 from app.remote import RemoteEngine

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from app.engine import AnswerStats, Settings
+from app.protocol import AnswerStats, Settings
 from app.errors import CorpusTooLarge
 from app.prompt import Turn
 from app.remote import RemoteEngine

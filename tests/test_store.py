@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from app import store as store_module
+from app.store import library as store_module
 from app.errors import Cancelled
-from app.store import Store
+from app.store.library import Store
 from test_store_helpers import answer, cached_kv, corpus_ids, next_logits, tiny_engine
 
 
@@ -181,8 +181,8 @@ def test_a_write_that_fails_midway_leaves_nothing_behind(tmp_path, monkeypatch):
 CRASH = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path
-    from app import store as store_module
-    from app.store import Store
+    from app.store import library as store_module
+    from app.store.library import Store
     from test_store_helpers import corpus_ids, tiny_engine
 
     real = store_module.write_layer

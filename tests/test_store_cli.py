@@ -8,7 +8,7 @@ import time
 import pytest
 
 from app import cli
-from app.store import CacheEntryNotFound, Store
+from app.store.library import CacheEntryNotFound, Store
 from test_store_helpers import corpus_ids, tiny_engine
 
 

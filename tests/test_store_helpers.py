@@ -7,8 +7,9 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from app import attention
-from app.engine import Engine, Settings
+from app.engine import attention
+from app.engine.engine import Engine
+from app.protocol import Settings
 from ingest import build_corpus, load_tokenizer
 
 QUESTION = "Which document mentions the harbour?"

@@ -5,8 +5,8 @@ import re
 import httpx
 import pytest
 
-from app.ui import parse_args, start
-from app.ui_auth import DEFAULT_USER, AuthError, decide, parse_pair, read_auth_file
+from app.ui.app import parse_args, start
+from app.ui.auth import DEFAULT_USER, AuthError, decide, parse_pair, read_auth_file
 from test_ui_helpers import demo_backend, free_port
 
 

@@ -1,13 +1,13 @@
-"""The app's handlers (`app.ui_handlers`) and what the page says (`app.ui_views`), with the real demo model."""
+"""The app's handlers (`app.ui.handlers`) and what the page says (`app.ui.views`), with the real demo model."""
 
 import json
 
 import pytest
 
-from app import ui_views as views
-from app.engine import Settings
+from app.ui import views
+from app.protocol import Settings
 from app.errors import Cancelled, CorpusTooLarge, NoCorpus
-from app.ui_handlers import Session, Workbench
+from app.ui.handlers import Session, Workbench
 from test_ui_helpers import FACT, QUESTION, demo_backend, make_documents
 
 SHORT = Settings(max_new_tokens=40)

@@ -2,9 +2,9 @@
 
 import pytest
 
-from app import ui_views as views
-from app.store import Store
-from app.ui_handlers import Session, Workbench
+from app.ui import views
+from app.store.library import Store
+from app.ui.handlers import Session, Workbench
 from test_ui_helpers import demo_backend, make_documents
 
 

@@ -33,9 +33,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from app.cache_key import FORMAT, fingerprint, fingerprint_hash, ids_hash, sha
+from app.store.cache_key import FORMAT, fingerprint, fingerprint_hash, ids_hash, sha
 from app.errors import OmnibusError
-from app.kv_files import CorruptEntry, layer_bytes, layer_name, read_layer, write_layer
+from app.store.kv_files import CorruptEntry, layer_bytes, layer_name, read_layer, write_layer
 
 log = logging.getLogger(__name__)
 

@@ -15,51 +15,13 @@ from dataclasses import dataclass
 
 import torch
 
-from app import plan as planner
+from app import planner
+from app.engine.fp8_linear import Fp8Linear
+from app.engine.generation import StreamDecoder, sample
+from app.engine.kv_cache import KVCache
 from app.errors import Cancelled, CorpusTooLarge, NoCorpus, OutOfMemory
-from app.fp8_linear import Fp8Linear
-from app.generation import StreamDecoder, sample
-from app.kv_cache import KVCache
 from app.prompt import Turn, default_system_prompt, encode_prompt
-
-
-@dataclass
-class Settings:
-    max_new_tokens: int = 512
-    temperature: float = 0.0
-    top_p: float = 0.95
-    seed: int | None = None
-
-
-@dataclass
-class PrefillProgress:
-    done: int
-    total: int
-    tokens_per_s: float
-    eta_s: float
-
-
-@dataclass
-class LoadStats:
-    tokens: int  # prompt prefix tokens (system prompt + corpus) now cached
-    reused: int  # of which were already in the cache
-    seconds: float
-    tokens_per_s: float
-    kv_dtype: str
-    source: str = "prefill"  # where the prefix came from: "prefill", "memory", "disk", "disk+prefill", ...
-    disk_seconds: float = 0.0  # reading it from the disk cache
-    saved: object = None  # app.store.SaveResult of the save after a prefill (None: no disk cache or nothing new)
-
-
-@dataclass
-class AnswerStats:
-    prompt_tokens: int
-    cached_tokens: int
-    new_tokens: int
-    ttft_s: float
-    tokens_per_s: float
-    finish_reason: str  # "stop", "length", "cancelled"
-    dropped_turns: int = 0
+from app.protocol import AnswerStats, LoadStats, PrefillProgress, Settings
 
 
 @dataclass
@@ -119,7 +81,7 @@ class Engine:
         self.use_cuda_graphs = True
         self._graph = None  # ((cache id, version), CUDAGraph, input ids, positions, logits): the decode step
         self._lock = threading.Lock()
-        self.store = store  # app.store.Store: corpora saved on disk, reopened instead of prefilled (None: off)
+        self.store = store  # app.store.library.Store: corpora saved on disk, reopened instead of prefilled (None: off)
 
     # -- planning --
     def devices(self) -> list[planner.Device]:

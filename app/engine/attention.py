@@ -79,7 +79,7 @@ def attend_cached(query, layer, length: int, scale: float, block: int | None = N
     b, hq, t, d = query.shape
     hkv = layer.keys.shape[1]
     if query.is_cuda and (hq // hkv) * t <= FEW_ROWS:  # a question's few tokens: read the cache once, as stored
-        from app.decode_kernel import cached_attention
+        from app.engine.decode_kernel import cached_attention
 
         # a fill kernel, not a host-to-device copy: nothing here waits for the GPU
         return cached_attention(query, layer, torch.full((1,), length, dtype=torch.int32, device=query.device), scale)
@@ -127,7 +127,7 @@ def omnibus_attention(module, query, key, value, attention_mask, scaling=None, d
     layer = kv_cache.layers[module.layer_idx]
     if query.shape[2] == 1:  # decode: the new key is already in the cache, so one pass over all of it
         if query.is_cuda and not kv_cache.sharded:
-            from app.decode_kernel import decode_attention
+            from app.engine.decode_kernel import decode_attention
 
             out = decode_attention(query, layer, kv_cache.decode_slots[query.device][1], scale)
         else:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from html import escape
 
-from app.plan import QUESTION_RESERVE_TOKENS, format_seconds
+from app.planner import QUESTION_RESERVE_TOKENS, format_seconds
 
 DOCUMENT_HEADERS = ["#", "File", "Kind", "Pages", "Tokens"]
 SKIPPED_HEADERS = ["File", "Why it was left out"]

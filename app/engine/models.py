@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
-from app import attention
+from app.engine import attention
 from app.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def _random_weights_config(spec: ModelSpec):
 def layer_device_map(num_layers: int, devices: list) -> dict:
     """An accelerate `device_map` that splits the decoder layers evenly over `devices` (the planner's split):
     embeddings with the first layers, the final norm and the output head with the last ones."""
-    from app.plan import split_layers
+    from app.planner import split_layers
 
     mapping, layer = {"model.embed_tokens": devices[0], "model.rotary_emb": devices[0]}, 0
     for device, count in zip(devices, split_layers(num_layers, len(devices))):
@@ -139,7 +139,7 @@ def load_model(name: str, *, device_map=None, dtype=None, random_weights: bool =
         raise ModelLoadError(f"cannot load {spec.source}: {err}") from err
     model.config._attn_implementation = attention.NAME
     if weight_dtype == "fp8":
-        from app.fp8_linear import quantize_layers
+        from app.engine.fp8_linear import quantize_layers
 
         quantize_layers(model)
     return model, tokenizer

@@ -1,7 +1,7 @@
 """The Gradio app: the page's layout and its events, and `main` for `python3 launch.py [options]`.
 
-What each button does lives in `app.ui_handlers` (plain Python); the words it shows in `app.ui_views`;
-who may log in in `app.ui_auth`. This file only lays out the page, wires events and turns
+What each button does lives in `app.ui.handlers` (plain Python); the words it shows in `app.ui.views`;
+who may log in in `app.ui.auth`. This file only lays out the page, wires events and turns
 `OmnibusError`s into messages on the page.
 """
 
@@ -18,15 +18,15 @@ from pathlib import Path
 import gradio as gr
 from starlette.middleware import Middleware
 
-from app import ui_views as views
-from app.citation_format import CITATION_FORMAT
-from app.engine import Settings
+from app.ui import views
+from app.citations.form import CITATION_FORMAT
+from app.protocol import Settings
 from app.errors import Cancelled, OmnibusError
 from app.backend import add_backend_arguments
 from app.prompt import DEFAULT_SYSTEM_PROMPT
-from app.secrets import warning as secrets_warning
-from app.ui_auth import Access, AuthError, ClientAddress, LoginGuard, decide
-from app.ui_handlers import Session, Workbench
+from ingest.secret_scan import warning as secrets_warning
+from app.ui.auth import Access, AuthError, ClientAddress, LoginGuard, decide
+from app.ui.handlers import Session, Workbench
 
 CSS = """
 .meter { font-size: 0.95em; }

@@ -1,6 +1,6 @@
 """What the app's buttons do, in plain Python: add and remove files, load the corpus, ask, export.
 
-Nothing here imports gradio, so the tests call these directly with the real demo model. `app.ui` wires
+Nothing here imports gradio, so the tests call these directly with the real demo model. `app.ui.app` wires
 them to the page and turns `OmnibusError`s into messages. One `Workbench` holds the one backend that every
 browser shares; each browser has its own `Session` (its corpus, its conversation, its Stop button).
 """
@@ -13,12 +13,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.citations import Verifier, parse, passage
-from app.engine import AnswerStats, Settings
+from app.citations.check import Verifier, parse, passage
+from app.protocol import AnswerStats, Settings
 from app.errors import CorpusTooLarge, NoCorpus, OmnibusError
-from app.secrets import scan_corpus
+from ingest.secret_scan import scan_corpus
 from app.prompt import DEFAULT_SYSTEM_PROMPT, Turn
-from app.ui_views import fit_advice
+from app.ui.views import fit_advice
 from ingest import build_corpus
 
 
@@ -39,11 +39,11 @@ class Session:
 
     def __init__(self):
         self.corpus = None  # ingest.Corpus, or None before the first file
-        self.secrets: dict = {}  # source -> [app.secrets.Finding]: likely secrets in this corpus
+        self.secrets: dict = {}  # source -> [ingest.secret_scan.Finding]: likely secrets in this corpus
         self.exchanges: list[Exchange] = []
         self.loaded_tokens = 0  # corpus tokens this session last loaded into the model (0: not loaded)
         self.cancel = threading.Event()
-        self.verifier = None  # app.citations.Verifier of this corpus, built when an answer is first checked
+        self.verifier = None  # app.citations.check.Verifier of this corpus, built when an answer is first checked
 
     def __deepcopy__(self, memo):
         # Gradio deep-copies a state's starting value for each new browser; a fresh session is that copy.
@@ -217,7 +217,7 @@ class Workbench:
     def citations(self, session: Session, exchange: int = -1):
         """The citations of an answer (the last by default), each checked against the session's corpus.
 
-        None when there is no answer; a list of `app.citations.Check` otherwise.
+        None when there is no answer; a list of `app.citations.check.Check` otherwise.
         """
         if not session.exchanges or session.corpus is None:
             return None

@@ -19,7 +19,7 @@ import difflib
 import re
 from dataclasses import dataclass
 
-from app.citation_format import (  # noqa: F401  (re-exported: callers import the form from here too)
+from app.citations.form import (  # noqa: F401  (re-exported: callers import the form from here too)
     VERIFIED, NEAR, NOT_FOUND, UNCHECKED, NEAR_SCORE, MAX_QUOTE, ELLIPSIS_GAP, CITATION_FORMAT, Citation, CitationStream, format_citation, parse, _LINE_PREFIX, _ELLIPSIS, _FOLD, _PUNCT_CLASS, replace_offsets,
 )
 

@@ -1,0 +1,5 @@
+"""The local GPU/CPU engine: the model, its preallocated KV cache, the attention kernels and the prefill/decode loop.
+
+Only this package imports torch and Triton at module level. `engine.Engine` is the entry point: prefill a corpus
+once into `kv_cache.KVCache`, then answer each question from the cached prefix.
+"""

@@ -14,7 +14,8 @@ import triton
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from app.engine.attention import attend_cached, omnibus_attention  # noqa: E402
+from app.engine import attention  # noqa: E402
+from app.engine.attention import omnibus_attention  # noqa: E402
 from app.engine.decode_kernel import cached_attention  # noqa: E402
 from app.engine.kv_cache import KVCache  # noqa: E402
 
@@ -28,13 +29,12 @@ def bench(fn) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--depths", default="262144,1048576")
-    parser.add_argument("--chunk", type=int, default=16384)
+    parser.add_argument("--chunks", default="16384")
     args = parser.parse_args()
     torch.manual_seed(0)
     module = type("M", (), {"layer_idx": 0})()
     scale = D**-0.5
-    for depth in map(int, args.depths.split(",")):
-        t = args.chunk
+    for depth, t in [(d, c) for c in map(int, args.chunks.split(",")) for d in map(int, args.depths.split(","))]:
         for storage in ("bf16", "fp8"):
             cache = KVCache([torch.device("cuda", 0)], HKV, D, depth + t, storage)
             layer = cache.layers[0]
@@ -46,11 +46,18 @@ def main() -> int:
             q = torch.randn(1, HQ, t, D, device="cuda", dtype=torch.bfloat16)
             k_new = torch.randn(1, HKV, t, D, device="cuda", dtype=torch.bfloat16)
             flops = 4.0 * t * (depth + t / 2) * HQ * D
-            ms = bench(lambda: omnibus_attention(module, q, k_new, k_new, None, scale, kv_cache=cache))
-            print(f"prefill chunk {t} at depth {depth:,} {storage}: {ms:.1f} ms, {flops / ms / 1e9:.0f} TFLOP/s", flush=True)
+            cache.pending = t
+            layer.write(depth, k_new, k_new)  # the chunk's own keys, as transformers' update() leaves them
+            for kernel in ("fa3", "flex/flash"):
+                attention._fa3 = None if kernel == "fa3" else False
+                if kernel == "fa3" and attention.fa3_kernel() is None:
+                    print("  FlashAttention-3 not available here", flush=True)
+                    continue
+                ms = bench(lambda: omnibus_attention(module, q, k_new, k_new, None, scale, kv_cache=cache))
+                print(f"prefill chunk {t} at depth {depth:,} {storage}, {kernel}: {ms:.1f} ms, "
+                      f"{flops / ms / 1e9:.0f} TFLOP/s", flush=True)
+            attention._fa3 = None
             if storage == "bf16":
-                from app.engine import attention
-
                 grouped = q.reshape(1, HKV, (HQ // HKV) * t, D)
                 k_past, v_past = layer.keys[:, :, :depth], layer.values[:, :, :depth]
                 past_flops = 4.0 * t * depth * HQ * D

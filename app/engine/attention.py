@@ -9,6 +9,12 @@ log-sum-exp:
 
 No q×kv mask is ever built. fp8 caches are dequantised one block of keys at a time, so memory per pass
 stays bounded whatever the context length.
+
+On Hopper GPUs with the optional `fa3-fwd` package (FlashAttention-3's forward kernel), a prefill chunk over a
+bf16 cache is ONE kernel call: the chunk's keys are already in the cache, so its queries attend to
+cache[0 : L+T] with FlashAttention-3's bottom-right-aligned causal mask and native GQA — no merge, no copy.
+Over an fp8 cache the chunk's own keys (exact bf16) and the dequantised cached blocks go to the same kernel and
+merge by log-sum-exp. Without the package (or off Hopper) the FlexAttention / SDPA flash path serves.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ log = logging.getLogger(__name__)
 NAME = "omnibus"
 FP8_BLOCK_TOKENS = 65_536  # keys dequantised at once when the cache is fp8
 FEW_ROWS = 1024  # up to this many (query head x token) rows per KV head, the Triton split-K kernel is used
+FA3_FP8_BLOCK_TOKENS = 131_072  # fp8 keys dequantised at once for FlashAttention-3 (32 MiB a KV head, K and V)
 
 
 _flex = None  # compiled FlexAttention, built on first use; False once it failed here
@@ -50,6 +57,77 @@ def _flex_unmasked(q, k, v, scale: float):
         return None
     return out, lse
 
+
+_fa3 = None  # FlashAttention-3's flash_attn_func, imported on first use; False where it cannot run
+
+
+def fa3_kernel():
+    """FlashAttention-3's `flash_attn_func` (package `fa3-fwd`) on a Hopper GPU, else None.
+
+    OMNIBUS_FA3=0 turns it off (the FlexAttention / SDPA flash path then serves)."""
+    global _fa3
+    if _fa3 is None:
+        _fa3 = False
+        if os.environ.get("OMNIBUS_FA3", "1") == "1" and torch.cuda.is_available() \
+                and torch.cuda.get_device_capability() == (9, 0):
+            try:
+                from fa3_fwd_interface import flash_attn_func
+
+                _fa3 = flash_attn_func
+            except Exception as err:  # not installed, or built for another torch/CUDA: the other path serves
+                log.info("FlashAttention-3 unavailable (%s); using FlexAttention / SDPA flash", err)
+    return _fa3 or None
+
+
+def _fa3_usable(query, layer) -> bool:
+    return query.is_cuda and query.dtype == torch.bfloat16 and query.shape[-1] in (64, 128, 256) \
+        and not hasattr(layer, "shards") and fa3_kernel() is not None
+
+
+def _fa3_attend(q, k, v, causal: bool, scale: float):
+    """q [B, T, Hq, D], k/v [B, S, H_kv, D] (any strides, last dim contiguous) -> out [B, T, Hq, D], lse [B, Hq, T]."""
+    out, lse = fa3_kernel()(q, k, v, softmax_scale=scale, causal=causal, return_attn_probs=True)
+    return out, lse
+
+
+def _merge_bthd(out_a, lse_a, out_b, lse_b):
+    """`_merge` for outputs laid out [B, T, H, D] with lse [B, H, T] (fp32 result)."""
+    lse = torch.logaddexp(lse_a, lse_b)
+    wa = torch.exp(lse_a - lse).transpose(1, 2).unsqueeze(-1)  # [B, T, H, 1]
+    wb = torch.exp(lse_b - lse).transpose(1, 2).unsqueeze(-1)
+    return out_a.float() * wa + out_b.float() * wb, lse
+
+
+def _fa3_cached(query, layer, length: int, scale: float):
+    """query [B, Hq, T, D] over one device's layer, its first `length` keys all visible, through FlashAttention-3.
+
+    Returns (out [B, T, Hq, D], lse [B, Hq, T]); fp8 keys are dequantised a block at a time."""
+    q = query.transpose(1, 2)  # [B, T, Hq, D], a view
+    block = FA3_FP8_BLOCK_TOKENS if layer.fp8 else length
+    out = lse = None
+    for start in range(0, length, block):
+        k, v = layer.read(start, min(start + block, length))  # [B, H_kv, n, D]: views of a bf16 cache
+        o, s = _fa3_attend(q, k.transpose(1, 2), v.transpose(1, 2), False, scale)
+        out, lse = (o, s) if out is None else _merge_bthd(out, lse, o, s)
+    return out, lse
+
+
+def _fa3_prefill(query, key, value, layer, length: int, scale: float) -> torch.Tensor:
+    """A prefill chunk through FlashAttention-3: out [B, T, Hq, D] in the query's dtype.
+
+    query [B, Hq, T, D]; key/value: the chunk's own [B, H_kv, T, D], already written to the cache at `length`.
+    """
+    q = query.transpose(1, 2)  # [B, T, Hq, D], a view
+    if not layer.fp8:  # the cache holds past and chunk: one causal call, aligned bottom-right
+        end = length + query.shape[2]
+        k = layer.keys[:, :, :end].transpose(1, 2)  # [B, L+T, H_kv, D], a view of the cache
+        v = layer.values[:, :, :end].transpose(1, 2)
+        return fa3_kernel()(q, k, v, softmax_scale=scale, causal=True)
+    out, lse = _fa3_attend(q, key.transpose(1, 2), value.transpose(1, 2), True, scale)  # exact bf16 keys
+    if length:
+        past_out, past_lse = _fa3_cached(query, layer, length, scale)
+        out, lse = _merge_bthd(out, lse, past_out, past_lse)
+    return out.to(query.dtype)
 
 def _flash(q, k, v, causal: bool, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax attention returning (out [B, H, Tq, D], logsumexp [B, H, Tq] fp32); q, k, v share head counts."""
@@ -83,6 +161,9 @@ def attend_cached(query, layer, length: int, scale: float, block: int | None = N
 
         # a fill kernel, not a host-to-device copy: nothing here waits for the GPU
         return cached_attention(query, layer, torch.full((1,), length, dtype=torch.int32, device=query.device), scale)
+    if _fa3_usable(query, layer):
+        out, lse = _fa3_cached(query, layer, length, scale)
+        return out.transpose(1, 2), lse
     grouped = query.reshape(b, hkv, (hq // hkv) * t, d)  # [B, H_kv, groups*T, D]
     # On GPUs the keys go in contiguous blocks to FlexAttention, which beats flash there (383 vs 337 TFLOP/s at
     # 256K on an H100) but not on strided views of the whole cache (177 vs 354): see BENCHMARKS.md. Copying a
@@ -133,6 +214,8 @@ def omnibus_attention(module, query, key, value, attention_mask, scaling=None, d
         else:
             out, _ = attend_cached(query, layer, length + 1, scale)
         return out.to(query.dtype).transpose(1, 2).contiguous(), None
+    if _fa3_usable(query, layer) and (query.shape[1] // key.shape[1]) * query.shape[2] > FEW_ROWS:
+        return _fa3_prefill(query, key, value, layer, length, scale), None
     groups = query.shape[1] // key.shape[1]
     new_out, new_lse = _flash(
         query, key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1), True, scale

@@ -76,6 +76,8 @@ def save_and_load(engine: Engine, store: Store, depth: int, kv: str) -> dict:
         restored = store.restore(engine, prefix, kv)
         seconds = time.perf_counter() - started
         assert restored.tokens == len(prefix), restored
+        engine.cache.adopt(restored.tokens)
+        engine.cached_ids = prefix
         assert all(torch.equal(a, b) for a, b in zip(before, sample(engine))), "loaded cache differs"
         row[label + "_s"] = seconds
         row[label + "_gb_per_s"] = saved.bytes / GB / seconds

@@ -84,7 +84,7 @@ def test_checksum_failure_after_a_partial_copy_leaves_a_consistent_cache(tmp_pat
     ids = corpus_ids(tmp_path / "docs")
     tiny_engine(store=Store(tmp_path / "cache")).load_corpus(ids)
     [entry] = Store(tmp_path / "cache").entries()
-    entry.meta["files"][1]["blake2b"] = "0" * 32  # the sizes are right; only the checksum catches it
+    entry.meta["files"][1]["xxh3_128"][-1] = "0" * 32  # the sizes are right; only the checksum catches it
     store_module._write_json(entry.path / "meta.json", entry.meta)
     engine = tiny_engine(store=Store(tmp_path / "cache"))
     engine.load_corpus(ids[:40])  # something in memory that the bad copy overwrites

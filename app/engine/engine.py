@@ -242,10 +242,13 @@ class Engine:
             self.cache.truncate(reused)
             self.cached_ids = prefix[:reused]
             self.counters.corpus_loads += 1
-            store = self.store if not self.cache.sharded else None  # sharded caches are not saved (yet)
+            store = self.store
             disk = store.restore(self, prefix, layout.kv_dtype, beyond=reused) \
                 if store is not None and reused < len(prefix) else None
-            reused = len(self.cached_ids)  # a restore leaves cache.length and cached_ids agreeing
+            if disk is not None and (disk.tokens or disk.clobbered):  # the cache's buffers now hold what it read
+                self.cache.adopt(disk.tokens)
+                self.cached_ids = prefix[:disk.tokens]
+            reused = len(self.cached_ids)
             source = "disk" if disk and disk.tokens else ("memory" if reused else "prefill")
             checkpoint = store.checkpointer(self, label) if store is not None else None
             started = time.perf_counter()

@@ -190,6 +190,12 @@ class KVCache:
             raise ValueError(f"cannot truncate a {self.length}-token cache to {length}")
         self.length, self.pending = length, 0
 
+    def adopt(self, length: int) -> None:
+        """The buffers' first `length` positions were filled from outside (a disk load): make them the sequence."""
+        if not 0 <= length <= self.capacity:
+            raise ValueError(f"a {self.capacity:,}-token cache cannot hold {length:,} loaded tokens")
+        self.length, self.pending = length, 0
+
     def grow(self, capacity: int) -> None:
         """Reallocate for `capacity` tokens, keeping the committed prefix (one layer at a time)."""
         if capacity <= self.capacity:

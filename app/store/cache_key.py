@@ -8,7 +8,7 @@ import weakref
 
 import numpy as np
 
-FORMAT = 1  # bump when the file layout or what the KV values depend on changes
+FORMAT = 2  # 2: xxh3 segments, shard-independent layout. Bump when the file layout or what the KV values depend on changes
 
 _model_fingerprints: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _tokenizer_fingerprints: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()

@@ -3,7 +3,7 @@
 An entry is one folder under the cache directory (`$XDG_CACHE_HOME/omnibus`, else `~/.cache/omnibus`):
 
     meta.json        what the entry is valid for (the model fingerprint and a hash of the exact prefix token ids),
-                     its name, size and dates, and each file's size and blake2b checksum
+                     its name, size and dates, and each file's size, segments and their xxh3-128 checksums
     layer_000.kv     one file per layer: keys [H_kv, T, D], values [H_kv, T, D], then for fp8 caches the
     ...              key and value scales [H_kv, T] (bf16); T is the entry's token count
 
@@ -35,12 +35,12 @@ import torch
 
 from app.store.cache_key import FORMAT, fingerprint, fingerprint_hash, ids_hash, sha
 from app.errors import OmnibusError
-from app.store.kv_files import CorruptEntry, layer_bytes, layer_name, read_layer, write_layer
+from app.store.kv_files import CorruptEntry, layer_bytes, layer_name, parts, read_layer, write_layer
 
 log = logging.getLogger(__name__)
 
 RESERVE_BYTES = 256 * 2**20  # left free on the disk after a save
-WORKERS = 4  # layers written or read in parallel (device copies, checksums and file I/O release the GIL)
+WORKERS = 8  # layers written or read at once (file I/O and device copies release the GIL; xxh3 is ~30 GB/s)
 GB = 1e9
 
 
@@ -110,6 +110,7 @@ class RestoreResult:
     bytes: int = 0
     entry: Entry | None = None
     discarded: list[str] = field(default_factory=list)  # one message per bad entry removed
+    clobbered: bool = False  # a bad entry was partly copied in: the cache's earlier contents are gone
 
 
 def _describe(tokenizer, corpus_ids) -> tuple[str, int]:
@@ -299,10 +300,11 @@ class Store:
 
     # -- restoring --
     def restore(self, engine, prefix: list[int], kv_dtype: str, *, beyond: int = 0) -> RestoreResult:
-        """Load the longest saved prefix of `prefix` that is longer than `beyond` tokens into engine.cache.
+        """Copy the longest saved prefix of `prefix` that is longer than `beyond` tokens into engine.cache's buffers.
 
-        The cache must already hold len(prefix) tokens. Afterwards engine.cached_ids and cache.length agree: the
-        loaded prefix, or (when a bad entry was partly copied in) an empty cache. Bad entries are removed.
+        The cache must already hold len(prefix) tokens. The result says how many tokens were loaded (the engine
+        then makes them its committed prefix), or that a bad entry was partly copied in (`clobbered`: the cache's
+        earlier contents are gone). Bad entries are removed.
         """
         started, result = time.perf_counter(), RestoreResult()
         fp_hash = fingerprint_hash(fingerprint(engine, kv_dtype))
@@ -323,11 +325,8 @@ class Store:
                 result.discarded.append(message)
                 self.remove(entry)
                 if copied:
-                    engine.cache.truncate(0)
-                    engine.cached_ids, beyond = [], 0
+                    result.clobbered, beyond = True, 0
                 continue
-            engine.cache.length, engine.cache.pending = entry.tokens, 0
-            engine.cached_ids = list(prefix[:entry.tokens])
             self._touch(entry)
             result.tokens, result.bytes, result.entry = entry.tokens, entry.bytes, entry
             break
@@ -353,7 +352,7 @@ class Store:
             for _ in pool.map(lambda i: read_layer(cache.layers[i], tokens, entry.path / layer_name(i), files[i]),
                               range(len(cache.layers))):
                 pass
-        for device in {layer.keys.device for layer in cache.layers if layer.keys.is_cuda}:
+        for device in {part.keys.device for layer in cache.layers for part, _ in parts(layer) if part.keys.is_cuda}:
             torch.cuda.synchronize(device)
 
     def _load_entry(self, path: Path) -> Entry | None:

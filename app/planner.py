@@ -23,6 +23,9 @@ THROUGHPUT = {
     "cuda": (300e12, 150e12),
     "cpu": (0.15e12, 0.05e12),
 }
+# Prefill attention through FlashAttention-3 (fa3-fwd, Hopper only), FLOP/s: bench/attention.py on an H200
+# measured 654-682 TFLOP/s for 16K- and 64K-token chunks at 131K-1M depth, bf16 and fp8 caches (BENCHMARKS.md).
+FA3_ATTENTION = {"H100": 650e12, "H200": 660e12}
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,7 @@ class ModelShape:
         scales = 2 * self.kv_heads * 2 if kv_dtype == "fp8" else 0  # one bf16 scale per token and head, K and V
         return 2 * self.kv_heads * self.head_dim * KV_ELEMENT_BYTES[kv_dtype] + scales
 
-    def workspace_bytes(self, chunk: int, kv_dtype: str, fp8_block: int = 65_536) -> int:
+    def workspace_bytes(self, chunk: int, kv_dtype: str, fp8_block: int = 131_072) -> int:
         """Peak temporaries of one prefill chunk on one device (activations, attention merges, logits)."""
         qd = self.q_heads * self.head_dim
         # Calibrated on an H100 (BENCHMARKS.md): 16K-token chunks of the 8B model peaked at 1.9-2.2 GiB.
@@ -137,23 +140,26 @@ def split_layers(layers: int, devices: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(devices)]
 
 
-def _rates(device_name: str) -> tuple[float, float]:
+def _rates(device_name: str, attention_kernel: str = "default") -> tuple[float, float]:
     for key in ("H200", "H100"):
         if key in device_name:
-            return THROUGHPUT[key]
+            linear, attention = THROUGHPUT[key]
+            return linear, FA3_ATTENTION[key] if attention_kernel == "fa3" else attention
     return THROUGHPUT["cpu" if device_name == "cpu" else "cuda"]
 
 
 def estimate_prefill_seconds(shape: ModelShape, tokens: int, device_name: str, start: int = 0,
-                             attention_devices: int = 1) -> float:
-    linear_rate, attention_rate = _rates(device_name)
+                             attention_devices: int = 1, attention_kernel: str = "default") -> float:
+    """Seconds to prefill positions start..tokens: linear-layer and attention FLOPs over the measured rates.
+    attention_kernel "fa3" uses FlashAttention-3's rate (the engine says which kernel it runs)."""
+    linear_rate, attention_rate = _rates(device_name, attention_kernel)
     linear, attention = shape.prefill_flops(tokens, start)
     return linear / linear_rate + attention / (attention_rate * attention_devices)
 
 
 def plan(shape: ModelShape, tokens: int, devices: list[Device], kv_dtype: str = "auto", weight_dtype: str = "bf16",
          chunk: int = 16_384, reserve: int = QUESTION_RESERVE_TOKENS, resident_weights: list[int] | None = None,
-         mode: str = "layers") -> Plan:
+         mode: str = "layers", attention_kernel: str = "default") -> Plan:
     """Plan a corpus of `tokens` on `devices`. kv_dtype "auto" picks bf16 if it fits, else fp8.
 
     mode "layers": layers split evenly, each layer's KV on its layer's device (one device busy at a time).
@@ -216,7 +222,7 @@ def plan(shape: ModelShape, tokens: int, devices: list[Device], kv_dtype: str = 
     all_weights = sum(resident_weights) if resident_weights is not None else shape.params() * weight_bytes
     spread = len(devices) if sequence else 1  # sequence mode reads the KV on every GPU at once
     decode_rate = bandwidth / (all_weights + kv_total / spread)
-    prefill = estimate_prefill_seconds(shape, tokens, name, attention_devices=spread)
+    prefill = estimate_prefill_seconds(shape, tokens, name, attention_devices=spread, attention_kernel=attention_kernel)
     return Plan(tokens, kv_dtype, weight_dtype, fits, max(max_tokens, 0), shape.window, prefill, decode_rate,
                 device_plans, reason, chunk, "sequence" if sequence else "layers", shard_tokens)
 

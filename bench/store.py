@@ -6,6 +6,7 @@ saved through app.store.library, evicted from the page cache, and loaded back in
     python bench/store.py --depths bf16:262144,fp8:262144,fp8:1048576 --project --out store.json
 
 --depths     kv:D,... cache depths to save and load
+--disk-gb    the disk's own sequential write/read speed, measured first with a plain file of this size
 --cache-dir  where entries are written (default: a fresh folder under $TMPDIR); each is removed afterwards
 --project    also time prefill chunks at D/4, D/2 and D and project the full prefill, for the ratio
 """
@@ -40,6 +41,35 @@ def evict(entry) -> None:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
+
+
+def disk_speed(root: str, gb: float) -> dict:
+    """The disk's own speed in this run: a plain sequential write (fsync'd) and read of one file of `gb` GB,
+    with 64 MiB requests, cold (evicted from the page cache) and warm."""
+    path, block = os.path.join(root, "disk-speed.bin"), 64 * 2**20
+    data = os.urandom(block)
+    blocks = max(1, int(gb * 1e9 / block))
+    started = time.perf_counter()
+    with open(path, "wb") as handle:
+        for _ in range(blocks):
+            handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    write_s = time.perf_counter() - started
+    buffer, out = bytearray(block), {"gb": blocks * block / GB, "write_gb_per_s": blocks * block / GB / write_s}
+    for label in ("read_cold", "read_warm"):
+        if label == "read_cold":
+            fd = os.open(path, os.O_RDONLY)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            os.close(fd)
+        started = time.perf_counter()
+        with open(path, "rb", buffering=0) as handle:
+            while handle.readinto(buffer):
+                pass
+        out[label + "_gb_per_s"] = blocks * block / GB / (time.perf_counter() - started)
+    os.unlink(path)
+    log("disk", out)
+    return out
 
 
 def sync() -> None:
@@ -91,12 +121,15 @@ def main() -> int:
     parser.add_argument("--cache-dir", default="")
     parser.add_argument("--project", action="store_true")
     parser.add_argument("--chunk-tokens", type=int, default=16_384)
+    parser.add_argument("--disk-gb", type=float, default=8.0, help="size of the plain read/write test (0: none)")
     parser.add_argument("--out", default="")
     args = parser.parse_args()
     root = args.cache_dir or tempfile.mkdtemp(prefix="omnibus-store-bench-")
     store = Store(root)
     results = {"device": torch.cuda.get_device_name(0), "cache_dir": root, "cpus": os.cpu_count(),
                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rows": []}
+    if args.disk_gb:
+        results["disk"] = disk_speed(root, args.disk_gb)
     model, _ = load_model("ultralong-1m", random_weights=True)
     engine = Engine(model, llama3_tokenizer(), chunk_tokens=args.chunk_tokens, model_name="random-8B")
     engine.stop_ids = set()

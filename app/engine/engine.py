@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from app import planner
+from app.engine import attention
 from app.engine.fp8_linear import Fp8Linear
 from app.engine.generation import StreamDecoder, sample
 from app.engine.kv_cache import KVCache
@@ -113,7 +114,8 @@ class Engine:
             resident = [0]
         for chunk in (self.chunk_tokens, self.chunk_tokens // 2, self.chunk_tokens // 4):  # smaller chunks, less workspace
             result = planner.plan(self.shape, tokens, devices, kv, self.weight_dtype, chunk, self.reserve,
-                                  resident_weights=resident, mode=self.parallel)
+                                  resident_weights=resident, mode=self.parallel,
+                                  attention_kernel="fa3" if self.on_gpu and attention.fa3_kernel() else "default")
             if result.fits:
                 break
         return result

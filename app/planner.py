@@ -26,6 +26,14 @@ THROUGHPUT = {
 # Prefill attention through FlashAttention-3 (fa3-fwd, Hopper only), FLOP/s: bench/attention.py on an H200
 # measured 654-682 TFLOP/s for 16K- and 64K-token chunks at 131K-1M depth, bf16 and fp8 caches (BENCHMARKS.md).
 FA3_ATTENTION = {"H100": 650e12, "H200": 660e12}
+# Fixed cost of a prefill beyond its FLOPs (first-chunk launches, the last synchronisation), seconds: an H200
+# prefilled 32,930 / 131,234 tokens in 1.96 / 10.52 s, 0.79 / 0.72 s over the FLOP-rate estimate.
+PREFILL_FIXED_SECONDS = {"H100": 0.75, "H200": 0.75}
+# Decode, one token: (fixed seconds a step, bytes/s reading weights and a bf16 cache, bytes/s reading an fp8
+# cache). Fitted on an H200 (2026-12-01, BENCHMARKS.md): 8.4 / 11.8 / 16.1 ms a token over bf16 caches of
+# 33K / 131K / 262K tokens, 39.9 ms over a 1,048,738-token fp8 cache; H100 from 14.8 ms at 131K bf16 and
+# 26.2 ms at 524K fp8 (2026-11-27).
+DECODE = {"H100": (3.2e-3, 2.87e12, 2.06e12), "H200": (3.2e-3, 3.9e12, 2.15e12), "cuda": (3.2e-3, 2.0e12, 1.5e12)}
 
 
 @dataclass(frozen=True)
@@ -154,7 +162,16 @@ def estimate_prefill_seconds(shape: ModelShape, tokens: int, device_name: str, s
     attention_kernel "fa3" uses FlashAttention-3's rate (the engine says which kernel it runs)."""
     linear_rate, attention_rate = _rates(device_name, attention_kernel)
     linear, attention = shape.prefill_flops(tokens, start)
-    return linear / linear_rate + attention / (attention_rate * attention_devices)
+    fixed = next((s for key, s in PREFILL_FIXED_SECONDS.items() if key in device_name), 0.0)
+    return fixed + linear / linear_rate + attention / (attention_rate * attention_devices)
+
+
+def estimate_decode_tokens_per_s(device_name: str, weight_bytes: int, kv_bytes: float, kv_dtype: str) -> float:
+    """Tokens per second decoding: every step reads the weights and the whole cache once (measured rates)."""
+    if device_name == "cpu":
+        return 20e9 / (weight_bytes + kv_bytes)
+    step, bandwidth, fp8_bandwidth = next((v for key, v in DECODE.items() if key in device_name), DECODE["cuda"])
+    return 1.0 / (step + weight_bytes / bandwidth + kv_bytes / (fp8_bandwidth if kv_dtype == "fp8" else bandwidth))
 
 
 def plan(shape: ModelShape, tokens: int, devices: list[Device], kv_dtype: str = "auto", weight_dtype: str = "bf16",
@@ -218,10 +235,9 @@ def plan(shape: ModelShape, tokens: int, devices: list[Device], kv_dtype: str = 
                   f"with {kv_dtype} KV")
     name = devices[0].name
     kv_total = per_token_all * tokens
-    bandwidth = 3.0e12 if name != "cpu" else 20e9
     all_weights = sum(resident_weights) if resident_weights is not None else shape.params() * weight_bytes
     spread = len(devices) if sequence else 1  # sequence mode reads the KV on every GPU at once
-    decode_rate = bandwidth / (all_weights + kv_total / spread)
+    decode_rate = estimate_decode_tokens_per_s(name, all_weights, kv_total / spread, kv_dtype)
     prefill = estimate_prefill_seconds(shape, tokens, name, attention_devices=spread, attention_kernel=attention_kernel)
     return Plan(tokens, kv_dtype, weight_dtype, fits, max(max_tokens, 0), shape.window, prefill, decode_rate,
                 device_plans, reason, chunk, "sequence" if sequence else "layers", shard_tokens)

@@ -243,6 +243,8 @@ def main() -> int:
     results["weight_dtype"] = args.weight_dtype
     results["weights_gib"] = torch.cuda.memory_allocated() / GiB
     engine = Engine(model, llama3_tokenizer(), chunk_tokens=args.chunk_tokens, model_name="random-8B")
+    results["warm_up_s"] = engine.warm_up_seconds  # part of loading the model: kernels loaded and compiled
+    results["model_load_s"] += engine.warm_up_seconds
     results["parallel"] = engine.parallel
     from app.engine import attention
 

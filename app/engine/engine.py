@@ -9,6 +9,7 @@ the corpus.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from app.engine.kv_cache import KVCache
 from app.errors import Cancelled, CorpusTooLarge, NoCorpus, OutOfMemory
 from app.prompt import Turn, default_system_prompt, encode_prompt
 from app.protocol import AnswerStats, LoadStats, PrefillProgress, Settings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -53,7 +56,7 @@ class Engine:
     name = "local"
 
     def __init__(self, model, tokenizer, *, kv_dtype: str = "auto", chunk_tokens: int | None = None,
-                 model_name: str = "", store=None, parallel: str = "auto"):
+                 model_name: str = "", store=None, parallel: str = "auto", warm_up: bool = True):
         self.model, self.tokenizer = model, tokenizer
         self.model_name = model_name or getattr(model.config, "_name_or_path", "model")
         self.shape = planner.ModelShape.from_config(model.config)
@@ -83,6 +86,28 @@ class Engine:
         self._graph = None  # ((cache id, version), CUDAGraph, input ids, positions, logits): the decode step
         self._lock = threading.Lock()
         self.store = store  # app.store.library.Store: corpora saved on disk, reopened instead of prefilled (None: off)
+        self.warm_up_seconds = self.warm_up() if self.on_gpu and warm_up else 0.0
+
+    def warm_up(self, tokens: int = 4096) -> float:
+        """Run a short prefill, question and decode step once on a scratch cache, so that kernel loading and
+        compilation happen while the model loads, not in the first answer. Returns the seconds it took."""
+        started = time.perf_counter()
+        kept = self.cache, self.cached_ids, self._graph
+        tokens = min(tokens, self.window // 4)
+        try:
+            self.cache, self.cached_ids, self._graph = None, [], None
+            ids = [i % self.shape.vocab for i in range(1000, 1000 + tokens)]
+            self._ensure_cache(tokens + 64, self.plan(tokens))
+            self._forward(ids, want_logits=False)
+            logits = self._forward(ids[:16], want_logits=True)  # a question's few rows
+            self._decode(int(logits.argmax()))
+            _synchronize(True)
+        except (RuntimeError, ValueError, OutOfMemory) as err:  # best effort: the first answer then pays instead
+            log.warning("warm-up skipped (%s)", err)
+        finally:
+            self.cache, self.cached_ids, self._graph = kept
+            torch.cuda.empty_cache()
+        return time.perf_counter() - started
 
     # -- planning --
     def devices(self) -> list[planner.Device]:

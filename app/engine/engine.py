@@ -20,7 +20,7 @@ from app.engine.fp8_linear import Fp8Linear
 from app.engine.generation import StreamDecoder, sample
 from app.engine.kv_cache import KVCache
 from app.errors import Cancelled, CorpusTooLarge, NoCorpus, OutOfMemory
-from app.prompt import Turn, default_system_prompt, encode_prompt
+from app.prompt import Turn, default_system_prompt, encode_prompt, fit_turns
 from app.protocol import AnswerStats, LoadStats, PrefillProgress, Settings
 
 
@@ -50,6 +50,7 @@ class Engine:
     """One model, one cached corpus, one question at a time."""
 
     name = "local"
+    base_url = ""  # nothing leaves this machine
 
     def __init__(self, model, tokenizer, *, kv_dtype: str = "auto", chunk_tokens: int | None = None,
                  model_name: str = "", store=None, parallel: str = "auto"):
@@ -57,7 +58,7 @@ class Engine:
         self.model_name = model_name or getattr(model.config, "_name_or_path", "model")
         self.shape = planner.ModelShape.from_config(model.config)
         self.window = self.shape.window
-        self.reserve = min(planner.QUESTION_RESERVE_TOKENS, self.window // 8)
+        self.reserve = planner.question_reserve(self.window)
         self.kv_dtype_setting = kv_dtype
         self.dtype = model.model.embed_tokens.weight.dtype  # the compute dtype
         self.weight_dtype = "fp8" if any(isinstance(m, Fp8Linear) for m in model.modules()) else \
@@ -122,6 +123,10 @@ class Engine:
         """System prompt and corpus as the model sees them: the part every question shares."""
         system = self.system_prompt if system_prompt is None else system_prompt
         return encode_prompt(self.tokenizer, list(corpus_ids), "", system_prompt=system).prefix
+
+    def prompt_overhead(self, system_prompt: str | None = None) -> int:
+        """Tokens that the system prompt and the chat template put before the documents (exact)."""
+        return len(self.prompt_prefix([], system_prompt))
 
     # -- running the model --
     def _forward(self, ids: list[int], want_logits: bool):
@@ -232,7 +237,7 @@ class Engine:
             prefix = self.prompt_prefix(corpus_ids, system_prompt)
             layout = self.plan(len(prefix))
             if not layout.fits:  # refused before anything changes: the corpus loaded before stays usable
-                raise CorpusTooLarge(layout.reason + ". " + _fit_advice(layout))
+                raise CorpusTooLarge(layout.reason + ". " + planner.fit_advice(layout, self.reserve))
             if system_prompt is not None:
                 self.system_prompt = system_prompt
             reused = _common_prefix(self.cached_ids, prefix)
@@ -275,10 +280,6 @@ class Engine:
     def load(self, corpus, *, system_prompt: str | None = None, progress=None, cancel=None) -> LoadStats:
         """Load an ingested corpus (`ingest.Corpus`, tokenized with this engine's tokenizer)."""
         return self.load_corpus(corpus.token_ids(), system_prompt=system_prompt, progress=progress, cancel=cancel)
-
-    @property
-    def corpus_tokens(self) -> int:
-        return len(self.cached_ids)
 
     def ask(self, question: str, history=(), settings: Settings | None = None,
             cancel: threading.Event | None = None):
@@ -337,18 +338,21 @@ class Engine:
     def _fit_turns(self, question: str, history: list[Turn], max_new_tokens: int):
         """Encode the question after as many recent turns as the cache has room for."""
         room = self.cache.capacity - len(self.cached_ids)
-        for dropped in range(len(history) + 1):
-            kept = history[dropped:]
+
+        def measure(kept):
             # The corpus slot is left empty: only the few template tokens around it are compared, not the
             # whole corpus, so a question at 1M tokens costs no million-element list work.
             ids = encode_prompt(self.tokenizer, (), question, kept, self.system_prompt)
             head = len(ids.prefix)
             if head + len(self.corpus_ids) != len(self.cached_ids) or ids.prefix != self.cached_ids[:head]:
                 raise RuntimeError("the prompt prefix does not match the cached corpus")  # an internal defect
-            if len(ids.suffix) + min(max_new_tokens, 64) <= room:
-                return kept, dropped, ids.suffix
-        raise CorpusTooLarge(f"the question is {len(ids.suffix):,} tokens; only {room:,} are left after the "
-                             f"corpus in the {self.cache.capacity:,}-token cache")
+            return len(ids.suffix), ids.suffix
+
+        kept, dropped, suffix = fit_turns(history, room, max_new_tokens, measure)
+        if kept is None:
+            raise CorpusTooLarge(f"the question is {len(suffix):,} tokens; only {room:,} are left after the "
+                                 f"corpus in the {self.cache.capacity:,}-token cache")
+        return kept, dropped, suffix
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -362,17 +366,3 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 def _synchronize(on_gpu: bool) -> None:
     if on_gpu:
         torch.cuda.synchronize()
-
-
-def _fit_advice(layout: planner.Plan) -> str:
-    if "model window" in layout.reason:
-        return (f"To make it fit: remove files to get under {layout.max_tokens:,} tokens, or use a model with a "
-                "longer window (--model ultralong-2m or ultralong-4m).")
-    tips = []
-    if layout.kv_dtype in ("bf16", "fp32"):
-        tips.append("fp8 KV (--kv-dtype fp8) halves the cache")
-    if layout.weight_dtype == "bf16":
-        tips.append("fp8 weights (--weight-dtype fp8) free ~7 GiB")
-    tips.append("more GPUs spread the layers")
-    tips.append(f"or remove files to get under {layout.max_tokens:,} tokens")
-    return "To make it fit: " + "; ".join(tips) + "."

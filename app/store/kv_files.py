@@ -8,8 +8,6 @@ import hashlib
 import os
 from pathlib import Path
 
-import torch
-
 BLOCK_BYTES = 64 * 2**20  # bytes moved between the device and the disk at once, per worker
 
 
@@ -35,7 +33,10 @@ def layer_bytes(layer, tokens: int) -> int:
     return per_token * tokens
 
 
-def _staging(device) -> torch.Tensor:
+def _staging(device):
+    """A uint8 buffer of BLOCK_BYTES on the host, pinned when the layer lives on a GPU."""
+    import torch  # the store handles the engine's tensors; it is imported only with them
+
     return torch.empty(BLOCK_BYTES, dtype=torch.uint8, pin_memory=device.type == "cuda")
 
 

@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from app.store.cache_key import FORMAT, fingerprint, fingerprint_hash, ids_hash, sha
 from app.errors import OmnibusError
@@ -354,6 +353,8 @@ class Store:
                               range(len(cache.layers))):
                 pass
         for device in {layer.keys.device for layer in cache.layers if layer.keys.is_cuda}:
+            import torch  # only with a cache on a GPU: the store itself starts without torch
+
             torch.cuda.synchronize(device)
 
     def _load_entry(self, path: Path) -> Entry | None:

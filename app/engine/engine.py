@@ -200,17 +200,17 @@ class Engine:
         cache.truncate(length)  # the warm-up wrote only past the committed sequence
         self._graph = ((id(cache), cache.version), graph, ids, positions, logits)
 
-    def _ensure_cache(self, needed: int, layout: planner.Plan) -> None:
+    def _ensure_cache(self, needed: int, plan: planner.Plan) -> None:
         """Have a cache of the planned storage that holds `needed` tokens, keeping the shared prefix if it can."""
         capacity = min(self.window, needed + self.reserve)
-        kv_dtype = layout.kv_dtype
+        kv_dtype = plan.kv_dtype
         if self.cache is not None and (self.cache.storage != kv_dtype
                                        or (self.cache.sharded and capacity > self.cache.capacity)):
             self.drop_cache()
         if self.cache is None:
             shards = None
             if self.parallel == "sequence":
-                shards = [(torch.device("cuda", i), n) for i, n in enumerate(layout.shard_tokens)]
+                shards = [(torch.device("cuda", i), n) for i, n in enumerate(plan.shard_tokens)]
             self.cache = KVCache(self.layer_devices, self.shape.kv_heads, self.shape.head_dim, capacity, kv_dtype,
                                  compute_dtype=self.dtype, shards=shards)
         elif capacity > self.cache.capacity:
@@ -235,30 +235,30 @@ class Engine:
         with self._lock:
             corpus_ids = list(corpus_ids)
             prefix = self.prompt_prefix(corpus_ids, system_prompt)
-            layout = self.plan(len(prefix))
-            if not layout.fits:  # refused before anything changes: the corpus loaded before stays usable
-                raise CorpusTooLarge(layout.reason + ". " + planner.fit_advice(layout, self.reserve))
+            plan = self.plan(len(prefix))
+            if not plan.fits:  # refused before anything changes: the corpus loaded before stays usable
+                raise CorpusTooLarge(plan.reason + ". " + planner.fit_advice(plan, self.reserve))
             if system_prompt is not None:
                 self.system_prompt = system_prompt
             reused = _common_prefix(self.cached_ids, prefix)
-            self._ensure_cache(len(prefix), layout)
+            self._ensure_cache(len(prefix), plan)
             reused = min(reused, len(self.cached_ids))  # a reallocated cache starts empty
             self.corpus_ids, self.prefix_length = corpus_ids, len(prefix)
             self.cache.truncate(reused)
             self.cached_ids = prefix[:reused]
             self.counters.corpus_loads += 1
             store = self.store if not self.cache.sharded else None  # sharded caches are not saved (yet)
-            disk = store.restore(self, prefix, layout.kv_dtype, beyond=reused) \
+            disk = store.restore(self, prefix, plan.kv_dtype, beyond=reused) \
                 if store is not None and reused < len(prefix) else None
             reused = len(self.cached_ids)  # a restore leaves cache.length and cached_ids agreeing
             source = "disk" if disk and disk.tokens else ("memory" if reused else "prefill")
             checkpoint = store.checkpointer(self, label) if store is not None else None
             started = time.perf_counter()
-            for start in range(reused, len(prefix), layout.chunk_tokens):
+            for start in range(reused, len(prefix), plan.chunk_tokens):
                 if cancel is not None and cancel.is_set():
                     raise Cancelled(f"prefill stopped at {start:,} of {len(prefix):,} tokens; "
                                     "loading again resumes from there")
-                chunk = prefix[start:start + layout.chunk_tokens]
+                chunk = prefix[start:start + plan.chunk_tokens]
                 self._forward(chunk, want_logits=False)
                 self.cached_ids.extend(chunk)
                 self.counters.corpus_tokens_prefilled += len(chunk)
@@ -274,7 +274,7 @@ class Engine:
             fresh = len(prefix) - reused
             saved = store.save(self, label=label) if store is not None and fresh else None
             source += "+prefill" if fresh and source != "prefill" else ""
-            return LoadStats(len(prefix), reused, seconds, fresh / seconds if fresh else 0.0, layout.kv_dtype,
+            return LoadStats(len(prefix), reused, seconds, fresh / seconds if fresh else 0.0, plan.kv_dtype,
                              source, disk.seconds if disk else 0.0, saved)
 
     def load(self, corpus, *, system_prompt: str | None = None, progress=None, cancel=None) -> LoadStats:

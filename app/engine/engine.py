@@ -76,6 +76,7 @@ class Engine:
         self.cache: KVCache | None = None
         self.cached_ids: list[int] = []  # the committed prefix (system prompt + corpus), token for token
         self.corpus_ids: list[int] = []  # the corpus alone, as loaded
+        self.corpus_sources: list[str] = []  # its documents' sources, in order (names saved corpora)
         self.prefix_length = 0  # tokens of system prompt + corpus once fully loaded
         self.system_prompt = default_system_prompt(self.model_name)
         self.counters = Counters()
@@ -223,11 +224,11 @@ class Engine:
             torch.cuda.empty_cache()
 
     def load_corpus(self, corpus_ids, *, system_prompt: str | None = None, progress=None,
-                    cancel: threading.Event | None = None, label: str | None = None) -> LoadStats:
+                    cancel: threading.Event | None = None, label: str | None = None, sources=()) -> LoadStats:
         """Prefill system prompt + corpus into the cache, reusing whatever prefix is already there.
 
         With a disk store, the longest saved prefix is loaded from disk first, checkpoints are saved during
-        the prefill, and the result is saved after it (named `label`, else after its first documents).
+        the prefill, and the result is saved after it (named `label`, else after its first `sources`).
 
         Raises CorpusTooLarge before running anything if the plan says it cannot fit, and Cancelled if
         `cancel` is set (what was prefilled so far stays cached and is reused by the next call).
@@ -243,7 +244,7 @@ class Engine:
             reused = _common_prefix(self.cached_ids, prefix)
             self._ensure_cache(len(prefix), plan)
             reused = min(reused, len(self.cached_ids))  # a reallocated cache starts empty
-            self.corpus_ids, self.prefix_length = corpus_ids, len(prefix)
+            self.corpus_ids, self.corpus_sources, self.prefix_length = corpus_ids, list(sources), len(prefix)
             self.cache.truncate(reused)
             self.cached_ids = prefix[:reused]
             self.counters.corpus_loads += 1
@@ -279,7 +280,8 @@ class Engine:
 
     def load(self, corpus, *, system_prompt: str | None = None, progress=None, cancel=None) -> LoadStats:
         """Load an ingested corpus (`ingest.Corpus`, tokenized with this engine's tokenizer)."""
-        return self.load_corpus(corpus.token_ids(), system_prompt=system_prompt, progress=progress, cancel=cancel)
+        return self.load_corpus(corpus.token_ids(), system_prompt=system_prompt, progress=progress, cancel=cancel,
+                                sources=[document.source for document in corpus.documents])
 
     def ask(self, question: str, history=(), settings: Settings | None = None,
             cancel: threading.Event | None = None):

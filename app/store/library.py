@@ -111,14 +111,9 @@ class RestoreResult:
     discarded: list[str] = field(default_factory=list)  # one message per bad entry removed
 
 
-def _describe(tokenizer, corpus_ids) -> tuple[str, int]:
-    """A library name from the documents' wrapper tags (first sources), and the document count."""
-    import re
-
-    text = tokenizer.decode(list(corpus_ids))
-    sources = re.findall(r'<document index="\d+" source="([^"]*)"', text)
-    if not sources:
-        return (" ".join(text.split())[:60] or "(empty)"), 0
+def _describe(sources) -> tuple[str, int]:
+    """A library name from the corpus's first document sources, and the document count ("" with none known)."""
+    sources = list(sources)
     name = ", ".join(sources[:3]) + (f" and {len(sources) - 3} more" if len(sources) > 3 else "")
     return name, len(sources)
 
@@ -252,7 +247,7 @@ class Store:
                        f"or run `cache prune`")
             log.warning(message)
             return SaveResult("skipped", message)
-        name, documents = description or _describe(engine.tokenizer, engine.corpus_ids)
+        name, documents = description or _describe(engine.corpus_sources)
         temp = self.root / f".tmp-{entry_id}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         try:
             temp.mkdir()
@@ -401,6 +396,6 @@ class Checkpointer:
         if not due:
             return
         if self.description is None:
-            self.description = _describe(self.engine.tokenizer, self.engine.corpus_ids)
+            self.description = _describe(self.engine.corpus_sources)
         self.results.append(store.save(self.engine, kind="checkpoint", label=self.label, description=self.description))
         self.last_tokens, self.last_time = done, time.perf_counter()

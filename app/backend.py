@@ -1,29 +1,18 @@
-"""The one interface the UI and the CLI use, for the local engine and for remote servers alike."""
+"""Opening a backend: the local engine or a remote server, chosen by the command-line options.
+
+Both give the `app.protocol.Backend` interface that the UI and the CLI use.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
-from typing import Iterator, Protocol
 
 from app import planner
+from app.models_catalog import REGISTRY, ULTRALONG_NAMES
+from app.protocol import Backend
 
 log = logging.getLogger(__name__)
-
-
-class Backend(Protocol):
-    """What answers questions: `app.engine.engine.Engine` (local GPU/CPU) or `app.remote.RemoteEngine` (a server)."""
-
-    name: str  # "local" or "openai"
-    model_name: str
-    window: int  # tokens the model accepts, corpus and question together
-    tokenizer: object  # counts tokens exactly as the model will see them
-
-    def plan(self, tokens: int) -> planner.Plan: ...
-
-    def load(self, corpus, *, system_prompt: str | None = None, progress=None, cancel=None): ...
-
-    def ask(self, question: str, history=(), settings=None, cancel=None) -> Iterator: ...
 
 
 def choose_model(requested: str) -> str:
@@ -35,11 +24,14 @@ def choose_model(requested: str) -> str:
         return "demo"
     from app.engine.models import llama31_8b_config
 
-    shape = planner.ModelShape.from_config(llama31_8b_config(window=4_194_304))
+    largest = REGISTRY[ULTRALONG_NAMES[-1]]
+    shape = planner.ModelShape.from_config(llama31_8b_config(window=largest.window))
     most = planner.plan(shape, 1, devices, "fp8").max_tokens
-    if most > 2_097_152:
-        return "ultralong-4m"
-    return "ultralong-2m" if most > 1_048_576 else "ultralong-1m"
+    chosen = ULTRALONG_NAMES[0]
+    for shorter, name in zip(ULTRALONG_NAMES, ULTRALONG_NAMES[1:]):
+        if most > REGISTRY[shorter].window:  # the GPUs hold more than the shorter window: the longer one is usable
+            chosen = name
+    return chosen
 
 
 def open_backend(model: str = "auto", *, backend: str = "local", base_url: str | None = None,
@@ -49,7 +41,7 @@ def open_backend(model: str = "auto", *, backend: str = "local", base_url: str |
                  parallel: str = "sequence") -> Backend:
     """Load the local engine, or connect to an OpenAI-compatible server.
 
-    disk_cache: save processed corpora under `cache_dir` (app/store.py) and reopen them instead of prefilling.
+    disk_cache: save processed corpora under `cache_dir` (app/store/library.py) and reopen them instead of prefilling.
     parallel: with several GPUs, "sequence" splits every layer's KV cache by position over all of them (attention
     on every GPU at once; the default), "layers" splits the layers (one GPU busy at a time).
     """

@@ -47,8 +47,8 @@ def ask(args) -> int:
         for line in summary(scan_corpus(corpus), limit=100):
             _say(f"warning: likely secret, will be sent to {backend.base_url}: {line}")
     _say(f"corpus: {len(corpus.documents)} documents, {corpus.total_tokens:,} tokens; model {backend.model_name}")
-    layout = backend.plan(corpus.total_tokens)
-    _say("plan: " + layout.summary())
+    plan = backend.plan(corpus.total_tokens)
+    _say("plan: " + plan.summary())
     system = None if args.citation_prompt else system_prompt(citations=False)
     stats = backend.load(corpus, system_prompt=system, progress=_progress_printer())
     _report_load(stats)
@@ -91,13 +91,13 @@ def citation_list(checks) -> str:
 
 def _report_load(stats) -> None:
     """Where the corpus came from (disk cache, memory, prefill), how long each part took, and the save."""
-    source = getattr(stats, "source", "prefill")
+    source = stats.source
     if "disk" in source:
         _say(f"disk cache: {stats.reused:,} tokens loaded in {stats.disk_seconds:.2f} s")
     where = "the disk cache" if "disk" in source else "memory"
     _say(f"prefill: {stats.tokens - stats.reused:,} new tokens in {stats.seconds:.2f} s "
          f"({stats.reused:,} of {stats.tokens:,} from {where})")
-    saved = getattr(stats, "saved", None)
+    saved = stats.saved
     if saved is not None and saved.status != "exists":
         _say(("" if saved.ok else "warning: ") + saved.message)
 
@@ -133,16 +133,17 @@ def cache(args) -> int:
 
 
 def plan(args) -> int:
-    from app.engine.models import llama31_8b_config, resolve
+    from app.engine.models import llama31_8b_config
+    from app.models_catalog import ULTRALONG_NAMES, resolve
 
     devices = planner.parse_gpus(args.gpus) if args.gpus else planner.local_devices()
-    windows = {"ultralong-1m": 1_048_576, "ultralong-2m": 2_097_152, "ultralong-4m": 4_194_304}
-    if args.model in windows or args.model == "auto":
-        config = llama31_8b_config(windows.get(args.model, 4_194_304))
+    spec = resolve(ULTRALONG_NAMES[-1] if args.model == "auto" else args.model)
+    if spec.name in ULTRALONG_NAMES:
+        config = llama31_8b_config(spec.window)
     else:
         from transformers import AutoConfig
 
-        config = AutoConfig.from_pretrained(resolve(args.model).source)
+        config = AutoConfig.from_pretrained(spec.source)
     shape = planner.ModelShape.from_config(config)
     result = planner.plan(shape, args.tokens, devices, args.kv_dtype, args.weight_dtype, mode=args.parallel)
     if args.json:

@@ -134,6 +134,36 @@ class Plan:
                 f"prefill ≈ {format_seconds(self.prefill_seconds)}, decode ≈ {self.decode_tokens_per_s:.0f} tokens/s")
 
 
+def question_reserve(window: int) -> int:
+    """Tokens kept free after the corpus for the question, earlier turns and the answer, in a `window`-token model
+    (a small window keeps an eighth). Every backend and view asks this, so they agree on what fits."""
+    return min(QUESTION_RESERVE_TOKENS, window // 8)
+
+
+def fit_advice(plan: Plan, reserve: int, overhead: int = 0) -> str:
+    """What would make a refused corpus fit, from the plan's numbers: the one wording for the CLI and the app.
+
+    `reserve` is what the plan kept for questions (`question_reserve`); `overhead` the tokens of instructions and
+    chat template in `plan.tokens`, so the advice counts corpus tokens only.
+    """
+    from app.models_catalog import longer_models
+
+    tips = [f"remove files to get under {max(plan.max_tokens - overhead, 0):,} tokens"]
+    if plan.kv_dtype == "server":  # a remote server's window (app.remote.RemotePlan)
+        tips.append("start the server with a longer --max-model-len")
+    elif plan.max_tokens >= plan.window - reserve:  # the window is the limit, not memory
+        longer = longer_models(plan.window)
+        if longer:
+            tips.append(f"use a model with a longer window (--model {' or '.join(longer)})")
+    else:
+        if plan.kv_dtype in ("bf16", "fp32"):
+            tips.append("--kv-dtype fp8 halves the memory each token needs")
+        if plan.weight_dtype == "bf16":
+            tips.append("--weight-dtype fp8 frees about half the weights' memory")
+        tips.append("use more GPUs or GPUs with more memory")
+    return "To make it fit: " + "; or ".join(tips) + "."
+
+
 def format_seconds(seconds: float) -> str:
     if seconds < 90:
         return f"{seconds:.1f} s"

@@ -51,6 +51,26 @@ class Turn:
     answer: str
 
 
+ANSWER_ROOM = 64  # a question must leave room for this much answer (or for max_new_tokens, if fewer)
+
+
+def fit_turns(history, room: int, max_new_tokens: int, measure):
+    """Keep the most recent earlier turns that fit after the corpus, dropping the oldest first.
+
+    `measure(kept)` gives (tokens, prompt) for the question asked after the turns `kept`, counted the backend's
+    own way; they fit when those tokens and room for an answer are at most `room`. Returns (kept, dropped,
+    prompt); kept is None when even the question alone does not fit (prompt is then the question alone's).
+    """
+    answer = min(max_new_tokens, ANSWER_ROOM)
+    history = list(history)
+    for dropped in range(len(history) + 1):
+        kept = history[dropped:]
+        tokens, prompt = measure(kept)
+        if tokens + answer <= room:
+            return kept, dropped, prompt
+    return None, len(history), prompt
+
+
 def corpus_message(corpus_text: str, question: str) -> str:
     """The first user message: every document, then the first question."""
     return f"{corpus_text}\n\n{question}"

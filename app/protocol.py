@@ -1,12 +1,16 @@
 """What every backend (the local engine, a remote server) and every front end (the CLI, the app) share.
 
-The types here carry settings in and progress and statistics out; they import nothing heavy, so the UI and
-the remote backend start without torch.
+The types here carry settings in and progress and statistics out, and `Backend` says what a front end may ask
+of a backend; they import nothing heavy, so the UI and the remote backend start without torch.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterator, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from app.planner import Plan
 
 
 @dataclass
@@ -46,3 +50,34 @@ class AnswerStats:
     tokens_per_s: float
     finish_reason: str  # "stop", "length", "cancelled"
     dropped_turns: int = 0
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What answers questions: `app.engine.engine.Engine` (this machine's GPUs or CPU) or `app.remote.RemoteEngine`
+    (an OpenAI-compatible server). The CLI and the app use only what is listed here, never `getattr` probes."""
+
+    name: str  # "local" or "openai"
+    model_name: str
+    window: int  # tokens the model accepts, corpus and question together (0: a server that does not say)
+    reserve: int  # of those, kept after the corpus for questions and answers (`app.planner.question_reserve`)
+    tokenizer: object  # counts tokens exactly as the model will see them
+    system_prompt: str  # the instructions the next load starts from
+    base_url: str  # where the corpus is sent: "" for the local engine
+    store: object  # `app.store.library.Store` of corpora saved on disk, or None (remote, or --no-disk-cache)
+
+    def prompt_overhead(self, system_prompt: str | None = None) -> int:
+        """Tokens that the system prompt and the chat template put before the documents."""
+        ...
+
+    def plan(self, tokens: int) -> "Plan":
+        """Whether a prompt prefix (system prompt and corpus) of `tokens` fits, with the numbers."""
+        ...
+
+    def load(self, corpus, *, system_prompt: str | None = None, progress=None, cancel=None) -> LoadStats:
+        """Make the corpus the cached prefix of every question (prefill it, or reopen it)."""
+        ...
+
+    def ask(self, question: str, history=(), settings: Settings | None = None, cancel=None) -> Iterator:
+        """Stream the answer: text pieces, then one AnswerStats."""
+        ...

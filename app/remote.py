@@ -22,7 +22,7 @@ import httpx
 from app import planner
 from app.protocol import AnswerStats, LoadStats, PrefillProgress, Settings
 from app.errors import BackendError, Cancelled, CorpusTooLarge, NoCorpus
-from app.prompt import DEFAULT_SYSTEM_PROMPT, Turn, build_messages
+from app.prompt import DEFAULT_SYSTEM_PROMPT, Turn, build_messages, fit_turns
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,7 @@ class RemoteEngine:
     """A corpus and its questions, answered by an OpenAI-compatible `/v1/chat/completions` server."""
 
     name = "openai"
+    store = None  # the server keeps its own prefix cache; nothing is saved on this machine
 
     def __init__(self, base_url: str | None, *, api_key_env: str | None = None, served_model: str | None = None,
                  max_model_len: int | None = None, timeout: float = 3600.0, connect_timeout: float = 10.0,
@@ -90,7 +91,7 @@ class RemoteEngine:
         self.model_name = served_model or names[0]
         entry = models[names.index(self.model_name)]
         self.window = int(max_model_len or _window_of(entry) or self._props_window() or 0)  # 0: not reported
-        self.reserve = min(planner.QUESTION_RESERVE_TOKENS, self.window // 8)  # kept for questions and answers
+        self.reserve = planner.question_reserve(self.window)  # kept for questions and answers
         if tokenizer is None:
             from ingest import load_tokenizer
 
@@ -167,6 +168,10 @@ class RemoteEngine:
         system = self.system_prompt if system_prompt is None else system_prompt
         return self._count(system) + TEMPLATE_ALLOWANCE
 
+    def prompt_overhead(self, system_prompt: str | None = None) -> int:
+        """Tokens that the system prompt and the chat template put before the documents (our estimate)."""
+        return self._overhead_tokens(system_prompt)
+
     def _count(self, text: str) -> int:
         if not text:
             return 0
@@ -195,12 +200,11 @@ class RemoteEngine:
         """
         if system_prompt is not None:
             self.system_prompt = system_prompt
-        estimate = corpus.total_tokens + self._overhead_tokens()
-        layout = self.plan(estimate)
-        if not layout.fits:
-            room = max(layout.max_tokens - self._overhead_tokens(), 0)
-            raise CorpusTooLarge(f"{layout.reason}. To make it fit: start the server with a longer "
-                                 f"--max-model-len, or remove files to get under {room:,} corpus tokens.")
+        overhead = self._overhead_tokens()
+        estimate = corpus.total_tokens + overhead
+        plan = self.plan(estimate)
+        if not plan.fits:
+            raise CorpusTooLarge(f"{plan.reason}. {planner.fit_advice(plan, self.reserve, overhead)}")
         self.corpus_text = None
         if progress is not None:
             progress(PrefillProgress(0, estimate, 0.0, 0.0))
@@ -297,13 +301,16 @@ class RemoteEngine:
         """Drop the oldest turns until the prompt fits the window (when the server reports one)."""
         if not self.window:
             return history, 0
-        for dropped in range(len(history) + 1):
-            kept = history[dropped:]
-            if self.corpus_tokens + self._turns_tokens(question, kept) + min(max_new_tokens, 64) <= self.window:
-                return kept, dropped
-        raise BackendError(f"the question is about {self._turns_tokens(question, []):,} tokens; the server's "
-                           f"{self.window:,}-token window has {self.window - self.corpus_tokens:,} left after "
-                           "the corpus")
+
+        def measure(kept):
+            tokens = self._turns_tokens(question, kept)
+            return tokens, tokens
+
+        kept, dropped, tokens = fit_turns(history, self.window - self.corpus_tokens, max_new_tokens, measure)
+        if kept is None:
+            raise BackendError(f"the question is about {tokens:,} tokens; the server's {self.window:,}-token "
+                               f"window has {self.window - self.corpus_tokens:,} left after the corpus")
+        return kept, dropped
 
     def close(self) -> None:
         self._client.close()

@@ -21,7 +21,7 @@ from .ignore import GitIgnores, default_reason
 
 
 @dataclass(frozen=True)
-class Entry:
+class FoundFile:
     """One file to load. `read()` returns its bytes; `root` is the display name of the dropped
     path it came from, and `in_tree` is True when that root is a folder or an archive."""
 
@@ -35,7 +35,7 @@ class Entry:
 class Walk:
     """The result of walking: entries to load and things left out."""
 
-    entries: list[Entry]
+    entries: list[FoundFile]
     skipped: list[Skipped]
 
 
@@ -104,7 +104,7 @@ def _add_file(path: Path, source: str, root: str, in_tree: bool, limits, result:
         result.skipped.append(Skipped(source, f"over the {human_size(limits.max_file_bytes)} per-file cap"
                                               f" ({human_size(size)})"))
         return
-    result.entries.append(Entry(source, root, in_tree, path.read_bytes))
+    result.entries.append(FoundFile(source, root, in_tree, path.read_bytes))
 
 
 def _walk_folder(top: Path, root: str, limits, result: Walk) -> None:
@@ -204,7 +204,7 @@ def _open_archive(path: Path, root: str, limits, result: Walk) -> None:
         elif len(result.entries) >= limits.max_files:
             result.skipped.append(Skipped(shown, f"over the {limits.max_files:,}-file cap for one run"))
         else:
-            result.entries.append(Entry(shown, root, True, lambda data=member.data: data))
+            result.entries.append(FoundFile(shown, root, True, lambda data=member.data: data))
 
 
 def _member_reason(path: str, ignores: GitIgnores) -> str | None:

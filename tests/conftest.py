@@ -8,6 +8,10 @@ import pytest
 from test_engine_helpers import tiny_llama as make_tiny_llama
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a CUDA GPU (tests/test_gpu_*.py); skipped without one")
+
+
 # Saved corpora (app/store.py) go to $XDG_CACHE_HOME/omnibus: keep every test run, and the apps and CLIs the
 # tests start, out of the user's real cache folder.
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="omnibus-test-cache-")

@@ -16,7 +16,7 @@ import torch
 from app.store import library as store_module
 from app.errors import Cancelled
 from app.store.library import Store
-from test_store_helpers import answer, cached_kv, corpus_ids, next_logits, tiny_engine
+from test_store_helpers import answer, cached_kv, corpus_ids, make_corpus, next_logits, tiny_engine
 
 
 def same_kv(a, b) -> bool:
@@ -27,7 +27,7 @@ def same_kv(a, b) -> bool:
 def test_reopen_after_restart_loads_from_disk_with_identical_logits_and_answer(tmp_path, kv):
     ids = corpus_ids(tmp_path / "docs")
     first = tiny_engine(kv=kv, store=Store(tmp_path / "cache"))
-    stats = first.load_corpus(ids)
+    stats = first.load(make_corpus(tmp_path / "docs"))  # named from the corpus's sources
     assert stats.source == "prefill" and stats.saved.status == "saved"
     [entry] = Store(tmp_path / "cache").entries()
     assert (entry.name, entry.documents, entry.tokens) == ("alpha.txt, beta.md", 2, stats.tokens)
@@ -121,7 +121,7 @@ def test_extending_a_saved_corpus_prefills_only_the_new_tokens(tmp_path):
     old_tokens = first.load_corpus(old).tokens
 
     engine = tiny_engine(store=Store(tmp_path / "cache"))
-    stats = engine.load_corpus(new)
+    stats = engine.load(make_corpus(tmp_path / "docs", names))
     assert stats.source == "disk+prefill" and stats.reused == old_tokens
     assert engine.counters.corpus_tokens_prefilled == stats.tokens - old_tokens
     reference = _loaded(tiny_engine(), new)

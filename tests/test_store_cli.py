@@ -9,7 +9,7 @@ import pytest
 
 from app import cli
 from app.store.library import CacheEntryNotFound, Store
-from test_store_helpers import corpus_ids, tiny_engine
+from test_store_helpers import corpus_ids, make_corpus, tiny_engine
 
 
 @pytest.fixture
@@ -19,7 +19,7 @@ def library(tmp_path):
     engine = tiny_engine(store=store)
     for name in ("alpha.txt", "beta.txt", "gamma.txt"):
         engine.drop_cache()
-        engine.load_corpus(corpus_ids(tmp_path / name, names=(name,), words=20))
+        engine.load(make_corpus(tmp_path / name, names=(name,), words=20))
         time.sleep(0.01)
     return store
 
@@ -64,10 +64,10 @@ def test_prune_evicts_least_recently_used_first(library, capsys):
 def test_size_cap_applies_after_each_save(tmp_path):
     store = Store(tmp_path / "cache")
     engine = tiny_engine(store=store)
-    first = engine.load_corpus(corpus_ids(tmp_path / "a", names=("a.txt",), words=20)).saved
+    first = engine.load(make_corpus(tmp_path / "a", names=("a.txt",), words=20)).saved
     capped = Store(tmp_path / "cache", max_bytes=first.bytes + 10)
     engine.store = capped
-    engine.load_corpus(corpus_ids(tmp_path / "b", names=("b.txt",), words=20))
+    engine.load(make_corpus(tmp_path / "b", names=("b.txt",), words=20))
     assert [e.name for e in capped.entries()] == ["b.txt"]
 
 

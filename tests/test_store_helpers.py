@@ -27,13 +27,17 @@ def tiny_engine(seed: int = 0, kv: str = "fp32", store=None, chunk_tokens: int =
     return Engine(model, tokenizer, kv_dtype=kv, chunk_tokens=chunk_tokens, model_name="tiny", store=store)
 
 
-def corpus_ids(folder: Path, names=("alpha.txt", "beta.md"), words: int = 60) -> list[int]:
-    """Token ids of a real ingested corpus of small text files (wrapper tags included)."""
+def make_corpus(folder: Path, names=("alpha.txt", "beta.md"), words: int = 60):
+    """A real ingested corpus (`ingest.Corpus`) of small text files."""
     folder.mkdir(parents=True, exist_ok=True)
     for i, name in enumerate(names):
         (folder / name).write_text(f"File {name}. " + " ".join(f"harbour{i} line{j}" for j in range(words)) + "\n")
-    corpus = build_corpus([folder / n for n in names], tokenizer=load_tokenizer())
-    return [int(t) for t in corpus.token_ids()]
+    return build_corpus([folder / n for n in names], tokenizer=load_tokenizer())
+
+
+def corpus_ids(folder: Path, names=("alpha.txt", "beta.md"), words: int = 60) -> list[int]:
+    """Token ids of `make_corpus` (wrapper tags included)."""
+    return [int(t) for t in make_corpus(folder, names, words).token_ids()]
 
 
 def next_logits(engine: Engine) -> torch.Tensor:

@@ -158,6 +158,36 @@ def test_asking_without_documents_says_what_to_do(workbench):
         list(workbench.regenerate(Session()))
 
 
-def test_demo_banner_says_how_to_run_the_real_model(workbench):
-    text = views.banner(workbench.backend)
-    assert "demo model" in text and "--model ultralong-1m" in text and "NVIDIA GPU" in text
+def shown_markdown(page) -> list[str]:
+    """The text of every Markdown block on a built page, as Gradio will send it to the browser."""
+    import gradio as gr
+
+    return [block.value for block in page.blocks.values() if isinstance(block, gr.Markdown) and block.value]
+
+
+def test_demo_banner_on_the_page_says_how_to_run_the_real_model(workbench):
+    from app.models_catalog import resolve
+    from app.ui.app import build
+
+    engine = workbench.backend
+    assert (engine.name, engine.model_name, engine.window) == ("local", "demo", resolve("demo").window)
+    [banner] = [text for text in shown_markdown(build(workbench)) if "demo model" in text]
+    assert banner == views.banner(engine)  # the page shows what views renders from the engine's state
+    assert f"reads at most {engine.window:,} tokens" in banner  # 8,192: the model's own window, not a literal
+    assert "--model ultralong-1m" in banner and "NVIDIA GPU" in banner
+
+
+def test_banner_names_the_model_where_it_runs_and_its_window(tiny_llama, llama3_tokenizer):
+    """Any other backend's banner is built from its own name, place and window."""
+    from app.engine.engine import Engine
+    from app.remote import RemoteEngine
+    from app.ui.app import build
+    from remote_support.fake_server import FakeServer
+
+    local = Engine(tiny_llama(window=3000), llama3_tokenizer, kv_dtype="fp32", model_name="tiny-llama")
+    [banner] = [text for text in shown_markdown(build(Workbench(local))) if text.startswith("**Model:**")]
+    assert banner == "**Model:** tiny-llama on this computer, reads up to 3,000 tokens at once."
+    with FakeServer(models=[{"id": "served-model", "max_model_len": 131_072}]) as server:
+        remote = RemoteEngine(server.url, tokenizer=llama3_tokenizer)
+        assert views.banner(remote) == ("**Model:** served-model on a remote server, reads up to 131,072 tokens "
+                                        "at once.")

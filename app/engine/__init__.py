@@ -1,5 +1,7 @@
 """The local GPU/CPU engine: the model, its preallocated KV cache, the attention kernels and the prefill/decode loop.
 
 Only this package imports torch and Triton at module level. `engine.Engine` is the entry point: prefill a corpus
-once into `kv_cache.KVCache`, then answer each question from the cached prefix.
+once into `kv_cache.KVCache`, then answer each question from the cached prefix. `models` loads a model named in
+`app.models_catalog`; `attention` (registered with transformers) and `decode_kernel` (Triton) attend over the
+cache; `fp8_linear` holds fp8 weights; `generation` samples and streams text.
 """

@@ -22,7 +22,7 @@ from app.engine.fp8_linear import Fp8Linear
 from app.engine.generation import StreamDecoder, sample
 from app.engine.kv_cache import KVCache
 from app.errors import Cancelled, CorpusTooLarge, NoCorpus, OutOfMemory
-from app.prompt import Turn, default_system_prompt, encode_prompt
+from app.prompt import Turn, default_system_prompt, encode_prompt, fit_turns
 from app.protocol import AnswerStats, LoadStats, PrefillProgress, Settings
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,7 @@ class Engine:
     """One model, one cached corpus, one question at a time."""
 
     name = "local"
+    base_url = ""  # nothing leaves this machine
 
     def __init__(self, model, tokenizer, *, kv_dtype: str = "auto", chunk_tokens: int | None = None,
                  model_name: str = "", store=None, parallel: str = "auto", warm_up: bool = True):
@@ -61,7 +62,7 @@ class Engine:
         self.model_name = model_name or getattr(model.config, "_name_or_path", "model")
         self.shape = planner.ModelShape.from_config(model.config)
         self.window = self.shape.window
-        self.reserve = min(planner.QUESTION_RESERVE_TOKENS, self.window // 8)
+        self.reserve = planner.question_reserve(self.window)
         self.kv_dtype_setting = kv_dtype
         self.dtype = model.model.embed_tokens.weight.dtype  # the compute dtype
         self.weight_dtype = "fp8" if any(isinstance(m, Fp8Linear) for m in model.modules()) else \
@@ -79,6 +80,7 @@ class Engine:
         self.cache: KVCache | None = None
         self.cached_ids: list[int] = []  # the committed prefix (system prompt + corpus), token for token
         self.corpus_ids: list[int] = []  # the corpus alone, as loaded
+        self.corpus_sources: list[str] = []  # its documents' sources, in order (names saved corpora)
         self.prefix_length = 0  # tokens of system prompt + corpus once fully loaded
         self.system_prompt = default_system_prompt(self.model_name)
         self.counters = Counters()
@@ -149,6 +151,10 @@ class Engine:
         """System prompt and corpus as the model sees them: the part every question shares."""
         system = self.system_prompt if system_prompt is None else system_prompt
         return encode_prompt(self.tokenizer, list(corpus_ids), "", system_prompt=system).prefix
+
+    def prompt_overhead(self, system_prompt: str | None = None) -> int:
+        """Tokens that the system prompt and the chat template put before the documents (exact)."""
+        return len(self.prompt_prefix([], system_prompt))
 
     # -- running the model --
     def _forward(self, ids: list[int], want_logits: bool):
@@ -222,17 +228,17 @@ class Engine:
         cache.truncate(length)  # the warm-up wrote only past the committed sequence
         self._graph = ((id(cache), cache.version), graph, ids, positions, logits)
 
-    def _ensure_cache(self, needed: int, layout: planner.Plan) -> None:
+    def _ensure_cache(self, needed: int, plan: planner.Plan) -> None:
         """Have a cache of the planned storage that holds `needed` tokens, keeping the shared prefix if it can."""
         capacity = min(self.window, needed + self.reserve)
-        kv_dtype = layout.kv_dtype
+        kv_dtype = plan.kv_dtype
         if self.cache is not None and (self.cache.storage != kv_dtype
                                        or (self.cache.sharded and capacity > self.cache.capacity)):
             self.drop_cache()
         if self.cache is None:
             shards = None
             if self.parallel == "sequence":
-                shards = [(torch.device("cuda", i), n) for i, n in enumerate(layout.shard_tokens)]
+                shards = [(torch.device("cuda", i), n) for i, n in enumerate(plan.shard_tokens)]
             self.cache = KVCache(self.layer_devices, self.shape.kv_heads, self.shape.head_dim, capacity, kv_dtype,
                                  compute_dtype=self.dtype, shards=shards)
         elif capacity > self.cache.capacity:
@@ -245,11 +251,11 @@ class Engine:
             torch.cuda.empty_cache()
 
     def load_corpus(self, corpus_ids, *, system_prompt: str | None = None, progress=None,
-                    cancel: threading.Event | None = None, label: str | None = None) -> LoadStats:
+                    cancel: threading.Event | None = None, label: str | None = None, sources=()) -> LoadStats:
         """Prefill system prompt + corpus into the cache, reusing whatever prefix is already there.
 
         With a disk store, the longest saved prefix is loaded from disk first, checkpoints are saved during
-        the prefill, and the result is saved after it (named `label`, else after its first documents).
+        the prefill, and the result is saved after it (named `label`, else after its first `sources`).
 
         Raises CorpusTooLarge before running anything if the plan says it cannot fit, and Cancelled if
         `cancel` is set (what was prefilled so far stays cached and is reused by the next call).
@@ -257,20 +263,20 @@ class Engine:
         with self._lock:
             corpus_ids = list(corpus_ids)
             prefix = self.prompt_prefix(corpus_ids, system_prompt)
-            layout = self.plan(len(prefix))
-            if not layout.fits:  # refused before anything changes: the corpus loaded before stays usable
-                raise CorpusTooLarge(layout.reason + ". " + _fit_advice(layout))
+            plan = self.plan(len(prefix))
+            if not plan.fits:  # refused before anything changes: the corpus loaded before stays usable
+                raise CorpusTooLarge(plan.reason + ". " + planner.fit_advice(plan, self.reserve))
             if system_prompt is not None:
                 self.system_prompt = system_prompt
             reused = _common_prefix(self.cached_ids, prefix)
-            self._ensure_cache(len(prefix), layout)
+            self._ensure_cache(len(prefix), plan)
             reused = min(reused, len(self.cached_ids))  # a reallocated cache starts empty
-            self.corpus_ids, self.prefix_length = corpus_ids, len(prefix)
+            self.corpus_ids, self.corpus_sources, self.prefix_length = corpus_ids, list(sources), len(prefix)
             self.cache.truncate(reused)
             self.cached_ids = prefix[:reused]
             self.counters.corpus_loads += 1
             store = self.store
-            disk = store.restore(self, prefix, layout.kv_dtype, beyond=reused) \
+            disk = store.restore(self, prefix, plan.kv_dtype, beyond=reused) \
                 if store is not None and reused < len(prefix) else None
             if disk is not None and (disk.tokens or disk.clobbered):  # the cache's buffers now hold what it read
                 self.cache.adopt(disk.tokens)
@@ -279,11 +285,11 @@ class Engine:
             source = "disk" if disk and disk.tokens else ("memory" if reused else "prefill")
             checkpoint = store.checkpointer(self, label) if store is not None else None
             started = time.perf_counter()
-            for start in range(reused, len(prefix), layout.chunk_tokens):
+            for start in range(reused, len(prefix), plan.chunk_tokens):
                 if cancel is not None and cancel.is_set():
                     raise Cancelled(f"prefill stopped at {start:,} of {len(prefix):,} tokens; "
                                     "loading again resumes from there")
-                chunk = prefix[start:start + layout.chunk_tokens]
+                chunk = prefix[start:start + plan.chunk_tokens]
                 self._forward(chunk, want_logits=False)
                 self.cached_ids.extend(chunk)
                 self.counters.corpus_tokens_prefilled += len(chunk)
@@ -299,16 +305,13 @@ class Engine:
             fresh = len(prefix) - reused
             saved = store.save(self, label=label) if store is not None and fresh else None
             source += "+prefill" if fresh and source != "prefill" else ""
-            return LoadStats(len(prefix), reused, seconds, fresh / seconds if fresh else 0.0, layout.kv_dtype,
+            return LoadStats(len(prefix), reused, seconds, fresh / seconds if fresh else 0.0, plan.kv_dtype,
                              source, disk.seconds if disk else 0.0, saved)
 
     def load(self, corpus, *, system_prompt: str | None = None, progress=None, cancel=None) -> LoadStats:
         """Load an ingested corpus (`ingest.Corpus`, tokenized with this engine's tokenizer)."""
-        return self.load_corpus(corpus.token_ids(), system_prompt=system_prompt, progress=progress, cancel=cancel)
-
-    @property
-    def corpus_tokens(self) -> int:
-        return len(self.cached_ids)
+        return self.load_corpus(corpus.token_ids(), system_prompt=system_prompt, progress=progress, cancel=cancel,
+                                sources=[document.source for document in corpus.documents])
 
     def ask(self, question: str, history=(), settings: Settings | None = None,
             cancel: threading.Event | None = None):
@@ -367,18 +370,21 @@ class Engine:
     def _fit_turns(self, question: str, history: list[Turn], max_new_tokens: int):
         """Encode the question after as many recent turns as the cache has room for."""
         room = self.cache.capacity - len(self.cached_ids)
-        for dropped in range(len(history) + 1):
-            kept = history[dropped:]
+
+        def measure(kept):
             # The corpus slot is left empty: only the few template tokens around it are compared, not the
             # whole corpus, so a question at 1M tokens costs no million-element list work.
             ids = encode_prompt(self.tokenizer, (), question, kept, self.system_prompt)
             head = len(ids.prefix)
             if head + len(self.corpus_ids) != len(self.cached_ids) or ids.prefix != self.cached_ids[:head]:
                 raise RuntimeError("the prompt prefix does not match the cached corpus")  # an internal defect
-            if len(ids.suffix) + min(max_new_tokens, 64) <= room:
-                return kept, dropped, ids.suffix
-        raise CorpusTooLarge(f"the question is {len(ids.suffix):,} tokens; only {room:,} are left after the "
-                             f"corpus in the {self.cache.capacity:,}-token cache")
+            return len(ids.suffix), ids.suffix
+
+        kept, dropped, suffix = fit_turns(history, room, max_new_tokens, measure)
+        if kept is None:
+            raise CorpusTooLarge(f"the question is {len(suffix):,} tokens; only {room:,} are left after the "
+                                 f"corpus in the {self.cache.capacity:,}-token cache")
+        return kept, dropped, suffix
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -392,17 +398,3 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 def _synchronize(on_gpu: bool) -> None:
     if on_gpu:
         torch.cuda.synchronize()
-
-
-def _fit_advice(layout: planner.Plan) -> str:
-    if "model window" in layout.reason:
-        return (f"To make it fit: remove files to get under {layout.max_tokens:,} tokens, or use a model with a "
-                "longer window (--model ultralong-2m or ultralong-4m).")
-    tips = []
-    if layout.kv_dtype in ("bf16", "fp32"):
-        tips.append("fp8 KV (--kv-dtype fp8) halves the cache")
-    if layout.weight_dtype == "bf16":
-        tips.append("fp8 weights (--weight-dtype fp8) free ~7 GiB")
-    tips.append("more GPUs spread the layers")
-    tips.append(f"or remove files to get under {layout.max_tokens:,} tokens")
-    return "To make it fit: " + "; ".join(tips) + "."

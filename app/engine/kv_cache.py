@@ -102,8 +102,7 @@ class ShardedLayerKV:
         self.shards = [LayerKV(kv_heads, head_dim, c, storage, d, compute_dtype) for c, d in zip(capacities, devices)]
         self.starts = [sum(capacities[:i]) for i in range(len(capacities))]
         self.fp8 = storage == "fp8"
-        self.kv_heads = kv_heads
-        self.keys = self.shards[0].keys  # for callers that only look at shape, dtype and the first device
+        self.kv_heads = kv_heads  # no `keys` of its own: each shard's are in `shards[i].keys`
 
     def spans(self, start: int, end: int):
         """(shard, local start, local end, global offset) for each shard that holds part of start..end."""
@@ -151,7 +150,7 @@ class KVCache:
         self.pending = 0  # tokens written by the pass in flight, not yet committed
         # On GPUs a decode step reads its position from device tensors, so its shapes never change and it
         # can be replayed as a CUDA graph: per device, (write position int64 [1], keys to attend int32 [1]).
-        devices = {layer.keys.device for layer in self.layers if layer.keys.is_cuda and not self.sharded}
+        devices = set() if self.sharded else {layer.keys.device for layer in self.layers if layer.keys.is_cuda}
         self.decode_slots = {d: (torch.zeros(1, dtype=torch.long, device=d), torch.ones(1, dtype=torch.int32, device=d))
                              for d in devices}
 

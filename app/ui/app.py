@@ -168,7 +168,7 @@ def build(workbench: Workbench, max_upload_mb: int = 500) -> gr.Blocks:
 
     def show_secrets(session):
         """The likely-secrets warning and its button, shown while the corpus holds such files."""
-        text = secrets_warning(session.secrets, getattr(backend, "base_url", "") if backend.name != "local" else "")
+        text = secrets_warning(session.secrets, backend.base_url)
         return gr.update(value=text, visible=bool(text)), gr.update(visible=bool(text))
 
     def exclude_secrets(session, system_prompt):
@@ -231,7 +231,7 @@ def build(workbench: Workbench, max_upload_mb: int = 500) -> gr.Blocks:
                     load_btn = gr.Button("Load into the model", variant="primary", elem_id="load")
                     cancel_btn = gr.Button("Cancel loading", variant="stop")
                 load_status = gr.Markdown(elem_id="load-status")
-                with gr.Accordion("Saved corpora", open=False, visible=getattr(backend, "store", None) is not None):
+                with gr.Accordion("Saved corpora", open=False, visible=backend.store is not None):
                     gr.Markdown(views.SAVED_NOTE)
                     saved = gr.Dataframe(headers=views.SAVED_HEADERS, value=[], interactive=False, wrap=True,
                                          elem_id="saved")
@@ -261,7 +261,7 @@ def build(workbench: Workbench, max_upload_mb: int = 500) -> gr.Blocks:
                     max_new = gr.Slider(16, 4096, value=512, step=16, label="Longest answer (tokens)")
                     temperature = gr.Slider(0.0, 1.5, value=0.0, step=0.05,
                                             label="Temperature (0 = always the same answer; higher = more varied)")
-                    start_prompt = getattr(backend, "system_prompt", DEFAULT_SYSTEM_PROMPT)
+                    start_prompt = backend.system_prompt
                     system_prompt = gr.Textbox(start_prompt, lines=4,
                                                label="Instructions to the model (changing them means the "
                                                      "documents are loaded again)")

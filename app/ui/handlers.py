@@ -16,9 +16,9 @@ from pathlib import Path
 from app.citations.check import Verifier, parse, passage
 from app.protocol import AnswerStats, Settings
 from app.errors import CorpusTooLarge, NoCorpus, OmnibusError
+from app.planner import fit_advice
 from ingest.secret_scan import scan_corpus
 from app.prompt import DEFAULT_SYSTEM_PROMPT, Turn
-from app.ui.views import fit_advice
 from ingest import build_corpus
 
 
@@ -116,10 +116,7 @@ class Workbench:
 
     def prompt_overhead(self, system_prompt: str) -> int:
         """Tokens the system prompt and chat template put before the documents (exact for the local engine)."""
-        prefix = getattr(self.backend, "prompt_prefix", None)
-        if prefix is not None:
-            return len(prefix([], system_prompt or DEFAULT_SYSTEM_PROMPT))
-        return len(system_prompt or DEFAULT_SYSTEM_PROMPT) // 3 + 32  # a remote server: about 3 characters a token
+        return self.backend.prompt_overhead(system_prompt or DEFAULT_SYSTEM_PROMPT)
 
     # -- the model --
     def load(self, session: Session, system_prompt: str = DEFAULT_SYSTEM_PROMPT, progress=None):
@@ -130,9 +127,9 @@ class Workbench:
         """
         if session.corpus is None or not session.corpus.documents:
             raise NoCorpus("there are no documents yet: add some files first")
-        layout = self.plan(session, system_prompt)
-        if not layout.fits:  # the same check the engine makes, with advice that fits the case
-            raise CorpusTooLarge(f"{layout.reason}. {fit_advice(self.backend, layout)}")
+        plan = self.plan(session, system_prompt)
+        if not plan.fits:  # the same check the backend makes, before anything runs
+            raise CorpusTooLarge(f"{plan.reason}. {fit_advice(plan, self.backend.reserve)}")
         session.cancel = threading.Event()
         session.loaded_tokens = 0
         stats = self.backend.load(session.corpus, system_prompt=system_prompt or DEFAULT_SYSTEM_PROMPT,
@@ -198,15 +195,15 @@ class Workbench:
         session.exchanges = []
         return session
 
-    # -- saved corpora (app/store.py) --
+    # -- saved corpora (app/store/library.py) --
     def saved_corpora(self) -> list:
         """The corpora saved on disk (most recently used first); none for a remote backend or --no-disk-cache."""
-        store = getattr(self.backend, "store", None)
+        store = self.backend.store
         return [e for e in store.entries() if e.kind == "corpus"] if store is not None else []
 
     def remove_saved(self, ids) -> int:
         """Delete saved corpora by id; returns how many were removed."""
-        store = getattr(self.backend, "store", None)
+        store = self.backend.store
         if store is None:
             return 0
         for ident in ids or []:

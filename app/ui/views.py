@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from html import escape
 
-from app.planner import QUESTION_RESERVE_TOKENS, format_seconds
+from app.planner import fit_advice, format_seconds
 
 DOCUMENT_HEADERS = ["#", "File", "Kind", "Pages", "Tokens"]
 SKIPPED_HEADERS = ["File", "Why it was left out"]
@@ -49,10 +49,6 @@ def corpus_summary(corpus) -> str:
     return f"**{count} document{'s' * (count != 1)}, {corpus.total_tokens:,} tokens**{left_out}"
 
 
-def _reserve(backend) -> int:
-    return getattr(backend, "reserve", min(QUESTION_RESERVE_TOKENS, backend.window // 8))
-
-
 def _memory_line(plan) -> str:
     names = {}
     for d in plan.devices:
@@ -68,7 +64,7 @@ def context_meter(backend, plan, corpus_tokens: int | None = None) -> str:
     if plan is None:
         return ("<div class='meter'><b>Context meter.</b> Once you add documents, this shows how much of the "
                 f"model's reading capacity they use ({TOKEN_HINT}).</div>")
-    reserve = _reserve(backend)
+    reserve = backend.reserve
     window_room = max(plan.window - reserve, 1)
     limit = max(min(plan.max_tokens, window_room), 1)
     share = plan.tokens / limit
@@ -93,22 +89,9 @@ def context_meter(backend, plan, corpus_tokens: int | None = None) -> str:
         verdict = ""
     else:
         verdict = (f"<div class='refusal'><b>This is too much to load.</b> {escape(plan.reason[:1].upper() + plan.reason[1:])}.<br>"
-                   f"{escape(fit_advice(backend, plan))}</div>")
+                   f"{escape(fit_advice(plan, reserve))}</div>")
     items = "".join(f"<li>{line}</li>" for line in lines)
     return f"<div class='meter'><b>Context meter</b>{bar}<ul>{items}</ul>{verdict}</div>"
-
-
-def fit_advice(backend, plan) -> str:
-    """What would make a corpus fit, from the plan's numbers."""
-    tips = [f"remove files to get under {plan.max_tokens:,} tokens"]
-    if plan.max_tokens >= plan.window - _reserve(backend):  # the window is the limit, not memory
-        if backend.model_name != "ultralong-4m":
-            tips.append("use a model with a longer window (restart with --model ultralong-4m)")
-    else:
-        if plan.kv_dtype in ("bf16", "fp32"):
-            tips.append("restart with --kv-dtype fp8, which halves the memory each token needs")
-        tips.append("use more GPUs or GPUs with more memory")
-    return "To make it fit: " + "; or ".join(tips) + "."
 
 
 def load_progress(p) -> str:

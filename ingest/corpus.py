@@ -137,17 +137,35 @@ def build_corpus(paths, tokenizer=None, line_numbers: bool = False,
             loaded.append((entry.source, entry.root, entry.in_tree, extracted))
     drafts = _drafts(loaded, line_numbers)
     first = len(base.documents) if base else 0
-    documents = list(base.documents) if base else []
-    tokens = sum(d.tokens for d in documents)
+    failed_all: set[str] = set()
+    while True:  # a text the tokenizer fails on is skipped, and the rest re-indexed (and re-listed) without it
+        documents, failed = _tokenized(drafts, list(base.documents) if base else [], first, counter,
+                                       lambda tokens, source: report(Progress(total, total, tokens, source)))
+        if not failed:
+            break
+        skipped += [Skipped(source, reason) for source, reason in failed.items()]
+        failed_all |= set(failed)
+        loaded = [item for item in loaded if item[0] not in failed_all]
+        drafts = [d for d in _drafts(loaded, line_numbers) if d.source not in failed_all]
+    report(Progress(total, total, sum(d.tokens for d in documents), ""))
+    return Corpus(documents, skipped, counter, line_numbers)
+
+
+def _tokenized(drafts, documents: list[Document], first: int, counter: TokenCounter, report):
+    """Wrap and tokenize `drafts` after `documents`, in batches; returns (documents, {source: reason})
+    where the reasons name the drafts the tokenizer failed on."""
+    tokens, failed = sum(d.tokens for d in documents), {}
     batch: list[tuple[int, str]] = []
 
     def flush():
         nonlocal tokens
-        ids = counter.encode_many([text for _, text in batch])
-        for (slot, _), doc_ids in zip(batch, ids):
-            documents[slot] = replace(documents[slot], token_ids=doc_ids, tokens=int(len(doc_ids)))
-            tokens += len(doc_ids)
-        report(Progress(total, total, tokens, documents[batch[-1][0]].source))
+        for (slot, _), ids in zip(batch, counter.try_encode_many([text for _, text in batch])):
+            if isinstance(ids, str):
+                failed[documents[slot].source] = ids
+                continue
+            documents[slot] = replace(documents[slot], token_ids=ids, tokens=int(len(ids)))
+            tokens += len(ids)
+        report(tokens, documents[batch[-1][0]].source)
         batch.clear()
 
     pending = 0
@@ -162,8 +180,7 @@ def build_corpus(paths, tokenizer=None, line_numbers: bool = False,
             pending = 0
     if batch:
         flush()
-    report(Progress(total, total, tokens, ""))
-    return Corpus(documents, skipped, counter, line_numbers)
+    return documents, failed
 
 
 def _load(entry, limits: Limits, skipped: list[Skipped]) -> Extracted | None:
@@ -174,7 +191,10 @@ def _load(entry, limits: Limits, skipped: list[Skipped]) -> Extracted | None:
         skipped.append(Skipped(entry.source, error.reason))
     except OSError as error:
         skipped.append(Skipped(entry.source, f"cannot be read ({error.strerror or error})"))
-    except Exception as error:  # a defect here or in a parser: never stop the run for one file
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    except BaseException as error:  # noqa: BLE001 - a defect here or in a parser (a Rust panic is a
+        # BaseException): never stop the run for one file
         log.exception("internal error while reading %s", entry.source)
         skipped.append(Skipped(entry.source, f"could not be read (internal error: {type(error).__name__}: {error})",
                                defect=True))

@@ -9,6 +9,7 @@ from charset_normalizer import from_bytes
 
 from .document import Extracted
 from .errors import FileRejected
+from .names import base_name, extension
 
 CODE_EXTENSIONS = frozenset("""
 py pyi pyx pxd ipynb c h cc cpp cxx hpp hh hxx cu cuh m mm java kt kts scala groovy go rs swift
@@ -49,16 +50,14 @@ _NEWLINES = re.compile(r"\r\n?")
 
 def kind_of(name: str) -> str:
     """'code' for programming/config files by extension or well-known name, else 'text'."""
-    base = name.rsplit("/", 1)[-1].lower()
-    if base in CODE_FILENAMES:
+    if base_name(name).lower() in CODE_FILENAMES:
         return "code"
-    return "code" if base.rpartition(".")[2] in CODE_EXTENSIONS and "." in base else "text"
+    return "code" if extension(name) in CODE_EXTENSIONS else "text"
 
 
 def is_binary_name(name: str) -> bool:
     """True for extensions that are never text (images, archives, compiled objects...)."""
-    base = name.rsplit("/", 1)[-1].lower()
-    return "." in base and base.rpartition(".")[2] in BINARY_EXTENSIONS
+    return extension(name) in BINARY_EXTENSIONS
 
 
 def decode(data: bytes) -> str:
@@ -102,11 +101,10 @@ def clean(text: str) -> str:
 def extract(name: str, data: bytes, limits) -> Extracted:
     """Load one text or code file."""
     if is_binary_name(name):
-        raise FileRejected(f"binary file (.{name.rpartition('.')[2].lower()})")
+        raise FileRejected(f"binary file (.{extension(name)})")
     text = clean(decode(data))
     kind = kind_of(name)
-    ext = name.rpartition(".")[2].lower()
-    if ext in ("js", "css", "mjs", "cjs") and text:
+    if extension(name) in ("js", "css", "mjs", "cjs") and text:
         lines = text.count("\n") + 1
         if len(text) / lines > limits.minified_line_chars:
             raise FileRejected("minified bundle (mean line over "

@@ -17,7 +17,7 @@ from pathlib import Path
 from .archive import is_archive, read_archive
 from .document import Skipped
 from .errors import FileRejected, InputError, human_size
-from .ignore import GitIgnores, default_reason
+from .ignore import GitIgnores, TooManyRules, default_reason
 
 
 @dataclass(frozen=True)
@@ -123,6 +123,8 @@ def _walk_folder(top: Path, root: str, limits, result: Walk) -> None:
                 ignores.add(rel, (folder / ".gitignore").read_text(encoding="utf-8", errors="replace"))
             except OSError:
                 pass
+            except TooManyRules as error:
+                result.skipped.append(Skipped(f"{root}/{rel}/.gitignore" if rel else f"{root}/.gitignore", str(error)))
         subfolders = []
         for child in children:
             child_rel = f"{rel}/{child.name}" if rel else child.name
@@ -191,7 +193,10 @@ def _open_archive(path: Path, root: str, limits, result: Walk) -> None:
     ignores = GitIgnores()
     for member in members:
         if member.path == ".gitignore" or member.path.endswith("/.gitignore"):
-            ignores.add(member.path.rpartition("/")[0], member.data.decode("utf-8", errors="replace"))
+            try:
+                ignores.add(member.path.rpartition("/")[0], member.data.decode("utf-8", errors="replace"))
+            except TooManyRules as error:
+                result.skipped.append(Skipped(f"{root}/{member.path}", str(error)))
     for member in sorted(members, key=lambda m: m.path):
         shown = f"{root}/{member.path}"
         reason = _member_reason(member.path, ignores)

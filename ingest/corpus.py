@@ -104,13 +104,18 @@ def _unwrap(doc: Document) -> tuple[str, tuple]:
 
 def build_corpus(paths, tokenizer=None, line_numbers: bool = False,
                  progress: Callable[[Progress], None] | None = None,
-                 limits: Limits | None = None, base: Corpus | None = None) -> Corpus:
+                 limits: Limits | None = None, base: Corpus | None = None,
+                 max_tokens: int | None = None) -> Corpus:
     """Load files, folders and archives into one corpus.
 
     Documents of this call are sorted by display path (a codebase's directory tree first)
     and appended after `base`'s documents, which stay first and unchanged. A file already
     in `base` is skipped. Bad files become `Skipped` entries; InputError is raised only
     for a path that does not exist. `progress` receives `Progress` reports.
+
+    `max_tokens` (the model's window) bounds what one drop may cost: once the documents read so far hold
+    more tokens than that (`base` included), every later file is skipped with that reason instead of read.
+    The file that crosses the line is kept, so the planner can still say by how much the corpus is over.
     """
     limits = limits or Limits()
     if isinstance(paths, (str, bytes)) or hasattr(paths, "__fspath__"):
@@ -127,14 +132,22 @@ def build_corpus(paths, tokenizer=None, line_numbers: bool = False,
     report = progress or (lambda _: None)
     total = len(found.entries)
     loaded: list[tuple[str, str, bool, Extracted]] = []
-    for done, entry in enumerate(found.entries, start=1):
-        report(Progress(done - 1, total, 0, entry.source))
-        if entry.source in known:
-            skipped.append(Skipped(entry.source, "already in the corpus"))
-            continue
-        extracted = _load(entry, limits, skipped)
-        if extracted is not None:
-            loaded.append((entry.source, entry.root, entry.in_tree, extracted))
+    budget = _TokenBudget(max_tokens, counter, base.total_tokens if base else 0)
+    try:
+        for done, entry in enumerate(found.entries, start=1):
+            report(Progress(done - 1, total, 0, entry.source))
+            if entry.source in known:
+                skipped.append(Skipped(entry.source, "already in the corpus"))
+                continue
+            if budget.spent():
+                skipped.append(Skipped(entry.source, budget.reason()))
+                continue
+            extracted = _load(entry, limits, skipped)
+            if extracted is not None:
+                loaded.append((entry.source, entry.root, entry.in_tree, extracted))
+                budget.add(extracted.body)
+    finally:
+        found.close()
     drafts = _drafts(loaded, line_numbers)
     first = len(base.documents) if base else 0
     failed_all: set[str] = set()
@@ -181,6 +194,33 @@ def _tokenized(drafts, documents: list[Document], first: int, counter: TokenCoun
     if batch:
         flush()
     return documents, failed
+
+
+class _TokenBudget:
+    """Tokens read so far in one drop against `max_tokens`. A token is at least one UTF-8 byte, so bodies are
+    only tokenized (exactly) once their bytes could be over the budget."""
+
+    def __init__(self, max_tokens: int | None, counter: TokenCounter, start: int):
+        self.max_tokens, self.counter = max_tokens, counter
+        self.tokens, self.unknown_bytes, self.unknown = start, 0, []
+
+    def add(self, body: str) -> None:
+        if self.max_tokens is None:
+            return
+        self.unknown.append(body)
+        self.unknown_bytes += len(body.encode("utf-8", "surrogatepass"))
+
+    def spent(self) -> bool:
+        if self.max_tokens is None or self.tokens + self.unknown_bytes <= self.max_tokens:
+            return False
+        for ids in self.counter.try_encode_many(self.unknown):
+            self.tokens += len(ids) if not isinstance(ids, str) else 0
+        self.unknown, self.unknown_bytes = [], 0
+        return self.tokens > self.max_tokens
+
+    def reason(self) -> str:
+        return (f"not read: the files before it already hold {self.tokens:,} tokens, over the "
+                f"{self.max_tokens:,}-token window of the model")
 
 
 def _load(entry, limits: Limits, skipped: list[Skipped]) -> Extracted | None:

@@ -63,7 +63,8 @@ def is_binary_name(name: str) -> bool:
 def decode(data: bytes) -> str:
     """Bytes of a text file → str. Raises FileRejected for binary data.
 
-    Order: a BOM decides; then strict UTF-8; NUL bytes mean binary; then a legacy
+    Order: a BOM decides; then strict UTF-8; NUL bytes mean binary; then UTF-8 with a few bad bytes
+    (shown as U+FFFD: read as cp1251 they turned the whole file into mojibake); then a legacy
     encoding guessed by charset-normalizer, preferring cp1252 for Western text.
     """
     for bom, encoding in BOMS:
@@ -76,6 +77,9 @@ def decode(data: bytes) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         pass
+    mostly = _mostly_utf8(data)
+    if mostly is not None:
+        return mostly
     best = from_bytes(data[:65536]).best()
     if best is None:
         raise FileRejected("binary file (no text encoding fits)")
@@ -86,6 +90,20 @@ def decode(data: bytes) -> str:
         except UnicodeDecodeError:
             return data.decode("latin-1")
     return data.decode(encoding, errors="replace")
+
+
+UTF8_GOOD_PER_BAD = 8  # valid multi-byte characters needed per invalid byte to read a file as damaged UTF-8
+
+
+def _mostly_utf8(data: bytes) -> str | None:
+    """The text of UTF-8 with a few invalid bytes (each becomes U+FFFD), or None when it is not that.
+
+    Legacy single-byte text almost never forms valid multi-byte UTF-8 sequences by chance, so it has
+    (nearly) none; real UTF-8 with a stray byte has many per bad byte."""
+    text = data.decode("utf-8", errors="replace")
+    bad = text.count("\ufffd") - data.count("\ufffd".encode())
+    good = len(text) - len(text.encode("ascii", "ignore")) - bad - data.count("\ufffd".encode())
+    return text if bad > 0 and good >= UTF8_GOOD_PER_BAD * bad else None
 
 
 def clean(text: str) -> str:

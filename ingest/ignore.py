@@ -78,7 +78,12 @@ class Rule:
             return False
         if not self.anchored:
             return _segment_matches(self.segments[0], parts[-1])
-        return _path_matches(self.segments, parts)
+        segments = self.segments
+        if "**" not in segments:  # one part per segment: cheap checks first
+            return len(parts) == len(segments) and all(map(_segment_matches, segments, parts))
+        if segments[-1] != "**" and not _segment_matches(segments[-1], parts[-1]):
+            return False
+        return _path_matches(segments, parts)
 
 
 def parse_line(line: str) -> Rule | None:
@@ -244,6 +249,41 @@ def parse(text: str) -> list[Rule]:
     return rules
 
 
+class _RuleSet:
+    """The rules of one .gitignore, indexed so that the common shapes cost a lookup, not a loop: a plain name
+    (`build/`, `.env`) by a dict, `*.ext` by one `str.endswith` over all suffixes; the rest one by one."""
+
+    def __init__(self, rules: list[Rule]):
+        self.rules = rules
+        self.names: dict[str, list[int]] = {}
+        self.suffixes: dict[str, list[int]] = {}
+        self.others: list[int] = []
+        for i, rule in enumerate(rules):
+            glob = rule.segments[0]
+            if not rule.anchored and not _GLOB_CHARS.search(glob):
+                self.names.setdefault(glob, []).append(i)
+            elif not rule.anchored and glob.startswith("*") and not _GLOB_CHARS.search(glob.lstrip("*")):
+                self.suffixes.setdefault(glob.lstrip("*"), []).append(i)
+            else:
+                self.others.append(i)
+        self.suffix_tuple = tuple(self.suffixes)
+
+    def decision(self, parts: list[str], is_dir: bool) -> bool | None:
+        """True (ignored), False (re-included) or None (no rule matches): the last matching rule decides."""
+        name, rules = parts[-1], self.rules
+        candidates = list(self.names.get(name, ()))
+        if self.suffix_tuple and name.endswith(self.suffix_tuple):
+            candidates += [i for suffix, found in self.suffixes.items() if name.endswith(suffix) for i in found]
+        best = max((i for i in candidates if rules[i].matches(parts, is_dir)), default=-1)
+        for i in reversed(self.others):
+            if i <= best:
+                break
+            if rules[i].matches(parts, is_dir):
+                best = i
+                break
+        return None if best < 0 else not rules[best].negate
+
+
 class GitIgnores:
     """The `.gitignore` rules of one tree, keyed by the folder (relative, '' for the root) that holds each.
 
@@ -253,11 +293,11 @@ class GitIgnores:
     """
 
     def __init__(self):
-        self._rules: dict[str, list[Rule]] = {}
+        self._rules: dict[str, _RuleSet] = {}
 
     def add(self, folder: str, text: str) -> None:
         """Register the lines of `folder/.gitignore`. Raises TooManyRules (and registers nothing) past the caps."""
-        self._rules[folder.strip("/")] = parse(text)
+        self._rules[folder.strip("/")] = _RuleSet(parse(text))
 
     def ignored(self, path: str, is_dir: bool) -> bool:
         """Whether `path` (relative to the tree root, '/'-separated) is ignored."""
@@ -265,11 +305,9 @@ class GitIgnores:
         parts = path.split("/")
         for depth in range(len(parts)):
             rules = self._rules.get("/".join(parts[:depth]))
-            if not rules:
+            if rules is None:
                 continue
-            rel = parts[depth:]
-            for rule in reversed(rules):
-                if rule.matches(rel, is_dir):
-                    decision = not rule.negate
-                    break
+            found = rules.decision(parts[depth:], is_dir)
+            if found is not None:
+                decision = found
         return bool(decision)

@@ -38,7 +38,8 @@ def ask(args) -> int:
     from ingest import build_corpus
 
     backend = open_from_arguments(args)
-    corpus = build_corpus(args.paths, tokenizer=backend.tokenizer, line_numbers=args.line_numbers)
+    corpus = build_corpus(args.paths, tokenizer=backend.tokenizer, line_numbers=args.line_numbers,
+                          max_tokens=backend.window or None)
     for skipped in corpus.skipped:
         _say(f"skipped {skipped.source}: {skipped.reason}")
     if backend.name != "local":  # the whole corpus goes to the server: name the files that look like secrets

@@ -50,7 +50,7 @@ def seeds() -> dict[str, list[bytes]]:
 def target(kind: str):
     """The function atheris calls with each input."""
     from ingest import Limits, formats
-    from ingest.archive import read_archive
+    from ingest.archive import open_archive
     from ingest.errors import FileRejected
     from ingest.isolation import _load as load_as_the_worker_does
 
@@ -59,8 +59,19 @@ def target(kind: str):
 
     def one(data: bytes) -> None:
         try:
-            if kind == "zip":
-                read_archive(name, data, limits, [])
+            if kind == "zip":  # archives are read from a file: list them, then read every member
+                with tempfile.NamedTemporaryFile(suffix=".zip") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    archive = open_archive(name, Path(handle.name), limits, [])
+                    try:
+                        for member in archive.members:
+                            try:
+                                member.read()
+                            except FileRejected:
+                                pass
+                    finally:
+                        archive.close()
             elif kind == "docx":
                 load_as_the_worker_does(name, data, limits)  # the zip checks, then python-docx
             else:

@@ -104,13 +104,18 @@ def _unwrap(doc: Document) -> tuple[str, tuple]:
 
 def build_corpus(paths, tokenizer=None, line_numbers: bool = False,
                  progress: Callable[[Progress], None] | None = None,
-                 limits: Limits | None = None, base: Corpus | None = None) -> Corpus:
+                 limits: Limits | None = None, base: Corpus | None = None,
+                 max_tokens: int | None = None) -> Corpus:
     """Load files, folders and archives into one corpus.
 
     Documents of this call are sorted by display path (a codebase's directory tree first)
     and appended after `base`'s documents, which stay first and unchanged. A file already
     in `base` is skipped. Bad files become `Skipped` entries; InputError is raised only
     for a path that does not exist. `progress` receives `Progress` reports.
+
+    `max_tokens` (the model's window) bounds what one drop may cost: once the documents read so far hold
+    more tokens than that (`base` included), every later file is skipped with that reason instead of read.
+    The file that crosses the line is kept, so the planner can still say by how much the corpus is over.
     """
     limits = limits or Limits()
     if isinstance(paths, (str, bytes)) or hasattr(paths, "__fspath__"):
@@ -127,27 +132,53 @@ def build_corpus(paths, tokenizer=None, line_numbers: bool = False,
     report = progress or (lambda _: None)
     total = len(found.entries)
     loaded: list[tuple[str, str, bool, Extracted]] = []
-    for done, entry in enumerate(found.entries, start=1):
-        report(Progress(done - 1, total, 0, entry.source))
-        if entry.source in known:
-            skipped.append(Skipped(entry.source, "already in the corpus"))
-            continue
-        extracted = _load(entry, limits, skipped)
-        if extracted is not None:
-            loaded.append((entry.source, entry.root, entry.in_tree, extracted))
+    budget = _TokenBudget(max_tokens, counter, base.total_tokens if base else 0)
+    try:
+        for done, entry in enumerate(found.entries, start=1):
+            report(Progress(done - 1, total, 0, entry.source))
+            if entry.source in known:
+                skipped.append(Skipped(entry.source, "already in the corpus"))
+                continue
+            if budget.spent():
+                skipped.append(Skipped(entry.source, budget.reason()))
+                continue
+            extracted = _load(entry, limits, skipped)
+            if extracted is not None:
+                loaded.append((entry.source, entry.root, entry.in_tree, extracted))
+                budget.add(extracted.body)
+    finally:
+        found.close()
     drafts = _drafts(loaded, line_numbers)
     first = len(base.documents) if base else 0
-    documents = list(base.documents) if base else []
-    tokens = sum(d.tokens for d in documents)
+    failed_all: set[str] = set()
+    while True:  # a text the tokenizer fails on is skipped, and the rest re-indexed (and re-listed) without it
+        documents, failed = _tokenized(drafts, list(base.documents) if base else [], first, counter,
+                                       lambda tokens, source: report(Progress(total, total, tokens, source)))
+        if not failed:
+            break
+        skipped += [Skipped(source, reason) for source, reason in failed.items()]
+        failed_all |= set(failed)
+        loaded = [item for item in loaded if item[0] not in failed_all]
+        drafts = [d for d in _drafts(loaded, line_numbers) if d.source not in failed_all]
+    report(Progress(total, total, sum(d.tokens for d in documents), ""))
+    return Corpus(documents, skipped, counter, line_numbers)
+
+
+def _tokenized(drafts, documents: list[Document], first: int, counter: TokenCounter, report):
+    """Wrap and tokenize `drafts` after `documents`, in batches; returns (documents, {source: reason})
+    where the reasons name the drafts the tokenizer failed on."""
+    tokens, failed = sum(d.tokens for d in documents), {}
     batch: list[tuple[int, str]] = []
 
     def flush():
         nonlocal tokens
-        ids = counter.encode_many([text for _, text in batch])
-        for (slot, _), doc_ids in zip(batch, ids):
-            documents[slot] = replace(documents[slot], token_ids=doc_ids, tokens=int(len(doc_ids)))
-            tokens += len(doc_ids)
-        report(Progress(total, total, tokens, documents[batch[-1][0]].source))
+        for (slot, _), ids in zip(batch, counter.try_encode_many([text for _, text in batch])):
+            if isinstance(ids, str):
+                failed[documents[slot].source] = ids
+                continue
+            documents[slot] = replace(documents[slot], token_ids=ids, tokens=int(len(ids)))
+            tokens += len(ids)
+        report(tokens, documents[batch[-1][0]].source)
         batch.clear()
 
     pending = 0
@@ -162,8 +193,34 @@ def build_corpus(paths, tokenizer=None, line_numbers: bool = False,
             pending = 0
     if batch:
         flush()
-    report(Progress(total, total, tokens, ""))
-    return Corpus(documents, skipped, counter, line_numbers)
+    return documents, failed
+
+
+class _TokenBudget:
+    """Tokens read so far in one drop against `max_tokens`. A token is at least one UTF-8 byte, so bodies are
+    only tokenized (exactly) once their bytes could be over the budget."""
+
+    def __init__(self, max_tokens: int | None, counter: TokenCounter, start: int):
+        self.max_tokens, self.counter = max_tokens, counter
+        self.tokens, self.unknown_bytes, self.unknown = start, 0, []
+
+    def add(self, body: str) -> None:
+        if self.max_tokens is None:
+            return
+        self.unknown.append(body)
+        self.unknown_bytes += len(body.encode("utf-8", "surrogatepass"))
+
+    def spent(self) -> bool:
+        if self.max_tokens is None or self.tokens + self.unknown_bytes <= self.max_tokens:
+            return False
+        for ids in self.counter.try_encode_many(self.unknown):
+            self.tokens += len(ids) if not isinstance(ids, str) else 0
+        self.unknown, self.unknown_bytes = [], 0
+        return self.tokens > self.max_tokens
+
+    def reason(self) -> str:
+        return (f"not read: the files before it already hold {self.tokens:,} tokens, over the "
+                f"{self.max_tokens:,}-token window of the model")
 
 
 def _load(entry, limits: Limits, skipped: list[Skipped]) -> Extracted | None:
@@ -174,7 +231,10 @@ def _load(entry, limits: Limits, skipped: list[Skipped]) -> Extracted | None:
         skipped.append(Skipped(entry.source, error.reason))
     except OSError as error:
         skipped.append(Skipped(entry.source, f"cannot be read ({error.strerror or error})"))
-    except Exception as error:  # a defect here or in a parser: never stop the run for one file
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    except BaseException as error:  # noqa: BLE001 - a defect here or in a parser (a Rust panic is a
+        # BaseException): never stop the run for one file
         log.exception("internal error while reading %s", entry.source)
         skipped.append(Skipped(entry.source, f"could not be read (internal error: {type(error).__name__}: {error})",
                                defect=True))

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from . import docx, pdf, text
 from .document import Extracted
+from .names import extension
 
 LOADERS = {"pdf": pdf.extract, "docx": docx.extract}
 
 
 def extract(name: str, data: bytes, limits) -> Extracted:
     """Load one file's bytes with the loader for its extension (text/code by default)."""
-    ext = name.rpartition(".")[2].lower() if "." in name.rpartition("/")[2] else ""
-    return LOADERS.get(ext, text.extract)(name, data, limits)
+    return LOADERS.get(extension(name), text.extract)(name, data, limits)

@@ -4,6 +4,10 @@ Each page becomes a `[page N]` marker line followed by its text; a page without 
 gives `[page N: no text layer]`. Ligatures U+FB00–FB06 are expanded and control characters
 (NUL included) dropped. A file that opens with the empty password is read; one that needs a
 real password is rejected with that reason.
+
+Invisible text (text render mode 3: drawn nowhere) is left out of a page, and the page says how much
+(`[invisible text left out: N characters]`), since no reader sees it and it is a place to hide instructions.
+On a page that also shows an image it is kept: that is how scans carry their OCR text layer.
 """
 
 from __future__ import annotations
@@ -74,12 +78,38 @@ def _pages_pdfium(data: bytes, limits) -> list[str]:
         for index in range(count):
             page = document[index]
             textpage = page.get_textpage()
-            texts.append(textpage.get_text_range())
+            texts.append(_visible_text(page, textpage))
             textpage.close()
             page.close()
         return texts
     finally:
         document.close()
+
+
+def _visible_text(page, textpage) -> str:
+    """The page's text without invisible characters (render mode 3), unless the page shows an image (OCR)."""
+    invisible = image = False
+    for obj in page.get_objects():
+        if obj.type == pdfium_raw.FPDF_PAGEOBJ_IMAGE:
+            image = True
+        elif obj.type == pdfium_raw.FPDF_PAGEOBJ_TEXT and \
+                pdfium_raw.FPDFTextObj_GetTextRenderMode(obj.raw) == pdfium_raw.FPDF_TEXTRENDERMODE_INVISIBLE:
+            invisible = True
+    if not invisible or image:
+        return textpage.get_text_range()
+    pieces, hidden, start, count = [], 0, None, textpage.count_chars()
+    for i in range(count + 1):
+        obj = pdfium_raw.FPDFText_GetTextObject(textpage.raw, i) if i < count else None
+        gone = bool(obj) and pdfium_raw.FPDFTextObj_GetTextRenderMode(obj) == pdfium_raw.FPDF_TEXTRENDERMODE_INVISIBLE
+        if i < count and not gone:
+            start = i if start is None else start
+            continue
+        if start is not None:
+            pieces.append(textpage.get_text_range(start, i - start))
+            start = None
+        hidden += gone
+    text = "".join(pieces)
+    return f"{text}\n[invisible text left out: {hidden:,} characters]" if hidden else text
 
 
 def _pdfium_last_error() -> int:

@@ -9,6 +9,7 @@ from charset_normalizer import from_bytes
 
 from .document import Extracted
 from .errors import FileRejected
+from .names import base_name, extension
 
 CODE_EXTENSIONS = frozenset("""
 py pyi pyx pxd ipynb c h cc cpp cxx hpp hh hxx cu cuh m mm java kt kts scala groovy go rs swift
@@ -49,22 +50,21 @@ _NEWLINES = re.compile(r"\r\n?")
 
 def kind_of(name: str) -> str:
     """'code' for programming/config files by extension or well-known name, else 'text'."""
-    base = name.rsplit("/", 1)[-1].lower()
-    if base in CODE_FILENAMES:
+    if base_name(name).lower() in CODE_FILENAMES:
         return "code"
-    return "code" if base.rpartition(".")[2] in CODE_EXTENSIONS and "." in base else "text"
+    return "code" if extension(name) in CODE_EXTENSIONS else "text"
 
 
 def is_binary_name(name: str) -> bool:
     """True for extensions that are never text (images, archives, compiled objects...)."""
-    base = name.rsplit("/", 1)[-1].lower()
-    return "." in base and base.rpartition(".")[2] in BINARY_EXTENSIONS
+    return extension(name) in BINARY_EXTENSIONS
 
 
 def decode(data: bytes) -> str:
     """Bytes of a text file → str. Raises FileRejected for binary data.
 
-    Order: a BOM decides; then strict UTF-8; NUL bytes mean binary; then a legacy
+    Order: a BOM decides; then strict UTF-8; NUL bytes mean binary; then UTF-8 with a few bad bytes
+    (shown as U+FFFD: read as cp1251 they turned the whole file into mojibake); then a legacy
     encoding guessed by charset-normalizer, preferring cp1252 for Western text.
     """
     for bom, encoding in BOMS:
@@ -77,6 +77,9 @@ def decode(data: bytes) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         pass
+    mostly = _mostly_utf8(data)
+    if mostly is not None:
+        return mostly
     best = from_bytes(data[:65536]).best()
     if best is None:
         raise FileRejected("binary file (no text encoding fits)")
@@ -87,6 +90,20 @@ def decode(data: bytes) -> str:
         except UnicodeDecodeError:
             return data.decode("latin-1")
     return data.decode(encoding, errors="replace")
+
+
+UTF8_GOOD_PER_BAD = 8  # valid multi-byte characters needed per invalid byte to read a file as damaged UTF-8
+
+
+def _mostly_utf8(data: bytes) -> str | None:
+    """The text of UTF-8 with a few invalid bytes (each becomes U+FFFD), or None when it is not that.
+
+    Legacy single-byte text almost never forms valid multi-byte UTF-8 sequences by chance, so it has
+    (nearly) none; real UTF-8 with a stray byte has many per bad byte."""
+    text = data.decode("utf-8", errors="replace")
+    bad = text.count("\ufffd") - data.count("\ufffd".encode())
+    good = len(text) - len(text.encode("ascii", "ignore")) - bad - data.count("\ufffd".encode())
+    return text if bad > 0 and good >= UTF8_GOOD_PER_BAD * bad else None
 
 
 def clean(text: str) -> str:
@@ -102,11 +119,10 @@ def clean(text: str) -> str:
 def extract(name: str, data: bytes, limits) -> Extracted:
     """Load one text or code file."""
     if is_binary_name(name):
-        raise FileRejected(f"binary file (.{name.rpartition('.')[2].lower()})")
+        raise FileRejected(f"binary file (.{extension(name)})")
     text = clean(decode(data))
     kind = kind_of(name)
-    ext = name.rpartition(".")[2].lower()
-    if ext in ("js", "css", "mjs", "cjs") and text:
+    if extension(name) in ("js", "css", "mjs", "cjs") and text:
         lines = text.count("\n") + 1
         if len(text) / lines > limits.minified_line_chars:
             raise FileRejected("minified bundle (mean line over "

@@ -1,8 +1,10 @@
 """Turn the paths a user gave into a flat list of files to load.
 
 Folders are walked with default ignores and `.gitignore` rules at every level (pruned
-folders are reported once as skipped). Archives given directly are opened in memory
-(`archive.py`); an archive found inside a folder is reported, not opened. Every entry gets
+folders are reported once as skipped). Archives given directly are listed here and their
+members read one at a time when loaded (`archive.py`); an archive found inside a folder is
+reported, not opened. Only regular files are read (a FIFO or `/dev/zero` named on the command
+line would never end), and never more than the per-file cap. Every entry gets
 a display path relative to the dropped root, starting with the root's own name:
 `myrepo/src/app.py`, `book.pdf`, `bundle.zip/docs/a.md`.
 """
@@ -10,14 +12,15 @@ a display path relative to the dropped root, starting with the root's own name:
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .archive import is_archive, read_archive
+from .archive import Archive, is_archive, open_archive
 from .document import Skipped
 from .errors import FileRejected, InputError, human_size
-from .ignore import GitIgnores, default_reason
+from .ignore import MAX_GITIGNORE_BYTES, GitIgnores, TooManyRules, default_reason
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,12 @@ class Walk:
 
     entries: list[FoundFile]
     skipped: list[Skipped]
+    archives: list[Archive] = field(default_factory=list)
+
+    def close(self) -> None:
+        """Close the archives the entries read from."""
+        for archive in self.archives:
+            archive.close()
 
 
 def walk(paths, limits) -> Walk:
@@ -91,20 +100,50 @@ def _root_name(real: Path, roots_seen: dict[str, Path]) -> str | None:
     return candidate
 
 
+def _special_reason(mode: int) -> str | None:
+    """Why a file of this `st_mode` is not read, or None for a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    what = "a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) \
+        else "a socket" if stat.S_ISSOCK(mode) else "a special file"
+    return f"not a regular file ({what}; not read)"
+
+
+def read_regular(path: Path, limit: int) -> bytes:
+    """The bytes of a regular file, at most `limit` + 1 of them. Opened without blocking, and checked after
+    opening, so a file swapped for a FIFO or a device in between is refused instead of read for ever."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        reason = _special_reason(os.fstat(fd).st_mode)
+        if reason:
+            raise FileRejected(reason)
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            data = handle.read(limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise FileRejected(f"over the {human_size(limit)} per-file cap (it grew while being read)")
+    return data
+
+
 def _add_file(path: Path, source: str, root: str, in_tree: bool, limits, result: Walk) -> None:
     if len(result.entries) >= limits.max_files:
         result.skipped.append(Skipped(source, f"over the {limits.max_files:,}-file cap for one run"))
         return
     try:
-        size = path.stat().st_size
+        info = path.stat()
     except OSError as error:
         result.skipped.append(Skipped(source, f"cannot be read ({error.strerror})"))
         return
-    if size > limits.max_file_bytes:
-        result.skipped.append(Skipped(source, f"over the {human_size(limits.max_file_bytes)} per-file cap"
-                                              f" ({human_size(size)})"))
+    reason = _special_reason(info.st_mode)
+    if reason:
+        result.skipped.append(Skipped(source, reason))
         return
-    result.entries.append(FoundFile(source, root, in_tree, path.read_bytes))
+    if info.st_size > limits.max_file_bytes:
+        result.skipped.append(Skipped(source, f"over the {human_size(limits.max_file_bytes)} per-file cap"
+                                              f" ({human_size(info.st_size)})"))
+        return
+    result.entries.append(FoundFile(source, root, in_tree, lambda: read_regular(path, limits.max_file_bytes)))
 
 
 def _walk_folder(top: Path, root: str, limits, result: Walk) -> None:
@@ -123,6 +162,8 @@ def _walk_folder(top: Path, root: str, limits, result: Walk) -> None:
                 ignores.add(rel, (folder / ".gitignore").read_text(encoding="utf-8", errors="replace"))
             except OSError:
                 pass
+            except TooManyRules as error:
+                result.skipped.append(Skipped(f"{root}/{rel}/.gitignore" if rel else f"{root}/.gitignore", str(error)))
         subfolders = []
         for child in children:
             child_rel = f"{rel}/{child.name}" if rel else child.name
@@ -141,7 +182,10 @@ def _walk_folder(top: Path, root: str, limits, result: Walk) -> None:
                     result.skipped.append(Skipped(shown + ("/" if reason.startswith("link to a folder") else ""),
                                                   reason))
                     continue
-            if child.name == ".gitignore" or not child.is_file():
+            if child.name == ".gitignore":
+                continue
+            if not child.is_file():
+                result.skipped.append(Skipped(shown, "not a regular file (a FIFO, device or socket; not read)"))
                 continue
             reason = default_reason(child.name, False)
             if reason is None and ignores.ignored(child_rel, False):
@@ -178,21 +222,35 @@ def _folder_reason(entry: os.DirEntry, ignores: GitIgnores, rel: str) -> str | N
 
 
 def _open_archive(path: Path, root: str, limits, result: Walk) -> None:
-    size = path.stat().st_size
-    if size > limits.max_archive_total_bytes:
+    info = path.stat()
+    reason = _special_reason(info.st_mode)
+    if reason:
+        result.skipped.append(Skipped(root, reason))
+        return
+    if info.st_size > limits.max_archive_total_bytes:
         result.skipped.append(Skipped(root, f"archive over the {human_size(limits.max_archive_total_bytes)}"
-                                            f" cap ({human_size(size)})"))
+                                            f" cap ({human_size(info.st_size)})"))
         return
     try:
-        members = read_archive(root, path.read_bytes(), limits, result.skipped)
+        archive = open_archive(root, path, limits, result.skipped)
     except FileRejected as error:
         result.skipped.append(Skipped(root, error.reason))
         return
+    result.archives.append(archive)
     ignores = GitIgnores()
-    for member in members:
-        if member.path == ".gitignore" or member.path.endswith("/.gitignore"):
-            ignores.add(member.path.rpartition("/")[0], member.data.decode("utf-8", errors="replace"))
-    for member in sorted(members, key=lambda m: m.path):
+    for member in archive.members:
+        if member.path.rpartition("/")[2] != ".gitignore":
+            continue
+        shown = f"{root}/{member.path}"
+        try:
+            if member.size > MAX_GITIGNORE_BYTES:
+                raise TooManyRules(f".gitignore over the {MAX_GITIGNORE_BYTES:,}-character cap (its rules are not used)")
+            ignores.add(member.path.rpartition("/")[0], member.read().decode("utf-8", errors="replace"))
+        except TooManyRules as error:
+            result.skipped.append(Skipped(shown, str(error)))
+        except FileRejected as error:
+            result.skipped.append(Skipped(shown, error.reason))
+    for member in archive.members:  # archive order: a tar is then read back in one forward pass
         shown = f"{root}/{member.path}"
         reason = _member_reason(member.path, ignores)
         if reason:
@@ -204,7 +262,7 @@ def _open_archive(path: Path, root: str, limits, result: Walk) -> None:
         elif len(result.entries) >= limits.max_files:
             result.skipped.append(Skipped(shown, f"over the {limits.max_files:,}-file cap for one run"))
         else:
-            result.entries.append(FoundFile(shown, root, True, lambda data=member.data: data))
+            result.entries.append(FoundFile(shown, root, True, member.read))
 
 
 def _member_reason(path: str, ignores: GitIgnores) -> str | None:

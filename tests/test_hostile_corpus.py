@@ -107,6 +107,10 @@ def test_every_file_is_read_or_skipped_with_a_reason_and_nothing_is_a_defect(hos
     ("nested.zip/inner.zip", "archive inside an archive"),
     ("bomb.zip/zeros.txt", "over the 20 MB per-file cap"),
     ("not-a.zip", "not a readable zip archive"),
+    ("drop/pipe.txt", "not a regular file"),
+    ("bz2-inside.tar/zeros.txt", "zip bomb"),
+    ("long-name.tar.gz", "a tar header field of 1 MB is over"),
+    ("zeros.tar.gz", "empty archive (no files in it)"),
 ])
 def test_each_hostile_file_gets_its_reason(hostile_run, source, reason):
     skipped = {s: r for s, r, _ in hostile_run[0]["skipped"]}

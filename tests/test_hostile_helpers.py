@@ -6,8 +6,11 @@ to drop, the outside folder that must stay unread, and the sources expected to b
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import io
 import os
+import tarfile
 import zipfile
 import zlib
 from pathlib import Path
@@ -178,8 +181,32 @@ def build_hostile_drop(tmp: Path, huge_stream_bytes: int = 150_000_000) -> tuple
     not_zip = tmp / "not-a.zip"
     not_zip.write_bytes(b"PK\x03\x04" + os.urandom(200))
 
+    # issue 13, round 2
+    (drop / "spaces.txt").write_text("start" + " " * 1_100_000 + "x\n")  # tiktoken's regex panicked here
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(drop / "pipe.txt")
+    evil_ignore = tmp / "evil-ignore.zip"
+    evil_ignore.write_bytes(zip_bytes({".gitignore": ("*a" * 14 + "*b\n").encode(), "a" * 90: b"kept\n"}))
+    bz2_tar = tmp / "bz2-inside.tar"
+    bz2_tar.write_bytes(bz2.compress(tar_bytes({"zeros.txt": bytes(15_000_000), "ok.txt": b"ok\n"})))
+    long_name = tmp / "long-name.tar.gz"
+    long_name.write_bytes(gzip.compress(tar_bytes({"n" * 1_000_000: b"x\n"})))
+    zeros_tgz = tmp / "zeros.tar.gz"
+    zeros_tgz.write_bytes(gzip.compress(bytes(100_000)))
+
     expected_read = {"drop/good.pdf", "drop/scanned.pdf", "drop/endless-objstm.pdf", "drop/good.docx",
                      "drop/latin1.txt", "drop/utf16.txt", "drop/shift-jis.txt", "drop/bad-\\xff-bytes.txt", "drop/inside-link.txt", "drop/injection.md", "drop/new\nline.txt",
                      "drop/rtl\u202etxt.exe.txt", "drop/zero\u200bwidth and emoji 🎉.md", "drop/cafe\u0301 nfd.txt",
-                     "escapes.zip/fine.txt", "nested.zip/top.txt", "bomb.zip/small.txt"}
-    return [drop, escapes, nested, bomb, not_zip], outside, expected_read
+                     "escapes.zip/fine.txt", "nested.zip/top.txt", "bomb.zip/small.txt", "drop/spaces.txt",
+                     f"evil-ignore.zip/{'a' * 90}", "bz2-inside.tar/ok.txt"}
+    return [drop, escapes, nested, bomb, not_zip, evil_ignore, bz2_tar, long_name, zeros_tgz], outside, expected_read
+
+
+def tar_bytes(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as archive:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()

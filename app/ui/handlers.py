@@ -83,7 +83,7 @@ class Workbench:
                                "are accepted at once (zip the folder, or add it in parts)")
         report = (lambda p: progress(p.files_done, p.files_total, p.current)) if progress else None
         session.corpus = build_corpus(paths, tokenizer=self.backend.tokenizer, progress=report,
-                                      base=session.corpus)
+                                      base=session.corpus, max_tokens=self.backend.window or None)
         session.secrets = scan_corpus(session.corpus)
         return session
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextvars
 import hmac
+import re
 import secrets
 import threading
 import time
@@ -94,6 +95,39 @@ class ClientAddress:
                 return await self.app(scope, receive, send)
             finally:
                 _client_address.reset(token)
+        return await self.app(scope, receive, send)
+
+
+_LOCAL_HOST = re.compile(r"(?:localhost|127\.0\.0\.1|\[::1\])(?::\d{1,5})?")
+
+
+def local_host(host: str) -> bool:
+    """True for a Host header that names this computer: localhost, 127.0.0.1 or [::1], with any port."""
+    return _LOCAL_HOST.fullmatch(host.strip().lower()) is not None
+
+
+class LocalHostOnly:
+    """ASGI middleware for an app served on 127.0.0.1 with no login: refuses any request whose Host header
+    is not a local name. A web page elsewhere can point its own name at 127.0.0.1 (DNS rebinding) and so
+    reach the app from the user's browser; it cannot make the browser send `Host: 127.0.0.1`."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope.get("type") in ("http", "websocket"):
+            host = next((v.decode("latin-1") for k, v in scope.get("headers", []) if k == b"host"), "")
+            if not local_host(host):
+                if scope["type"] == "websocket":
+                    await send({"type": "websocket.close", "code": 1008})
+                    return
+                body = (f"Omnibus serves this computer only (open http://127.0.0.1/ and its port); "
+                        f"Host {host[:100]!r} refused.\n").encode()
+                await send({"type": "http.response.start", "status": 403,
+                            "headers": [(b"content-type", b"text/plain; charset=utf-8"),
+                                        (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body})
+                return
         return await self.app(scope, receive, send)
 
 

@@ -20,13 +20,12 @@ from starlette.middleware import Middleware
 
 from app.ui import views
 from app.citations.form import CITATION_FORMAT
-from app.protocol import Settings
 from app.errors import Cancelled, OmnibusError
 from app.backend import add_backend_arguments
 from app.prompt import DEFAULT_SYSTEM_PROMPT
 from ingest.secret_scan import warning as secrets_warning
 from app.ui.auth import Access, AuthError, ClientAddress, LocalHostOnly, LoginGuard, decide
-from app.ui.handlers import Session, Workbench
+from app.ui.handlers import Session, Workbench, settings_from
 from app.ui.uploads import UploadGate, Uploads
 
 CSS = """
@@ -146,9 +145,9 @@ def build(workbench: Workbench, max_upload_mb: int = 500, uploads: Uploads | Non
                 return f"**Loading stopped:** {err}. Press *Load into the model* to continue."
         return views.load_done(stats)
 
-    def stream(session, question, answers, status):
+    def stream(session, question, answers, status, replacing=False):
         """Yield (chat, answer line, question box, load status) while `answers` streams."""
-        chat = _messages(session)
+        chat = _messages(session)[:-2] if replacing else _messages(session)
         yield chat + [{"role": "user", "content": question}, {"role": "assistant", "content": "…"}], "", "", status
         with user_errors():
             for text in answers:
@@ -158,23 +157,22 @@ def build(workbench: Workbench, max_upload_mb: int = 500, uploads: Uploads | Non
         yield _messages(session), views.answer_line(last.stats if last else None), "", status
 
     def ask(session, question, max_new_tokens, temperature, system_prompt, progress=gr.Progress()):
-        settings = Settings(int(max_new_tokens), float(temperature))
-        with user_errors():
-            if not (question or "").strip():
-                raise gr.Error("Type a question first.")
+        with user_errors():  # settings and question are checked before any model work
+            settings = settings_from(max_new_tokens, temperature, most_tokens=getattr(backend, "window", None))
+            question = workbench.check_question(session, question, system_prompt)
             stats = workbench.load(session, system_prompt, prefill_reporter(progress))
-        yield from stream(session, question.strip(), workbench.answer(session, question, settings),
+        yield from stream(session, question, workbench.answer(session, question, settings),
                           views.load_done(stats))
 
     def regenerate(session, max_new_tokens, temperature, system_prompt, progress=gr.Progress()):
         if not session.exchanges:
             raise gr.Error("There is no answer to regenerate yet.")
-        settings = Settings(int(max_new_tokens), float(temperature))
         with user_errors():
+            settings = settings_from(max_new_tokens, temperature, most_tokens=getattr(backend, "window", None))
             stats = workbench.load(session, system_prompt, prefill_reporter(progress))
-        last = session.exchanges.pop()
-        yield from stream(session, last.question, workbench.answer(session, last.question, settings),
-                          views.load_done(stats))
+        last = session.exchanges[-1]
+        answers = workbench.answer(session, last.question, settings, replace_last=True)
+        yield from stream(session, last.question, answers, views.load_done(stats), replacing=True)
 
     def show_secrets(session):
         """The likely-secrets warning and its button, shown while the corpus holds such files."""

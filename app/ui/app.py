@@ -24,7 +24,7 @@ from app.errors import Cancelled, OmnibusError
 from app.backend import add_backend_arguments
 from app.prompt import DEFAULT_SYSTEM_PROMPT
 from ingest.secret_scan import warning as secrets_warning
-from app.ui.auth import Access, AuthError, ClientAddress, LocalHostOnly, LoginGuard, decide
+from app.ui.auth import Access, AuthError, ClientAddress, LocalHostOnly, LoginGuard, LoginNotice, decide
 from app.ui.handlers import Session, Workbench, settings_from
 from app.ui.uploads import UploadGate, Uploads
 
@@ -341,6 +341,15 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def login_message(access: Access) -> str:
+    """The login page's words: the app's name, and the user name when the login was made at start."""
+    if access.generated:
+        user = access.credentials[0][0]
+        return (f"<b>Omnibus</b>: log in as <b>{user}</b> with the password printed in the terminal where "
+                "Omnibus was started (a new one at each start).")
+    return "<b>Omnibus</b>: log in with the user and password you were given."
+
+
 def start(args: argparse.Namespace, backend, access: Access) -> gr.Blocks:
     """Build the app for `backend` and serve it in the background as `args` ask; return it running."""
     from gradio.utils import get_upload_folder
@@ -349,14 +358,15 @@ def start(args: argparse.Namespace, backend, access: Access) -> gr.Blocks:
     demo = build(Workbench(backend, args.max_upload_files), args.max_upload_mb, uploads)
     demo.queue(default_concurrency_limit=1)
     middleware = [Middleware(ClientAddress),  # the caller's address, for LoginGuard
+                  Middleware(LoginNotice),  # the login page shows a lock-out's message
                   Middleware(UploadGate, uploads=uploads)]  # each upload to a private folder of its own
     if not (args.listen or args.share or access.credentials):
         middleware.append(Middleware(LocalHostOnly))  # no login: no page elsewhere may reach it (DNS rebinding)
     demo.launch(server_name="0.0.0.0" if args.listen else "127.0.0.1", server_port=args.port, share=args.share,
-                auth=LoginGuard(access.credentials) if access.credentials else None,
+                auth=LoginGuard(access.credentials, tunnel=args.share, say=_say) if access.credentials else None,
                 app_kwargs={"middleware": middleware},
                 max_file_size=f"{args.max_upload_mb}mb", inbrowser=args.inbrowser,
-                auth_message="Log in with the user and password printed where Omnibus was started.",
+                auth_message=login_message(access),
                 prevent_thread_lock=True, quiet=True, ssr_mode=False, footer_links=["api"], css=CSS,
                 theme=gr.themes.Soft())
     return demo

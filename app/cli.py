@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 
@@ -133,6 +134,17 @@ def cache(args) -> int:
     return 0
 
 
+def gigabytes(text: str) -> float:
+    """An argparse type: a size in GB, a finite number >= 0 (`nan`, `inf` and negatives are refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size in GB such as 200, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a size in GB of 0 or more, got {text!r}")
+    return value
+
+
 def plan(args) -> int:
     from app.engine.models import llama31_8b_config
     from app.models_catalog import ULTRALONG_NAMES, resolve
@@ -193,7 +205,7 @@ def main(argv: list[str]) -> int:
     actions.add_parser("rm", parents=[common], help="remove saved corpora by id (or a unique start of one)") \
         .add_argument("ids", nargs="+")
     actions.add_parser("prune", parents=[common], help="remove the least recently used until the rest fit") \
-        .add_argument("--max-gb", type=float, required=True)
+        .add_argument("--max-gb", type=gigabytes, required=True)
     args = parser.parse_args(argv)
     try:
         return {"ask": ask, "plan": plan, "cache": cache}[args.command](args)

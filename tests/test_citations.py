@@ -264,3 +264,52 @@ def test_cli_list_marks_each_status(corpus):
     assert "2. ≈ 2, p. 3" in listing and "near (fuzzy, 9" in listing
     assert "3. ✗ 2, p. 2" in listing and "not found" in listing
     assert "4. · 2, p. 1 (docs/report.pdf): no quote" in listing
+
+
+# -- hostile quotes: the normalised match is substring search, never a pattern built from the quote --
+
+def _regex_reference(text: str, quote: str):
+    """The pattern the checker used to build (kept here only as the reference): whitespace runs, case, each
+    ellipsis a gap of up to 300 characters. Run only on short texts, where its backtracking stays small."""
+    import re
+
+    parts = [p for p in re.split(r"\s*(?:\.\.\.|…)\s*", quote) if p.strip()]
+    pattern = r"[\s\S]{0,300}?".join(r"\s+".join(re.escape(w) for w in p.split()) for p in parts)
+    m = re.search(pattern, text, re.IGNORECASE)
+    return (m.start(), m.end()) if m else None
+
+
+words = st.sampled_from(["ada", "keeps", "the", "light", "Light", "lamp", "at", "dusk", "x" * 40, "y" * 90])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(words, min_size=1, max_size=30), st.lists(st.lists(words, min_size=1, max_size=3), min_size=1,
+                                                          max_size=4))
+def test_the_normalised_match_finds_what_the_old_pattern_found(document_words, quote_parts):
+    from app.citations.check import Squeezed, _find_normalised, _fragments
+
+    text = " ".join(document_words)  # single spaces: a gap counts the same in both
+    quote = " … ".join(" ".join(part) for part in quote_parts)
+    squeezed = Squeezed(text.lower())
+    fragments = _fragments(quote)
+    assert _find_normalised(squeezed, fragments, 0, len(squeezed.text)) == _regex_reference(text, quote)
+
+
+def test_a_quote_with_ellipses_over_repeated_words_does_not_freeze_the_checker(tmp_path, llama3_tokenizer):
+    """The attack: 40 KB of repeated words, a quote of common words cut by four ellipses and ending in a word
+    the document lacks. The old pattern backtracked for minutes while holding the GIL (every request of the
+    server stalled); substring search answers at once. The thread's generous limit only guards against a hang."""
+    import threading
+
+    (tmp_path / "repeated.txt").write_text(("the harbour light " * 2300)[:40_000] + "\n")
+    corpus = build_corpus([tmp_path / "repeated.txt"], tokenizer=llama3_tokenizer)
+    results = []
+    quotes = ['[1: "light … light … light … light … zebra"]', '[1: "light … harbour … the … light"]',
+              '[1, line 1: "' + "light … " * 15 + 'zebra"]']
+    worker = threading.Thread(target=lambda: results.extend(Verifier(corpus).check(only(q)) for q in quotes),
+                              daemon=True)
+    worker.start()
+    worker.join(120)
+    assert not worker.is_alive(), "the citation checker is stuck on a hostile quote"
+    assert [r.status for r in results] == [NOT_FOUND, VERIFIED, NOT_FOUND]
+    assert results[1].how == "normalised" and results[1].start >= 0

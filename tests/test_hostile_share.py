@@ -1,37 +1,75 @@
 """A share link faces the internet: failed logins are rate-limited, uploads are capped in size and count, and
 Gradio's file route serves nothing outside the files uploaded to this app. Checked over HTTP on a running app."""
 
+import contextlib
 from pathlib import Path
 
 import httpx
 import pytest
 
 from app.ui.app import parse_args, start
-from app.ui.auth import Access, LoginGuard, _client_address
+from app.ui.app import _lan_address
+from app.ui.auth import Access, LockedOut, LoginGuard, _client_address
 from app.ui.handlers import Session, TooManyFiles, Workbench
 from test_ui_helpers import demo_backend, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_a_user_is_locked_out_after_five_failures_until_the_window_passes():
+@contextlib.contextmanager
+def from_address(address: str):
+    token = _client_address.set(address)
+    try:
+        yield
+    finally:
+        _client_address.reset(token)
+
+
+def test_an_address_is_locked_out_after_five_failures_until_the_window_passes():
     now = [1000.0]
     guard = LoginGuard([("ada", "correct horse")], max_failures=5, window_s=300, clock=lambda: now[0])
-    assert not any(guard("ada", f"guess{i}") for i in range(5))
-    assert not guard("ada", "correct horse") and guard.locked_out("ada")  # even the right password now
-    now[0] += 301
-    assert guard("ada", "correct horse") and not guard.locked_out("ada")
+    with from_address("203.0.113.9"):
+        assert not any(guard("ada", f"guess{i}") for i in range(5))
+        with pytest.raises(LockedOut, match="locked for 5 more minutes") as refused:  # even the right password
+            guard("ada", "correct horse")
+        assert refused.value.status_code == 429 and guard.locked_out("ada", "203.0.113.9")
+        now[0] += 301
+        assert guard("ada", "correct horse") and not guard.locked_out("ada", "203.0.113.9")
 
 
 def test_failures_from_one_network_address_lock_that_address_out_for_every_name():
     guard = LoginGuard([("ada", "pw-a"), ("bob", "pw-b")], max_failures=3)
-    token = _client_address.set("203.0.113.9")
-    try:
+    with from_address("203.0.113.9"):
         assert not any(guard(name, "wrong") for name in ("ada", "bob", "ada"))
-        assert not guard("bob", "pw-b") and guard.locked_out(address="203.0.113.9")
-    finally:
-        _client_address.reset(token)
-    assert guard("bob", "pw-b")  # from another address (here: loopback, a share link's tunnel) bob still gets in
+        with pytest.raises(LockedOut):
+            guard("bob", "pw-b")
+        assert guard.locked_out(address="203.0.113.9")
+    with from_address("198.51.100.7"):
+        assert guard("ada", "pw-a")  # the lock-out limits the address that failed, not the user everywhere
+    assert guard("bob", "pw-b")  # and the owner on this computer is never locked out
+
+
+def test_the_owner_on_this_computer_is_never_locked_out_and_lock_outs_are_logged():
+    said = []
+    guard = LoginGuard([("ada", "pw")], max_failures=5, say=said.append)
+    for address in ("127.0.0.1", "::1"):
+        with from_address(address):
+            assert not any(guard("ada", "wrong") for _ in range(50))
+            assert guard("ada", "pw")
+    assert said == []
+    with from_address("203.0.113.9"):
+        for _ in range(7):
+            guard("ada", "wrong") if not guard.locked_out("ada", "203.0.113.9") else None
+    assert said == ["omnibus: 5 wrong passwords in 5 minutes: logins for address 203.0.113.9, user ada are "
+                    "locked for 5 minutes"]
+
+
+def test_through_a_share_link_the_user_name_is_limited():
+    guard = LoginGuard([("ada", "pw")], max_failures=5, tunnel=True)  # every outside try comes from loopback
+    with from_address("127.0.0.1"):
+        assert not any(guard("ada", "wrong") for _ in range(5))
+        with pytest.raises(LockedOut):
+            guard("ada", "pw")
 
 
 def test_unknown_names_are_not_tracked():
@@ -74,17 +112,19 @@ def _logged_in(base: str) -> httpx.Client:
     return client
 
 
-def test_the_running_app_locks_out_a_guessed_user(shared_app):
-    client = httpx.Client(base_url=shared_app.base, timeout=30)
-    for i in range(5):
-        assert client.post("/login", data={"username": "eve", "password": f"g{i}"}).status_code == 400
-    # "eve" is not a user: nothing is locked. Now guess at a real one.
-    for i in range(5):
+def test_the_running_app_locks_out_the_guessing_address_and_says_so(shared_app):
+    """From this computer's network address (not loopback), as another machine on the network would."""
+    client = httpx.Client(base_url=shared_app.base.replace("127.0.0.1", _lan_address()), timeout=30)
+    for i in range(4):
         assert client.post("/login", data={"username": "ada", "password": f"g{i}"}).status_code == 400
-    assert client.post("/login", data={"username": "ada", "password": "correct horse"}).status_code == 400
-    assert shared_app.app.auth.locked_out("ada")
-    shared_app.app.auth.failures.clear()  # let ada back in for the other tests
-    assert _logged_in(shared_app.base)
+    assert client.post("/login", data={"username": "ada", "password": "g4"}).status_code == 400
+    locked = client.post("/login", data={"username": "ada", "password": "correct horse"})
+    assert locked.status_code == 429 and "locked for 5 more minutes" in locked.json()["detail"]
+    assert "Incorrect" not in locked.text
+    assert _logged_in(shared_app.base)  # the owner on this computer still gets in
+    page = httpx.get(shared_app.base + "/", timeout=30).text
+    assert "Omnibus" in page and "omnibus-lockout" in page  # the login page names the app, shows lock-outs
+    shared_app.app.auth.failures.clear()
 
 
 @pytest.mark.parametrize("path", ["/etc/passwd", "/etc/../etc/passwd", "..%2F..%2F..%2Fetc%2Fpasswd",

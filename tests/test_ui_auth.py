@@ -1,5 +1,6 @@
 """Who may use the app: the login rules, and a real server on the network that asks for a login."""
 
+import json
 import re
 
 import httpx
@@ -54,6 +55,7 @@ def test_listen_without_credentials_shows_the_login_page_not_the_app():
         page = httpx.get(base + "/").text
         config = re.search(r"window\.gradio_config = (\{.*?\});", page).group(1)
         assert '"auth_required":true' in config and '"components":[]' in config
+        assert "<b>Omnibus</b>: log in as <b>omnibus</b>" in json.loads(config)["auth_message"]  # the user name
         assert "Load into the model" not in page
         assert httpx.get(base + "/config").status_code == 401
         assert httpx.get(base + "/gradio_api/info").status_code == 401

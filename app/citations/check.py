@@ -4,6 +4,8 @@ Checking a quote searches only the cited document, place by place:
 
 1. the cited page(s) or lines: exact, then normalised (case, runs of whitespace, curly quotes and
    dashes, `...` as a gap of up to 300 characters, line-number prefixes in the quote): **verified**;
+   the normalised match is plain substring search on a folded copy of the text, fragment by fragment,
+   never a pattern built from the quote, so its time grows linearly with the document (`Squeezed`);
 2. the neighbouring page on each side (two lines each side for line citations), so a quote that runs
    over a page break verifies; a match that lies wholly on a neighbour is **near** ("on p. 48");
 3. the whole document, exact or normalised: **near**, with where it really is;
@@ -19,8 +21,11 @@ import difflib
 import re
 from dataclasses import dataclass
 
+import numpy as np
+
 from app.citations.form import (  # noqa: F401  (re-exported: callers import the form from here too)
-    VERIFIED, NEAR, NOT_FOUND, UNCHECKED, NEAR_SCORE, MAX_QUOTE, ELLIPSIS_GAP, CITATION_FORMAT, Citation, CitationStream, format_citation, parse, _LINE_PREFIX, _ELLIPSIS, _FOLD, _PUNCT_CLASS, replace_offsets,
+    VERIFIED, NEAR, NOT_FOUND, UNCHECKED, NEAR_SCORE, MAX_QUOTE, ELLIPSIS_GAP, CITATION_FORMAT, Citation,
+    CitationStream, format_citation, parse, _LINE_PREFIX, _ELLIPSIS, _FOLD, replace_offsets,
 )
 
 # -- verification --
@@ -85,6 +90,14 @@ class DocumentView:
         self.folded = (lower if len(lower) == len(self.text) else
                        "".join(c if len(c.lower()) != 1 else c.lower() for c in self.text)).translate(_FOLD)
         self._newlines: list[int] | None = None
+        self._squeezed: Squeezed | None = None
+
+    @property
+    def squeezed(self) -> "Squeezed":
+        """The folded text with each whitespace run as one space (built the first time a quote needs it)."""
+        if self._squeezed is None:
+            self._squeezed = Squeezed(self.folded)
+        return self._squeezed
 
     def to_document(self, offset: int) -> int:
         i = max(bisect.bisect_right(self.starts, offset) - 1, 0)
@@ -125,18 +138,89 @@ class DocumentView:
         return bisect.bisect_right(starts, start), bisect.bisect_right(starts, max(start, end - 1))
 
 
-def _pattern(quote: str) -> re.Pattern | None:
-    """The normalised form of a quote as a regex: any case, any whitespace run, any quote or dash style,
-    and each ellipsis a gap."""
-    parts = [p for p in _ELLIPSIS.split(quote) if p.strip()]
-    if not parts:
+MAX_FRAGMENTS = 16  # a quote cut by more ellipses than this is not matched as normalised (fuzzy still runs)
+
+
+class Squeezed:
+    """A folded text with every run of whitespace as one space, and where each of its characters came from.
+
+    `text[i]` is `folded[origin[i]]` (a run's space maps to the run's first character), so a match found by
+    plain substring search here maps back to the view's offsets.
+    """
+
+    def __init__(self, folded: str):
+        codes = np.frombuffer(folded.encode("utf-32-le", "surrogatepass"), dtype="<u4")  # [N]
+        space = np.isin(codes, _WHITESPACE)
+        keep = ~(space & np.concatenate(([False], space[:-1])))[:len(codes)]  # a run's first character stays
+        self.origin = np.flatnonzero(keep).astype(np.int64)  # [len(text)]
+        self.text = np.where(space, np.uint32(32), codes)[keep].astype("<u4").tobytes().decode(
+            "utf-32-le", "surrogatepass")
+
+    def index(self, offset: int) -> int:
+        """The squeezed offset of view offset `offset` (inside a whitespace run: the character after it)."""
+        return int(np.searchsorted(self.origin, offset, side="left"))
+
+    def view_span(self, start: int, end: int) -> tuple[int, int]:
+        return int(self.origin[start]), int(self.origin[end - 1]) + 1
+
+
+_WHITESPACE = np.array([ord(c) for c in map(chr, range(0x3001)) if c.isspace()], dtype="<u4")
+
+
+def _fold_fragment(text: str) -> str:
+    """A quote fragment folded as `DocumentView.folded` folds the document, whitespace runs as one space."""
+    lower = text.lower()
+    if len(lower) != len(text):
+        lower = "".join(c if len(c.lower()) != 1 else c.lower() for c in text)
+    return " ".join(lower.translate(_FOLD).split())
+
+
+def _fragments(quote: str) -> list[str] | None:
+    """The quote's pieces between ellipses, folded; None if there is nothing to search for."""
+    parts = [f for f in (_fold_fragment(p) for p in _ELLIPSIS.split(quote)) if f]
+    return parts if 0 < len(parts) <= MAX_FRAGMENTS else None
+
+
+def _find_normalised(squeezed: Squeezed, fragments: list[str], lo: int, hi: int) -> tuple[int, int] | None:
+    r"""The leftmost match in squeezed.text[lo:hi] of the fragments in order, each next one starting at most
+    ELLIPSIS_GAP characters after the end of the one before (whitespace runs count as one): (start, end).
+
+    It finds what a lazy regex `f1[\s\S]{0,GAP}?f2...` would, by substring search alone. `first(k, p)` is
+    the first start at or after p from which fragments k.. all match; it only ever moves forward, and a
+    start that fails jumps to the last place that could reach the next fragment's first feasible start,
+    so each fragment's search passes over the text once.
+    """
+    text, last = squeezed.text, len(fragments) - 1
+    memo: list[tuple[int, int | None]] = [(-1, None)] * len(fragments)  # (asked from, answer) per fragment
+
+    def first(k: int, p: int) -> int | None:
+        asked, answer = memo[k]
+        if 0 <= asked <= p and (answer is None or p <= answer):
+            return answer  # nothing between `asked` and `answer` was feasible
+        asked, fragment, found = p, fragments[k], None
+        while (s := text.find(fragment, p, hi)) >= 0:
+            if k == last:
+                found = s
+                break
+            end = s + len(fragment)
+            t = first(k + 1, end)
+            if t is None:
+                break  # no later start of fragment k can succeed either
+            if t <= end + ELLIPSIS_GAP:
+                found = s
+                break
+            p = t - ELLIPSIS_GAP - len(fragment)  # > s: no start before this one reaches t
+        memo[k] = (asked, found)
+        return found
+
+    start = first(0, lo)
+    if start is None:
         return None
-    words = []
-    for part in parts:
-        tokens = ["".join(_PUNCT_CLASS.get(c.translate(_FOLD), re.escape(c)) for c in word)
-                  for word in part.split()]
-        words.append(r"\s+".join(tokens))
-    return re.compile(rf"[\s\S]{{0,{ELLIPSIS_GAP}}}?".join(words), re.IGNORECASE)
+    end = start
+    for k, fragment in enumerate(fragments):  # walk the chain again, each fragment at its first feasible start
+        at = start if k == 0 else first(k, end)
+        end = at + len(fragment)
+    return start, end
 
 
 def _fold(quote: str) -> str:
@@ -185,12 +269,12 @@ class Verifier:
             return Check(citation, UNCHECKED, **base)
         quote = _LINE_PREFIX.sub("", citation.quote) if document.line_numbers else citation.quote
         quote = quote.strip()
-        pattern = _pattern(quote)
+        fragments = _fragments(quote)
         whole = (0, len(view.text))
         for region, overlap_needed in ((cited, False), (nearby, True), (whole, True)):
             if region is None:
                 continue
-            found = self._literal(view, quote, pattern, region)
+            found = self._literal(view, quote, fragments, region)
             if found:
                 (start, end), how = found
                 if not overlap_needed or _overlaps((start, end), cited or whole):
@@ -221,15 +305,18 @@ class Verifier:
         return None, None
 
     @staticmethod
-    def _literal(view: DocumentView, quote: str, pattern, region):
+    def _literal(view: DocumentView, quote: str, fragments, region):
         lo, hi = region
         at = view.text.find(quote, lo, hi) if quote else -1
         if at >= 0:
             return (at, at + len(quote)), "exact"
-        m = pattern.search(view.text, lo, hi) if pattern else None
-        if m and m.end() > m.start():
-            return (m.start(), m.end()), "normalised"
-        return None
+        if not fragments:
+            return None
+        squeezed = view.squeezed
+        found = _find_normalised(squeezed, fragments, squeezed.index(lo), squeezed.index(hi))
+        if found is None:
+            return None
+        return squeezed.view_span(*found), "normalised"
 
     def _found(self, citation, view, status, how, score, start, end, base, elsewhere=False) -> Check:
         pages = view.pages_at(start, end) if view.paged else None

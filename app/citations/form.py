@@ -49,7 +49,6 @@ _LINE_PREFIX = re.compile(r"(?m)^[ \t]*\d+\|[ ]?")
 _ELLIPSIS = re.compile(r"\s*(?:\.\.\.|…|\[\.\.\.\]|\[…\])\s*")
 _FOLD = str.maketrans({"“": '"', "”": '"', "„": '"', "‘": "'", "’": "'", "–": "-", "—": "-",
                        "\n": " ", "\t": " ", "\u00a0": " "})
-_PUNCT_CLASS = {'"': "[\"“”„]", "'": "['‘’]", "-": "[-–—]"}
 
 
 @dataclass(frozen=True)

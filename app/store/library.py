@@ -23,7 +23,9 @@ import errno
 import json
 import logging
 import os
+import re
 import shutil
+import stat
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -45,6 +47,82 @@ GB = 1e9
 
 class CacheEntryNotFound(OmnibusError):
     """`cache rm ID` named no saved corpus (or more than one)."""
+
+
+class BadMeta(ValueError):
+    """A `meta.json` that is not one this program wrote: the entry is skipped (with a warning), never used."""
+
+
+MAX_META_BYTES = 4 * 2**20  # a real meta.json is a few KB
+TEMP_NAME = re.compile(r"\.tmp-[0-9a-f]{20}-(?P<pid>\d{1,10})-[0-9a-f]{6}")  # what `save` writes into
+
+
+def read_meta(folder: Path) -> dict:
+    """The checked contents of `folder/meta.json`; BadMeta says what is wrong with it.
+
+    Only a regular file is read (a FIFO, device or link is refused without blocking), at most
+    MAX_META_BYTES of it; NaN and Infinity are refused, and so is every field of the wrong type.
+    """
+    path = folder / "meta.json"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as err:
+        raise BadMeta(f"meta.json cannot be opened ({err.strerror or err})") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise BadMeta("meta.json is not a regular file")
+        if info.st_size > MAX_META_BYTES:
+            raise BadMeta(f"meta.json is {info.st_size:,} bytes (at most {MAX_META_BYTES:,})")
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            data = handle.read(MAX_META_BYTES + 1)
+    except OSError as err:
+        raise BadMeta(f"meta.json cannot be read ({err.strerror or err})") from None
+    finally:
+        os.close(fd)
+    try:
+        meta = json.loads(data.decode("utf-8"), parse_constant=_no_constant)
+    except (ValueError, RecursionError) as err:  # UnicodeDecodeError is a ValueError
+        raise BadMeta(f"meta.json is not valid JSON ({str(err)[:80]})") from None
+    return check_meta(meta)
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a number")
+
+
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _time(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1e11  # before 5138
+
+
+_FIELDS = {  # field -> (check, what it must be); `format` and `tokens` are required, the rest when present
+    "kind": (lambda v: v in ("corpus", "checkpoint"), '"corpus" or "checkpoint"'),
+    "name": (lambda v: isinstance(v, str), "text"),
+    "documents": (_count, "a count"), "tokens": (_count, "a count"), "bytes": (_count, "a count"),
+    "created": (_time, "a time in seconds"), "last_used": (_time, "a time in seconds"),
+    "fingerprint": (lambda v: isinstance(v, dict), "an object"),
+    "fingerprint_hash": (lambda v: isinstance(v, str), "text"), "prefix_sha256": (lambda v: isinstance(v, str), "text"),
+    "files": (lambda v: isinstance(v, list) and all(isinstance(f, dict) and _count(f.get("bytes")) for f in v),
+              "a list of files with their sizes"),
+}
+
+
+def check_meta(meta) -> dict:
+    """`meta` if it has the shape `save` writes (the fields the library reads, each of its type); else BadMeta."""
+    if not isinstance(meta, dict):
+        raise BadMeta(f"meta.json holds {type(meta).__name__}, not an object")
+    if meta.get("format") != FORMAT or isinstance(meta.get("format"), bool):
+        raise BadMeta(f"format {str(meta.get('format'))[:20]!r}, not {FORMAT}")
+    if "tokens" not in meta:
+        raise BadMeta("no token count")
+    for key, (ok, what) in _FIELDS.items():
+        if key in meta and not ok(meta[key]):
+            raise BadMeta(f"{key} is {str(meta[key])[:40]!r}, not {what}")
+    return meta
 
 
 def default_dir() -> Path:
@@ -131,7 +209,7 @@ def _write_json(path: Path, data: dict) -> None:
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):
         return False
     except PermissionError:
         return True
@@ -157,23 +235,26 @@ class Store:
     def entries(self) -> list[Entry]:
         """Every readable entry, most recently used first (unreadable folders are skipped with a warning)."""
         out = []
-        if not self.root.is_dir():
+        try:
+            folders = sorted(d.name for d in os.scandir(self.root) if not d.name.startswith(".")
+                             and d.is_dir(follow_symlinks=False))  # a link is no entry of ours
+        except OSError:
             return out
-        for path in sorted(self.root.iterdir()):
-            if path.name.startswith(".") or not path.is_dir():
-                continue
+        for name in folders:
+            path = self.root / name
             try:
-                meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
-                if meta.get("format") != FORMAT or not isinstance(meta.get("tokens"), int):
-                    raise ValueError(f"format {meta.get('format')!r}")
-            except (OSError, ValueError) as err:
+                meta = read_meta(path)
+            except BadMeta as err:
                 log.warning("disk cache: ignoring %s (%s)", path, err)
                 continue
             out.append(Entry(path, meta))
         return sorted(out, key=lambda e: e.last_used, reverse=True)
 
     def find(self, ident: str) -> Entry:
-        """The entry whose id starts with `ident`."""
+        """The entry whose id starts with `ident` (which may not be empty)."""
+        if not isinstance(ident, str) or not ident.strip():
+            raise CacheEntryNotFound("give the id of a saved corpus (or a unique start of one); "
+                                     "`cache list` shows them")
         found = [e for e in self.entries() if e.id.startswith(ident)]
         if len(found) != 1:
             raise CacheEntryNotFound(f"{len(found)} saved corpora in {self.root} have an id starting with "
@@ -190,7 +271,12 @@ class Store:
         return sum(e.bytes for e in self.entries())
 
     def prune(self, max_bytes: int, keep: tuple[str, ...] = ()) -> list[Entry]:
-        """Remove least recently used entries until the library holds at most `max_bytes`; returns them."""
+        """Remove least recently used entries until the library holds at most `max_bytes`; returns them.
+
+        Only entries with a valid meta.json, and half-written folders named as `save` names them, are touched.
+        """
+        if not _count(max_bytes):
+            raise ValueError(f"max_bytes must be a whole number of bytes >= 0, not {max_bytes!r}")
         self._clean_temp()
         entries, removed = self.entries(), []
         total = sum(e.bytes for e in entries)
@@ -205,16 +291,15 @@ class Store:
         return removed
 
     def _clean_temp(self) -> None:
-        """Remove half-written folders whose writer process is gone."""
-        if not self.root.is_dir():
+        """Remove half-written folders of ours (named as `save` names them) whose writer process is gone."""
+        try:
+            temps = [d.name for d in os.scandir(self.root) if d.is_dir(follow_symlinks=False)]
+        except OSError:
             return
-        for path in self.root.glob(".tmp-*"):
-            try:
-                pid = int(path.name.split("-")[2])
-            except (IndexError, ValueError):
-                pid = -1
-            if pid <= 0 or not _pid_alive(pid):
-                shutil.rmtree(path, ignore_errors=True)
+        for name in temps:
+            m = TEMP_NAME.fullmatch(name)
+            if m and not _pid_alive(int(m["pid"])):
+                shutil.rmtree(self.root / name, ignore_errors=True)
 
     # -- saving --
     def save(self, engine, *, kind: str = "corpus", label: str | None = None,
@@ -353,10 +438,9 @@ class Store:
 
     def _load_entry(self, path: Path) -> Entry | None:
         try:
-            meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            return Entry(path, read_meta(path))
+        except BadMeta:
             return None
-        return Entry(path, meta) if meta.get("format") == FORMAT else None
 
     def _touch(self, entry: Entry) -> None:
         entry.meta["last_used"] = time.time()

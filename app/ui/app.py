@@ -20,13 +20,13 @@ from starlette.middleware import Middleware
 
 from app.ui import views
 from app.citations.form import CITATION_FORMAT
-from app.protocol import Settings
 from app.errors import Cancelled, OmnibusError
 from app.backend import add_backend_arguments
 from app.prompt import DEFAULT_SYSTEM_PROMPT
 from ingest.secret_scan import warning as secrets_warning
-from app.ui.auth import Access, AuthError, ClientAddress, LoginGuard, decide
-from app.ui.handlers import Session, Workbench
+from app.ui.auth import Access, AuthError, ClientAddress, LocalHostOnly, LoginGuard, LoginNotice, decide
+from app.ui.handlers import Session, Workbench, settings_from
+from app.ui.uploads import UploadGate, Uploads
 
 CSS = """
 .meter { font-size: 0.95em; }
@@ -81,8 +81,11 @@ def _messages(session: Session) -> list[dict]:
     return out
 
 
-def build(workbench: Workbench, max_upload_mb: int = 500) -> gr.Blocks:
-    """The page, wired to `workbench`."""
+UPLOADS_KEPT_S = 3600  # uploads that no session used, and exports, are deleted after an hour (Gradio's delete_cache)
+
+
+def build(workbench: Workbench, max_upload_mb: int = 500, uploads: Uploads | None = None) -> gr.Blocks:
+    """The page, wired to `workbench`. With `uploads`, a browser may add only files it uploaded itself."""
     backend = workbench.backend
 
     def show_saved():
@@ -108,12 +111,18 @@ def build(workbench: Workbench, max_upload_mb: int = 500) -> gr.Blocks:
                 views.context_meter(backend, workbench.plan(session, system_prompt),
                                     corpus.total_tokens if corpus else None), status)
 
-    def add_files(session, paths, system_prompt, progress=gr.Progress()):
+    def add_files(session, paths, system_prompt, request: gr.Request, progress=gr.Progress()):
         def report(done, total, current):
             progress((done, total), desc=f"Reading {current}" if current else "Counting tokens", unit="files")
 
         with user_errors():
-            workbench.add_files(session, paths, report)
+            if uploads is not None:
+                paths = uploads.claim(request.session_hash, paths)
+            try:
+                workbench.add_files(session, paths, report)
+            finally:
+                if uploads is not None:  # their text is in the corpus now: the files themselves go
+                    uploads.release(request.session_hash, paths)
         return (*corpus_view(session, system_prompt), None)
 
     def remove_files(session, sources, system_prompt):
@@ -136,9 +145,9 @@ def build(workbench: Workbench, max_upload_mb: int = 500) -> gr.Blocks:
                 return f"**Loading stopped:** {err}. Press *Load into the model* to continue."
         return views.load_done(stats)
 
-    def stream(session, question, answers, status):
+    def stream(session, question, answers, status, replacing=False):
         """Yield (chat, answer line, question box, load status) while `answers` streams."""
-        chat = _messages(session)
+        chat = _messages(session)[:-2] if replacing else _messages(session)
         yield chat + [{"role": "user", "content": question}, {"role": "assistant", "content": "…"}], "", "", status
         with user_errors():
             for text in answers:
@@ -148,23 +157,22 @@ def build(workbench: Workbench, max_upload_mb: int = 500) -> gr.Blocks:
         yield _messages(session), views.answer_line(last.stats if last else None), "", status
 
     def ask(session, question, max_new_tokens, temperature, system_prompt, progress=gr.Progress()):
-        settings = Settings(int(max_new_tokens), float(temperature))
-        with user_errors():
-            if not (question or "").strip():
-                raise gr.Error("Type a question first.")
+        with user_errors():  # settings and question are checked before any model work
+            settings = settings_from(max_new_tokens, temperature, most_tokens=getattr(backend, "window", None))
+            question = workbench.check_question(session, question, system_prompt)
             stats = workbench.load(session, system_prompt, prefill_reporter(progress))
-        yield from stream(session, question.strip(), workbench.answer(session, question, settings),
+        yield from stream(session, question, workbench.answer(session, question, settings),
                           views.load_done(stats))
 
     def regenerate(session, max_new_tokens, temperature, system_prompt, progress=gr.Progress()):
         if not session.exchanges:
             raise gr.Error("There is no answer to regenerate yet.")
-        settings = Settings(int(max_new_tokens), float(temperature))
         with user_errors():
+            settings = settings_from(max_new_tokens, temperature, most_tokens=getattr(backend, "window", None))
             stats = workbench.load(session, system_prompt, prefill_reporter(progress))
-        last = session.exchanges.pop()
-        yield from stream(session, last.question, workbench.answer(session, last.question, settings),
-                          views.load_done(stats))
+        last = session.exchanges[-1]
+        answers = workbench.answer(session, last.question, settings, replace_last=True)
+        yield from stream(session, last.question, answers, views.load_done(stats), replacing=True)
 
     def show_secrets(session):
         """The likely-secrets warning and its button, shown while the corpus holds such files."""
@@ -201,7 +209,7 @@ def build(workbench: Workbench, max_upload_mb: int = 500) -> gr.Blocks:
 
         return run
 
-    with gr.Blocks(title="Omnibus", analytics_enabled=False) as demo:
+    with gr.Blocks(title="Omnibus", analytics_enabled=False, delete_cache=(UPLOADS_KEPT_S, UPLOADS_KEPT_S)) as demo:
         session = gr.State(Session())
         gr.Markdown("# Omnibus\n" + INTRO)
         gr.Markdown(views.banner(backend), elem_classes=["banner"] if backend.model_name == "demo" else None)
@@ -299,6 +307,8 @@ def build(workbench: Workbench, max_upload_mb: int = 500) -> gr.Blocks:
         saved_remove.click(remove_saved, saved_pick, saved_outputs, api_name="remove_saved")
         export_md_btn.click(export("md"), session, export_file, api_name="export_markdown")
         export_json_btn.click(export("json"), session, export_file, api_name="export_json")
+    if uploads is not None:
+        uploads.served = demo.upload_file_set  # what Gradio's file route may serve
     return demo
 
 
@@ -331,15 +341,32 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def login_message(access: Access) -> str:
+    """The login page's words: the app's name, and the user name when the login was made at start."""
+    if access.generated:
+        user = access.credentials[0][0]
+        return (f"<b>Omnibus</b>: log in as <b>{user}</b> with the password printed in the terminal where "
+                "Omnibus was started (a new one at each start).")
+    return "<b>Omnibus</b>: log in with the user and password you were given."
+
+
 def start(args: argparse.Namespace, backend, access: Access) -> gr.Blocks:
     """Build the app for `backend` and serve it in the background as `args` ask; return it running."""
-    demo = build(Workbench(backend, args.max_upload_files), args.max_upload_mb)
+    from gradio.utils import get_upload_folder
+
+    uploads = Uploads(get_upload_folder())
+    demo = build(Workbench(backend, args.max_upload_files), args.max_upload_mb, uploads)
     demo.queue(default_concurrency_limit=1)
+    middleware = [Middleware(ClientAddress),  # the caller's address, for LoginGuard
+                  Middleware(LoginNotice),  # the login page shows a lock-out's message
+                  Middleware(UploadGate, uploads=uploads)]  # each upload to a private folder of its own
+    if not (args.listen or args.share or access.credentials):
+        middleware.append(Middleware(LocalHostOnly))  # no login: no page elsewhere may reach it (DNS rebinding)
     demo.launch(server_name="0.0.0.0" if args.listen else "127.0.0.1", server_port=args.port, share=args.share,
-                auth=LoginGuard(access.credentials) if access.credentials else None,
-                app_kwargs={"middleware": [Middleware(ClientAddress)]},  # the caller's address, for LoginGuard
+                auth=LoginGuard(access.credentials, tunnel=args.share, say=_say) if access.credentials else None,
+                app_kwargs={"middleware": middleware},
                 max_file_size=f"{args.max_upload_mb}mb", inbrowser=args.inbrowser,
-                auth_message="Log in with the user and password printed where Omnibus was started.",
+                auth_message=login_message(access),
                 prevent_thread_lock=True, quiet=True, ssr_mode=False, footer_links=["api"], css=CSS,
                 theme=gr.themes.Soft())
     return demo

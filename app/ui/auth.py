@@ -4,21 +4,26 @@ Serving only on 127.0.0.1 needs no login. Sharing (--share) or serving on the ne
 unless --no-auth says otherwise explicitly.
 
 `LoginGuard` is what Gradio calls to check a login: it compares in constant time and, after
-`max_failures` failed tries for one user name or from one address within `window_s`, refuses every try for
-that name or address (the right password included) until the window has passed. Gradio hands the check only
-the user name and password; `ClientAddress` (ASGI middleware) makes the caller's address available to it.
+`max_failures` failed tries within `window_s` from one address (for one user name, or for any), refuses
+that address's tries (the right password included) until the window has passed, and says so with the
+minutes left. Gradio hands the check only the user name and password; `ClientAddress` (ASGI middleware)
+makes the caller's address available to it. `LocalHostOnly` keeps pages elsewhere away from a no-login app.
 """
 
 from __future__ import annotations
 
 import contextvars
 import hmac
+import math
+import re
 import secrets
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+
+from fastapi import HTTPException
 
 DEFAULT_USER = "omnibus"
 
@@ -33,6 +38,7 @@ class Access:
 
     credentials: list[tuple[str, str]] | None
     notice: str = ""
+    generated: bool = False  # the login is the random one made at start (user DEFAULT_USER)
 
 
 def parse_pair(text: str, where: str = "--auth") -> tuple[str, str]:
@@ -73,7 +79,7 @@ def decide(*, auth: str | None, auth_file: str | None, no_auth: bool, exposed: b
     return Access([(DEFAULT_USER, password)],
                   f"Login required. user: {DEFAULT_USER}  password: {password}\n"
                   "(a new password is made at each start; set your own with --auth user:password "
-                  "or --auth-file FILE)")
+                  "or --auth-file FILE)", generated=True)
 
 
 MAX_TRACKED = 10_000  # addresses and names with recent failures kept before stale ones are purged
@@ -97,44 +103,150 @@ class ClientAddress:
         return await self.app(scope, receive, send)
 
 
+_LOCAL_HOST = re.compile(r"(?:localhost|127\.0\.0\.1|\[::1\])(?::\d{1,5})?")
+
+
+def local_host(host: str) -> bool:
+    """True for a Host header that names this computer: localhost, 127.0.0.1 or [::1], with any port."""
+    return _LOCAL_HOST.fullmatch(host.strip().lower()) is not None
+
+
+class LocalHostOnly:
+    """ASGI middleware for an app served on 127.0.0.1 with no login: refuses any request whose Host header
+    is not a local name. A web page elsewhere can point its own name at 127.0.0.1 (DNS rebinding) and so
+    reach the app from the user's browser; it cannot make the browser send `Host: 127.0.0.1`."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope.get("type") in ("http", "websocket"):
+            host = next((v.decode("latin-1") for k, v in scope.get("headers", []) if k == b"host"), "")
+            if not local_host(host):
+                if scope["type"] == "websocket":
+                    await send({"type": "websocket.close", "code": 1008})
+                    return
+                body = (f"Omnibus serves this computer only (open http://127.0.0.1/ and its port); "
+                        f"Host {host[:100]!r} refused.\n").encode()
+                await send({"type": "http.response.start", "status": 403,
+                            "headers": [(b"content-type", b"text/plain; charset=utf-8"),
+                                        (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body})
+                return
+        return await self.app(scope, receive, send)
+
+
+# Gradio's login form shows "Incorrect credentials" for HTTP 400 and nothing for other answers; a lock-out
+# answers 429 with its minutes left, and this script (added to the page by `LoginNotice`) shows that answer.
+LOGIN_SCRIPT = b"""<script>(() => { const fetch0 = window.fetch; window.fetch = async (...args) => {
+  const response = await fetch0(...args); const url = String(args[0] && args[0].url || args[0]);
+  if (response.status === 429 && /\\/login$/.test(url)) { response.clone().json().then((body) => {
+    let note = document.getElementById('omnibus-lockout');
+    if (!note) { note = document.createElement('div'); note.id = 'omnibus-lockout'; note.role = 'alert';
+      note.style.cssText = 'margin:1em auto;max-width:480px;padding:.6em;border-left:4px solid #c62828;' +
+        'background:#ffebee;color:#000'; document.body.prepend(note); }
+    note.textContent = body.detail; }); }
+  return response; }; })();</script>"""
+
+
+class LoginNotice:
+    """ASGI middleware: adds LOGIN_SCRIPT to the app's HTML pages (the login page is one of them)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope.get("type") != "http" or scope.get("method") != "GET":
+            return await self.app(scope, receive, send)
+        start, body = {}, bytearray()
+
+        async def hold(message):
+            if message["type"] == "http.response.start":
+                headers = dict(message.get("headers", []))
+                if not headers.get(b"content-type", b"").startswith(b"text/html") or b"content-encoding" in headers:
+                    start["pass"] = True
+                    return await send(message)
+                start.update(message)
+            elif message["type"] == "http.response.body" and not start.get("pass"):
+                body.extend(message.get("body", b""))
+                if not message.get("more_body", False):
+                    page = bytes(body).replace(b"</head>", LOGIN_SCRIPT + b"</head>", 1)
+                    headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+                    await send({**start, "headers": headers + [(b"content-length", str(len(page)).encode())]})
+                    await send({"type": "http.response.body", "body": page})
+            else:
+                await send(message)
+
+        return await self.app(scope, receive, hold)
+
+
+class LockedOut(HTTPException):
+    """A login try refused because of a lock-out, `seconds` before it ends: HTTP 429 with that message (Gradio's
+    login route lets it through to the caller)."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        minutes = max(1, math.ceil(seconds / 60))
+        super().__init__(429, f"Too many wrong passwords from your address: logins are locked for {minutes} "
+                              f"more minute{'s' * (minutes != 1)}. The password itself may be right.")
+
+
 class LoginGuard:
-    """A login check (Gradio's callable `auth`) that locks out a user name or an address after repeated failures."""
+    """A login check (Gradio's callable `auth`) that locks out, after repeated failures, the address that failed:
+    for one user name, or for every name once that address has failed `max_failures` times.
+
+    The owner on this computer (a loopback address) is never locked out, so a stranger's guesses cannot keep
+    the owner out. With a share link (`tunnel=True`) every outside try also arrives from loopback; there the
+    user name alone is limited. A refused try raises `LockedOut` (Gradio's login route passes it on as the
+    message), and each lock-out is logged on one line through `say`.
+    """
 
     def __init__(self, credentials: list[tuple[str, str]], max_failures: int = 5, window_s: float = 300.0,
-                 clock=time.monotonic):
+                 clock=time.monotonic, tunnel: bool = False, say=None):
         self.passwords = dict(credentials)
         self.max_failures, self.window_s, self.clock = max_failures, window_s, clock
+        self.tunnel, self.say = tunnel, say or (lambda line: None)
         self.failures: dict[str, deque] = {}
         self.refused = 0  # tries refused because of a lock-out (tests, logs)
         self._lock = threading.Lock()
 
-    def __call__(self, username: str, password: str) -> bool:
+    def _keys(self, username: str, address: str) -> list[str]:
         # Only real user names are counted (no password opens an unknown one, and counting them would let
-        # anyone grow this table); loopback is not an address of its own (a share link's tunnel arrives there).
+        # anyone grow this table).
+        known = username in self.passwords
+        if not address or _is_loopback(address):
+            return [f"user:{username}"] if known and self.tunnel else []
+        return ([f"addr:{address}|user:{username}"] if known else []) + [f"addr:{address}"]
+
+    def __call__(self, username: str, password: str) -> bool:
         address = _client_address.get()
-        keys = ([f"user:{username}"] if username in self.passwords else []) + \
-            ([f"addr:{address}"] if address and not _is_loopback(address) else [])
+        keys = self._keys(username, address)
         now = self.clock()
         with self._lock:
             if len(self.failures) > MAX_TRACKED:
                 for key in list(self.failures):
                     self._recent(key, now)
-            if any(self._recent(key, now) >= self.max_failures for key in keys):
+            locked = [k for k in keys if self._recent(k, now) >= self.max_failures]
+            if locked:
                 self.refused += 1
-                return False
+                raise LockedOut(max(self.failures[k][0] + self.window_s - now for k in locked))
             expected = self.passwords.get(username)
             ok = expected is not None and hmac.compare_digest(password.encode(), expected.encode())
             if not ok:
                 for key in keys:
                     self.failures.setdefault(key, deque()).append(now)
+                newly = [k for k in keys if len(self.failures[k]) == self.max_failures]
+                if newly:  # one line per lock-out, naming the address and user
+                    who = newly[0].replace("addr:", "address ").replace("|user:", ", user ").replace("user:", "user ")
+                    self.say(f"omnibus: {self.max_failures} wrong passwords in {self.window_s / 60:.0f} "
+                             f"minutes: logins for {who} are locked for {self.window_s / 60:.0f} minutes")
             return ok
 
     def locked_out(self, username: str = "", address: str = "") -> bool:
-        """True while this user name (or address) may not log in."""
+        """True while this user name, from this address, may not log in."""
         now = self.clock()
         with self._lock:
-            return any(self._recent(k, now) >= self.max_failures
-                       for k in ([f"user:{username}"] if username else []) + ([f"addr:{address}"] if address else []))
+            return any(self._recent(k, now) >= self.max_failures for k in self._keys(username, address))
 
     def _recent(self, key: str, now: float) -> int:
         times = self.failures.get(key)

@@ -7,7 +7,10 @@ browser shares; each browser has its own `Session` (its corpus, its conversation
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -15,7 +18,7 @@ from pathlib import Path
 
 from app.citations.check import Verifier, parse, passage
 from app.protocol import AnswerStats, Settings
-from app.errors import CorpusTooLarge, NoCorpus, OmnibusError
+from app.errors import Cancelled, CorpusTooLarge, NoCorpus, OmnibusError
 from app.planner import fit_advice
 from ingest.secret_scan import scan_corpus
 from app.prompt import DEFAULT_SYSTEM_PROMPT, Turn
@@ -42,6 +45,7 @@ class Session:
         self.secrets: dict = {}  # source -> [ingest.secret_scan.Finding]: likely secrets in this corpus
         self.exchanges: list[Exchange] = []
         self.loaded_tokens = 0  # corpus tokens this session last loaded into the model (0: not loaded)
+        self.prefix_tokens = 0  # prompt prefix tokens of this session's last load (what it may hear was reused)
         self.cancel = threading.Event()
         self.verifier = None  # app.citations.check.Verifier of this corpus, built when an answer is first checked
 
@@ -60,6 +64,46 @@ class Session:
 
 class TooManyFiles(OmnibusError):
     """One upload holds more files than the app accepts at once (`--max-upload-files`)."""
+
+
+class InvalidSetting(OmnibusError):
+    """A setting (answer length, temperature, top-p) outside what the model can use."""
+
+
+MAX_QUESTION_CHARS = 200_000  # a question longer than this is refused before it is even tokenized
+MIN_TEMPERATURE = 0.01  # below this (and above 0) the logits overflow when divided by it
+MAX_TEMPERATURE = 2.0
+
+
+def _number(value, name: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise InvalidSetting(f"{name} must be a number, not {str(value)[:40]!r}") from None
+    if not math.isfinite(number):
+        raise InvalidSetting(f"{name} must be a finite number, not {number}")
+    return number
+
+
+def settings_from(max_new_tokens, temperature, top_p=0.95, seed=None, most_tokens: int | None = None) -> Settings:
+    """Settings from what the page (or an API call) sent, each checked; InvalidSetting says what is wrong.
+
+    `most_tokens` caps the answer length (the model's window).
+    """
+    length = _number(max_new_tokens, "the longest answer")
+    if length != int(length) or not 1 <= length <= (most_tokens or 2**31):
+        raise InvalidSetting(f"the longest answer must be a whole number of tokens from 1 to "
+                             f"{most_tokens or 2**31:,}, not {max_new_tokens}")
+    heat = _number(temperature, "the temperature")
+    if heat != 0 and not MIN_TEMPERATURE <= heat <= MAX_TEMPERATURE:
+        raise InvalidSetting(f"the temperature must be 0 (always the same answer) or from {MIN_TEMPERATURE} to "
+                             f"{MAX_TEMPERATURE}, not {temperature}")
+    nucleus = _number(top_p, "top-p")
+    if not 0 < nucleus <= 1:
+        raise InvalidSetting(f"top-p must be above 0 and at most 1, not {top_p}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
+        raise InvalidSetting(f"the seed must be a whole number from 0 to 2**63 - 1, not {str(seed)[:40]!r}")
+    return Settings(int(length), heat, nucleus, seed)
 
 
 class Workbench:
@@ -132,10 +176,43 @@ class Workbench:
             raise CorpusTooLarge(f"{plan.reason}. {fit_advice(plan, self.backend.reserve)}")
         session.cancel = threading.Event()
         session.loaded_tokens = 0
+        own = session.prefix_tokens
+
+        def report(p):  # a stopped load still counts as this session's own, as far as it got
+            session.prefix_tokens = max(session.prefix_tokens, p.done)
+            if progress is not None:
+                progress(p)
+
         stats = self.backend.load(session.corpus, system_prompt=system_prompt or DEFAULT_SYSTEM_PROMPT,
-                                  progress=progress, cancel=session.cancel)
+                                  progress=report, cancel=session.cancel)
         session.loaded_tokens = session.corpus.total_tokens
+        session.prefix_tokens = stats.tokens
+        # The model's cache is shared: tokens it already held may come from another browser's documents.
+        # Say only what this session itself loaded before, so "already loaded" tells nothing about others.
+        if stats.reused > own:
+            stats = dataclasses.replace(stats, reused=own)
         return stats
+
+    def check_question(self, session: Session, question: str, system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> str:
+        """The question, stripped, if it fits beside this session's documents; else NoCorpus/CorpusTooLarge.
+
+        Called before any model work, so a question that cannot fit costs nothing (and blocks no one).
+        """
+        question = (question or "").strip()
+        if not question:
+            raise NoCorpus("type a question first")
+        if len(question) > MAX_QUESTION_CHARS:
+            raise CorpusTooLarge(f"the question is {len(question):,} characters; at most {MAX_QUESTION_CHARS:,} "
+                                 "are accepted (add long text as a document instead)")
+        window = self.backend.window or 0
+        if window and session.corpus is not None:
+            tokens = len(self.backend.tokenizer.encode(question, add_special_tokens=False))
+            room = window - session.corpus.total_tokens - self.prompt_overhead(system_prompt)
+            if tokens > room:
+                raise CorpusTooLarge(f"the question is {tokens:,} tokens; beside the documents "
+                                     f"({session.corpus.total_tokens:,} tokens) only {max(room, 0):,} are left in "
+                                     f"the model's {window:,}-token window")
+        return question
 
     def ask(self, session: Session, question: str, settings: Settings | None = None,
             system_prompt: str = DEFAULT_SYSTEM_PROMPT, progress=None):
@@ -144,33 +221,43 @@ class Workbench:
         Another browser may have loaded its own corpus since; then this one is loaded again, reported
         through `progress`.
         """
-        if not (question or "").strip():
-            raise NoCorpus("type a question first")
+        question = self.check_question(session, question, system_prompt)
         self.load(session, system_prompt, progress)
         yield from self.answer(session, question, settings)
 
-    def answer(self, session: Session, question: str, settings: Settings | None = None):
+    def answer(self, session: Session, question: str, settings: Settings | None = None, replace_last: bool = False):
         """Stream the answer to `question` after the session's earlier exchanges (the corpus must be loaded).
 
         Yields the answer so far after each piece. The finished `Exchange`, with its `AnswerStats`, is
-        appended to `session.exchanges`, also when the answer is stopped or the page goes away.
+        appended to `session.exchanges` (with `replace_last`, it replaces the last one), also when the answer
+        is stopped or the page goes away. An answer that fails leaves the conversation as it was, so a
+        refused question is not sent again with every later one.
         """
         question = question.strip()
-        history = [Turn(e.question, e.answer) for e in session.exchanges]
+        earlier = session.exchanges[:-1] if replace_last else session.exchanges
+        history = [Turn(e.question, e.answer) for e in earlier]
         exchange = Exchange(question, "")
-        pieces = self.backend.ask(question, history, settings or Settings(), cancel=session.cancel)
+        failed = True
         try:
-            for piece in pieces:
-                if isinstance(piece, AnswerStats):
-                    exchange.stats = piece
-                else:
-                    exchange.answer += piece
-                    yield exchange.answer
+            pieces = self.backend.ask(question, history, settings or Settings(), cancel=session.cancel)
+            try:
+                for piece in pieces:
+                    if isinstance(piece, AnswerStats):
+                        exchange.stats = piece
+                    else:
+                        exchange.answer += piece
+                        yield exchange.answer
+                failed = False
+            except (GeneratorExit, Cancelled):  # stopped, or the page went away: what was said is kept
+                failed = False
+                raise
+            finally:
+                close = getattr(pieces, "close", None)
+                if close is not None:
+                    close()  # rolls the model's cache back to the corpus even if the page went away
         finally:
-            close = getattr(pieces, "close", None)
-            if close is not None:
-                close()  # rolls the model's cache back to the corpus even if the page went away
-            session.exchanges.append(exchange)
+            if not failed:
+                session.exchanges[:] = [*earlier, exchange]
         yield exchange.answer
 
     def regenerate(self, session: Session, settings: Settings | None = None,
@@ -178,13 +265,8 @@ class Workbench:
         """Ask the last question again, replacing its answer."""
         if not session.exchanges:
             raise NoCorpus("there is no answer to regenerate yet")
-        last = session.exchanges.pop()
-        try:
-            self.load(session, system_prompt, progress)
-        except BaseException:
-            session.exchanges.append(last)
-            raise
-        yield from self.answer(session, last.question, settings)
+        self.load(session, system_prompt, progress)
+        yield from self.answer(session, session.exchanges[-1].question, settings, replace_last=True)
 
     def stop(self, session: Session) -> None:
         """Stop this session's load or answer at the next token or chunk."""
@@ -247,12 +329,13 @@ class Workbench:
     def export(self, session: Session, folder: Path, kind: str) -> Path:
         """Write the conversation as Markdown ("md") or JSON ("json") into `folder`; return the file."""
         record = self.conversation(session)
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = folder / f"omnibus-conversation.{kind}"
-        if kind == "json":
-            path.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        else:
-            path.write_text(markdown(record), encoding="utf-8")
+        text = json.dumps(record, indent=2, ensure_ascii=False) + "\n" if kind == "json" else markdown(record)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # readable by this user only
+        os.fchmod(fd, 0o600)
+        with open(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
         return path
 
 

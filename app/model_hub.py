@@ -325,6 +325,7 @@ def download(repo: str, *, name: str | None = None, progress: Callable[[Download
 
     name = name or repo
     cached = on_disk(repo)
+    log.debug("%s (%s) in %s: %s", name, repo, hub_cache(), "on disk" if cached else "not on disk")
     if offline():
         if cached:
             return cached

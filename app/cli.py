@@ -81,7 +81,7 @@ def ask(args) -> int:
     from app.prompt import Turn, system_prompt
     from ingest import build_corpus
 
-    backend = open_from_arguments(args)
+    backend = open_from_arguments(args, download_progress=download_printer())
     corpus = build_corpus(args.paths, tokenizer=backend.tokenizer, line_numbers=args.line_numbers)
     for skipped in corpus.skipped:
         _say(f"skipped {skipped.source}: {skipped.reason}")

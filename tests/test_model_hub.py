@@ -71,7 +71,7 @@ def test_download_reports_progress_and_lands_in_the_cache(hub):
 
 
 def test_broken_connection_resumes_with_a_range_request(hub):
-    hub.script = ["drop"]
+    hub.dropping = {GGUF: 1}
     located = model_hub.locate(REPO)
     first, second = hub.gets(GGUF)
     assert first is None and second.startswith("bytes=") and int(second[6:-1]) > 0

@@ -7,9 +7,8 @@ It answers what huggingface_hub 1.x asks for when it downloads a repository:
 - `HEAD` and `GET /{owner}/{name}/resolve/{rev}/{path}`: the bytes, with `X-Repo-Commit`, `ETag` (the LFS sha256,
   or the git blob id), `Content-Length` and `Range` support (206 and `Content-Range`).
 Unknown repositories get 404 with `X-Error-Code: RepoNotFound`, as on the hub. Every request is recorded.
-`script` decides what the next GETs of files do, one word each: "drop" stops after `drop_after` bytes (a broken
-connection), "error" answers 500; with the script used up, files are served whole. GETs of a file named in
-`failing` answer 500 for as long as it is there.
+`dropping` ({file: n}) cuts the next n GETs of a file after `drop_after` bytes (a broken connection); GETs of a
+file named in `failing` answer 500 for as long as it is there; every other GET gets the whole file.
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ class LocalHub:
     def __init__(self, repos: dict[str, Path]):
         self.repos = {repo: self._index(Path(folder)) for repo, folder in repos.items()}
         self.requests: list[tuple[str, str, str | None]] = []  # (method, path, Range header)
-        self.script: list[str] = []
+        self.dropping: dict[str, int] = {}
         self.failing: set[str] = set()
         self.drop_after = 25_000_000  # more than huggingface_hub's 10 MB read chunk, so part of it reaches the disk
         self._lock = threading.Lock()
@@ -123,11 +122,11 @@ class LocalHub:
 
     def _file(self, handler, entry: dict, body: bool) -> None:
         with self._lock:
-            action = self.script.pop(0) if body and self.script else ""
-            action = "error" if body and entry["path"] in self.failing else action
-        if action == "error":
+            drop = body and self.dropping.get(entry["path"], 0) > 0
+            if drop:
+                self.dropping[entry["path"]] -= 1
+        if body and entry["path"] in self.failing:
             return self._send(handler, 500, b'{"error":"try again later"}', body, {})
-        drop = action == "drop"
         size = entry["size"]
         start = 0
         wanted = re.fullmatch(r"bytes=(\d+)-", handler.headers.get("Range") or "")

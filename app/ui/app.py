@@ -356,7 +356,7 @@ def start(args: argparse.Namespace, backend, access: Access) -> gr.Blocks:
 def _model_reporter(show_download):
     """The terminal's view of the model slot: download progress lines (the page shows the same)."""
     def report(state) -> None:
-        if state.phase == "downloading" and state.download is not None:
+        if state.download is not None:  # downloading, and the line that says it is done
             show_download(state.download)
         elif state.phase == "failed":
             _say(f"omnibus: could not open the model {state.model}: {state.message}")

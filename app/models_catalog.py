@@ -29,8 +29,10 @@ REGISTRY = {
 }
 
 
-def resolve(name: str) -> ModelSpec:
-    """The registry entry for a name, or a spec for any other Hugging Face id or local path."""
+def resolve(name: "str | ModelSpec") -> ModelSpec:
+    """The registry entry for a name, or a spec for any other Hugging Face id or local path (a spec as it is)."""
+    if isinstance(name, ModelSpec):
+        return name
     return REGISTRY.get(name) or ModelSpec(name, name)
 
 

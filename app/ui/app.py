@@ -403,6 +403,8 @@ class Events:
                 yield chat(text), "", "", status
             elif kind == "item":
                 text = value if isinstance(value, str) else text
+                if isinstance(status, str) and status.startswith("`"):  # a progress line: the load is done
+                    status = "**Ready:** the documents are loaded."
                 yield chat(text), "", "", status
             elif kind == "error":
                 if isinstance(value, Cancelled):
@@ -414,8 +416,6 @@ class Events:
                 return
         line = self.answer_line(session.exchanges[-1]) if text.strip() and session.exchanges else \
             "**Stopped** before the first word; nothing was kept."
-        if isinstance(status, str) and status.startswith("`"):  # a progress line: the load finished
-            status = "**Ready:** the documents are loaded."
         yield self.messages(session), line, "", status
 
     def ask(self, session, question, max_new_tokens, temperature, system_prompt):

@@ -91,16 +91,17 @@ def context_meter(backend, plan, corpus_tokens: int | None = None, *, cost=None,
     reserve = _reserve(backend)
     window_room = max(plan.window - reserve, 1)
     limit = max(min(plan.max_tokens, window_room), 1)
-    share = plan.tokens / limit
+    total = cost.tokens if cost is not None else plan.tokens  # the engine's exact count of what it will hold
+    share = total / limit
     colour = "#2e7d32" if plan.fits and share < 0.8 else "#ef6c00" if plan.fits else "#c62828"
     bar = (f"<div class='meter-bar'><div style='width:{min(share, 1) * 100:.1f}%;background:{colour}'></div></div>")
     hardware = _memory_line(plan)
     memory = ("has room for the whole window" if plan.max_tokens >= window_room
               else f"has room for <b>{plan.max_tokens:,}</b> tokens ({plan.kv_dtype} cache)")
-    used = f"<b>{plan.tokens:,}</b> tokens"
+    used = f"<b>{total:,}</b> tokens"
     if corpus_tokens is not None:
         used = (f"Your documents are <b>{corpus_tokens:,}</b> tokens; with the instructions to the model, "
-                f"<b>{plan.tokens:,}</b>")
+                f"<b>{total:,}</b>")
     lines = [
         f"{used}: {share:.0%} of what can be used ({TOKEN_HINT}).",
         f"The model reads up to <b>{plan.window:,}</b> tokens at once; {reserve:,} of them are kept for your "

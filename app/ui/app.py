@@ -363,7 +363,8 @@ class Events:
         if cost is not None and not cost.to_read:
             return ""
         reused = cost.tokens - cost.to_read if cost is not None else 0
-        return views.load_starting(plan.tokens, reused, views.load_estimate(plan, cost))
+        return views.load_starting(cost.tokens if cost is not None else plan.tokens, reused,
+                                   views.load_estimate(plan, cost))
 
     def load(self, session, system_prompt):
         """Stream the load's progress into the status line; end with what happened."""
@@ -454,9 +455,8 @@ class Events:
 
         return mark
 
-    def idle(self, session, request: gr.Request):
-        return {**self.buttons(session), **self.saved_view(request), self.p.meter: self.meter(
-            session, session.system_prompt or DEFAULT_SYSTEM_PROMPT)}
+    def idle(self, session, system_prompt, request: gr.Request):
+        return {**self.buttons(session), **self.saved_view(request), self.p.meter: self.meter(session, system_prompt)}
 
     # -- the answer's citations --
     def show_citations(self, session):
@@ -527,7 +527,7 @@ def wire(workbench: Workbench, p: Page) -> None:
                   p.saved_pick, p.open_btn, p.saved_remove, *p.buttons]
     model = dict(concurrency_limit=1, concurrency_id="model")  # one GPU: one prefill or answer at a time
     quick = dict(api_name=False, concurrency_limit=None, queue=False)
-    after = dict(fn=on.idle, inputs=p.session, outputs=[*p.buttons, p.meter, p.saved, p.saved_pick, p.open_btn,
+    after = dict(fn=on.idle, inputs=[p.session, p.system_prompt], outputs=[*p.buttons, p.meter, p.saved, p.saved_pick, p.open_btn,
                                                           p.saved_remove], api_name=False)
     citations = dict(fn=on.show_citations, inputs=p.session, outputs=[p.chips, p.cited], api_name=False)
     hide_export = dict(fn=lambda: gr.update(value=None, visible=False), inputs=None, outputs=p.export_file, **quick)

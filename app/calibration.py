@@ -27,8 +27,8 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 FILE_NAME = "calibration.json"
-CHUNK_TARGET_S = 0.4  # a CPU prefill chunk should take about this long, so Cancel acts within ~0.5 s
-MIN_CHUNK, MAX_CHUNK = 16, 2048
+CHUNK_TARGET_S = 0.4  # a CPU prefill chunk should take about this long: progress shows at least every ~0.5 s
+MIN_CHUNK, MAX_CHUNK = 32, 2048
 
 
 @dataclass
@@ -90,28 +90,42 @@ def fit(passes: list[tuple[int, int, float]], prior: Rates) -> Rates:
 
 
 class LiveEstimate:
-    """The time left of a running load: the rates, scaled by how the last few chunks ran against them."""
+    """The time left of a running load: the rates, scaled by how this load's chunks ran against them.
 
-    def __init__(self, rates: Rates, window: int = 6):
-        self.rates = rates
+    The time estimate scales by all of this load's chunks so far, measured against predicted seconds, with
+    `prior_s` predicted seconds of trust in the rates added to both sides: one noisy chunk moves it little,
+    a machine that stays slower moves it all the way. Chunk sizes follow the last few chunks only, so a
+    sudden slowdown shrinks the next chunk at once.
+    """
+
+    def __init__(self, rates: Rates, prior_s: float = 2.0, window: int = 6):
+        self.rates, self.prior_s = rates, prior_s
         self.recent: deque[tuple[float, float]] = deque(maxlen=window)  # (measured, predicted) seconds
+        self.measured = self.predicted = 0.0
         self.passes: list[tuple[int, int, float]] = []
 
     @property
     def slowdown(self) -> float:
-        """Measured over predicted time of the recent chunks (1.0 before the first)."""
+        """This load's measured over predicted time, pulled toward 1.0 by the prior (1.0 before the first chunk)."""
+        return (self.prior_s + self.measured) / (self.prior_s + self.predicted) if self.predicted > 0 else 1.0
+
+    @property
+    def recent_slowdown(self) -> float:
         measured, predicted = sum(m for m, _ in self.recent), sum(p for _, p in self.recent)
         return measured / predicted if predicted > 0 and measured > 0 else 1.0
 
     def record(self, tokens: int, depth: int, seconds: float) -> None:
+        predicted = self.rates.pass_seconds(tokens, depth)
         self.passes.append((tokens, depth, seconds))
-        self.recent.append((seconds, self.rates.pass_seconds(tokens, depth)))
+        self.recent.append((seconds, predicted))
+        self.measured += seconds
+        self.predicted += predicted
 
     def remaining(self, done: int, total: int, chunk: int | None = None) -> float:
         return self.slowdown * self.rates.seconds(total, done, chunk)
 
     def chunk_tokens(self, depth: int) -> int:
-        return self.rates.chunk_tokens(depth, self.slowdown)
+        return self.rates.chunk_tokens(depth, self.recent_slowdown)
 
 
 def machine_key(model_name: str, dtype: str) -> str:

@@ -190,3 +190,43 @@ def test_demo_model_conversation_is_exact_and_reads_each_turn_once(demo_model):
             previous = suffix(engine, tokenizer, questions[i - 1], turns[i - 1][0])
             assert stats.reused_tokens > len(previous)
         assert answer_text == fresh(model, tokenizer, corpus_ids, question, history, settings, model_name="demo")
+
+
+def _set_during_layer(model, index: int, event: threading.Event):
+    """A hook that sets `event` while layer `index` runs: the pass is then mid-way when Cancel comes."""
+    return model.model.layers[index].register_forward_hook(lambda *_: event.set())
+
+
+def test_cancel_stops_a_pass_between_its_layers_and_commits_nothing_of_it(model, llama3_tokenizer, corpus_ids):
+    engine = Engine(model, llama3_tokenizer, kv_dtype="fp32", chunk_tokens=64)
+    stop = threading.Event()
+    hook = None
+
+    def progress(p):
+        nonlocal hook
+        if p.done == 128 and hook is None:
+            hook = _set_during_layer(model, 0, stop)  # the next chunk is stopped after its first layer
+
+    try:
+        with pytest.raises(Cancelled) as err:
+            engine.load_corpus(corpus_ids, cancel=stop, progress=progress)
+    finally:
+        hook.remove()
+    assert err.value.done == 128 and engine.cache.length == len(engine.cached_ids) == 128
+    assert engine.counters.corpus_tokens_prefilled == 128
+    engine.load_corpus(corpus_ids)
+    reference = fresh(model, llama3_tokenizer, corpus_ids, QUESTIONS[0])
+
+    stop = threading.Event()
+    pieces = []
+    stream = engine.ask(QUESTIONS[0], (), SHORT, cancel=stop)
+    for piece in stream:
+        pieces.append(piece)
+        if len(pieces) == 2:
+            hook = _set_during_layer(model, 0, stop)  # Stop lands inside the next decode step
+    hook.remove()
+    stats = pieces.pop()
+    assert stats.finish_reason == "cancelled" and stats.new_tokens == 2
+    assert reference.startswith("".join(pieces))
+    assert engine.cache.length == len(engine.cached_ids) + engine.conversation_tokens
+    assert answer(engine, QUESTIONS[0])[0] == reference

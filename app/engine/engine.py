@@ -41,6 +41,17 @@ class Counters:
     corpus_loads: int = 0
 
 
+class _Stopped(Exception):
+    """A pass was stopped between two layers because its cancel event was set (CPU); nothing was committed."""
+
+
+def _check_cancel(module, args) -> None:
+    """Forward pre-hook on each decoder layer (CPU): stop the pass when the engine's cancel event is set."""
+    event = getattr(module, "omnibus_cancel", None)
+    if event is not None and event.is_set():
+        raise _Stopped()
+
+
 def _stop_ids(model, tokenizer) -> set[int]:
     ids = set()
     for source in (getattr(model.generation_config, "eos_token_id", None), tokenizer.eos_token_id):
@@ -93,6 +104,11 @@ class Engine:
         self._graph = None  # ((cache id, version), CUDAGraph, input ids, positions, logits): the decode step
         self._lock = threading.RLock()  # re-entrant so that a load's own planning can calibrate
         self.store = store  # app.store.library.Store: corpora saved on disk, reopened instead of prefilled (None: off)
+        # CPU: a pass checks Cancel between its layers, so even a slow chunk on a busy machine stops at once.
+        if not self.on_gpu and not getattr(model, "omnibus_cancel_hooks", False):
+            for layer in model.model.layers:
+                layer.register_forward_pre_hook(_check_cancel)
+            model.omnibus_cancel_hooks = True
 
     # -- planning --
     def devices(self) -> list[planner.Device]:
@@ -216,13 +232,19 @@ class Engine:
         return encode_prompt(self.tokenizer, list(corpus_ids), "", system_prompt=system).prefix
 
     # -- running the model --
-    def _forward(self, ids: list[int], want_logits: bool):
-        """Run `ids` after the committed sequence and commit them. Returns last-position logits [V] or None."""
+    def _forward(self, ids: list[int], want_logits: bool, cancel: threading.Event | None = None):
+        """Run `ids` after the committed sequence and commit them. Returns last-position logits [V] or None.
+
+        On the CPU, `cancel` is checked between layers: a set event raises _Stopped with nothing committed.
+        """
         cache = self.cache
         start = cache.length
         device = self.layer_devices[0]
         input_ids = torch.tensor([ids], device=device)
         positions = torch.arange(start, start + len(ids), device=device).unsqueeze(0)
+        if not self.on_gpu:
+            for layer in self.model.model.layers:
+                layer.omnibus_cancel = cancel
         try:
             with torch.inference_mode():
                 if want_logits:
@@ -233,16 +255,23 @@ class Engine:
                     self.model.model(input_ids=input_ids, position_ids=positions, past_key_values=cache,
                                      kv_cache=cache, use_cache=True)
                     logits = None
+        except _Stopped:
+            cache.truncate(start)
+            raise
         except torch.OutOfMemoryError as err:
             cache.truncate(start)
             torch.cuda.empty_cache()
             raise OutOfMemory(f"the GPU ran out of memory running {len(ids):,} tokens at position {start:,}; "
                               f"the cached corpus ({start:,} tokens) is kept. Try a smaller chunk "
                               f"(--chunk-tokens) or fp8 KV.") from err
+        finally:
+            if not self.on_gpu:
+                for layer in self.model.model.layers:
+                    layer.omnibus_cancel = None
         cache.commit()
         return logits
 
-    def _decode(self, token: int) -> torch.Tensor:
+    def _decode(self, token: int, cancel: threading.Event | None = None) -> torch.Tensor:
         """One token through the model after the committed sequence; returns its logits [V].
 
         On a single GPU the step is captured once as a CUDA graph and replayed: the position lives in device
@@ -250,7 +279,7 @@ class Engine:
         """
         cache = self.cache
         if not self.on_gpu:
-            return self._forward([token], want_logits=True)
+            return self._forward([token], want_logits=True, cancel=cancel)
         cache.set_decode_position(cache.length)
         if len(cache.decode_slots) != 1 or not self.use_cuda_graphs:  # several devices: no single graph
             return self._forward([token], want_logits=True)
@@ -347,6 +376,7 @@ class Engine:
             live = calibration.LiveEstimate(self.rates())
             fixed = None if self.adaptive_chunks else layout.chunk_tokens
             estimated = live.remaining(reused, len(prefix), fixed)
+            live.prior_s = min(max(0.1 * estimated, 0.5), 10.0)  # trust in the rates: a tenth of the load
             started = time.perf_counter()
             if progress is not None and reused < len(prefix):  # shown before the first chunk has run
                 progress(PrefillProgress(reused, len(prefix), 0.0, estimated, 0.0, estimated, reused))
@@ -357,7 +387,11 @@ class Engine:
                                     done=start, total=len(prefix))
                 chunk = prefix[start:start + self._chunk(start, live, layout.chunk_tokens)]
                 chunk_started = time.perf_counter()
-                self._forward(chunk, want_logits=False)
+                try:
+                    self._forward(chunk, want_logits=False, cancel=cancel)
+                except _Stopped:
+                    raise Cancelled(f"stopped at {start:,} of {len(prefix):,} tokens; loading again resumes there",
+                                    done=start, total=len(prefix)) from None
                 self.cached_ids.extend(chunk)
                 self.counters.corpus_tokens_prefilled += len(chunk)
                 start += len(chunk)
@@ -428,7 +462,11 @@ class Engine:
                         break
                     chunk_started = time.perf_counter()
                     piece = suffix[position:position + self._chunk(corpus_end + position, live, self.chunk_tokens)]
-                    logits = self._forward(piece, want_logits=position + len(piece) == len(suffix))
+                    try:
+                        logits = self._forward(piece, want_logits=position + len(piece) == len(suffix), cancel=cancel)
+                    except _Stopped:
+                        reason = "cancelled"
+                        break
                     self.conversation_ids.extend(piece)
                     self.counters.question_tokens_prefilled += len(piece)
                     if live is not None:
@@ -457,7 +495,11 @@ class Engine:
                     if self.cache.length >= self.cache.capacity:
                         reason = "full"
                         break
-                    logits = self._decode(token)
+                    try:
+                        logits = self._decode(token, cancel)
+                    except _Stopped:
+                        reason = "cancelled"
+                        break
                     self.conversation_ids.append(token)
                 tail = decoder.flush()
                 if tail:

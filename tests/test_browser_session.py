@@ -160,13 +160,14 @@ def test_cancel_during_a_load_and_stop_during_an_answer_say_what_happened(app_ur
     from playwright.sync_api import expect
 
     page = open_page(browser, app_url)
-    page.locator("#files input[type=file]").set_input_files([str(long_text(tmp_path / "logbook.txt", 160))])
+    page.locator("#files input[type=file]").set_input_files([str(long_text(tmp_path / "logbook.txt", 70))])
     expect(page.locator("#documents")).to_contain_text("logbook.txt", timeout=60_000)
     expect(page.locator("#meter")).to_contain_text("Loading will take about")
     status = page.locator("#load-status")
     pressed = time.monotonic()
     page.locator("#load").click()
-    expect(status).to_contain_text("Reading the documents into the model", timeout=30_000)  # the progress line
+    expect(status).to_contain_text(re.compile(r"Reading the documents into the model: [\d,]+ of [\d,]+ tokens"),
+                                   timeout=30_000)  # the progress line, with its numbers
     record_timing("first progress shown after Load (s)", time.monotonic() - pressed)
     expect(status).to_contain_text("left")
     expect(page.locator("#cancel")).to_be_enabled()
@@ -182,7 +183,7 @@ def test_cancel_during_a_load_and_stop_during_an_answer_say_what_happened(app_ur
 
     ask(page, LONG_QUESTION)  # loads the rest (resuming), then answers
     expect(page.locator("#stop")).to_be_enabled(timeout=30_000)
-    expect(status).to_contain_text("Ready", timeout=240_000)  # the rest of the documents are read
+    expect(status).to_contain_text("Ready", timeout=600_000)  # the rest of the documents are read (a busy box: slow)
     wait_for_words(page, LONG_QUESTION)
     stopped = time.monotonic()
     page.locator("#stop").click()

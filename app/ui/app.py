@@ -368,7 +368,7 @@ class Events:
 
     def load(self, session, system_prompt):
         """Stream the load's progress into the status line; end with what happened."""
-        yield self.starting(session, system_prompt) or "Loading…"
+        yield "Reading the documents into the model: starting…"  # at once; the engine's first report follows
         work = lambda report: [self.workbench.load(session, system_prompt, report)]  # noqa: E731
         for kind, value in _in_thread(work):
             if kind == "progress":

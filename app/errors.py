@@ -25,7 +25,11 @@ class OutOfMemory(OmnibusError):
 
 
 class Cancelled(OmnibusError):
-    """The user stopped a prefill or an answer."""
+    """The user stopped a prefill or an answer; a stopped prefill says how far it got (`done` of `total` tokens)."""
+
+    def __init__(self, message: str = "", done: int = 0, total: int = 0):
+        super().__init__(message)
+        self.done, self.total = done, total
 
 
 class BackendError(OmnibusError):

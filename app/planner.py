@@ -140,6 +140,13 @@ def question_reserve(window: int) -> int:
     return min(QUESTION_RESERVE_TOKENS, window // 8)
 
 
+def _windows() -> dict[str, int]:
+    """Each known model's window (read lazily: the catalog imports nothing heavy, but planner stays first)."""
+    from app.models_catalog import REGISTRY
+
+    return {name: spec.window for name, spec in REGISTRY.items()}
+
+
 def fit_advice(plan: Plan, reserve: int, overhead: int = 0) -> str:
     """What would make a refused corpus fit, from the plan's numbers: the one wording for the CLI and the app.
 
@@ -149,12 +156,19 @@ def fit_advice(plan: Plan, reserve: int, overhead: int = 0) -> str:
     from app.models_catalog import longer_models
 
     tips = [f"remove files to get under {max(plan.max_tokens - overhead, 0):,} tokens"]
+    on_cpu = plan.kv_dtype != "server" and all(d.name == "cpu" for d in plan.devices)
     if plan.kv_dtype == "server":  # a remote server's window (app.remote.RemotePlan)
         tips.append("start the server with a longer --max-model-len")
     elif plan.max_tokens >= plan.window - reserve:  # the window is the limit, not memory
-        longer = longer_models(plan.window)
-        if longer:
+        longer = [name for name in longer_models(plan.window)
+                  if _windows().get(name, 0) > plan.tokens + reserve] or longer_models(plan.window)[-1:]
+        if on_cpu:  # advice that fits this machine: the long-window models need an NVIDIA GPU
+            tips.append(f"run Omnibus on a computer with an NVIDIA GPU, where `--model {(longer or ['ultralong-1m'])[0]}`"
+                        " reads it all")
+        elif longer:
             tips.append(f"use a model with a longer window (--model {' or '.join(longer)})")
+    elif on_cpu:
+        tips.append("close other programs, or run Omnibus on a computer with more memory or an NVIDIA GPU")
     else:
         if plan.kv_dtype in ("bf16", "fp32"):
             tips.append("--kv-dtype fp8 halves the memory each token needs")
@@ -187,9 +201,12 @@ def _rates(device_name: str, attention_kernel: str = "default") -> tuple[float, 
 
 
 def estimate_prefill_seconds(shape: ModelShape, tokens: int, device_name: str, start: int = 0,
-                             attention_devices: int = 1, attention_kernel: str = "default") -> float:
-    """Seconds to prefill positions start..tokens: linear-layer and attention FLOPs over the measured rates.
-    attention_kernel "fa3" uses FlashAttention-3's rate (the engine says which kernel it runs)."""
+                             attention_devices: int = 1, attention_kernel: str = "default", measured=None) -> float:
+    """Seconds to prefill positions start..tokens: from `measured` (app.calibration.Rates, the CPU's own
+    calibrated speed) when given, else linear-layer and attention FLOPs over the measured rates above
+    (attention_kernel "fa3": FlashAttention-3's rate; the engine says which kernel it runs)."""
+    if measured is not None:
+        return measured.seconds(tokens, start)
     linear_rate, attention_rate = _rates(device_name, attention_kernel)
     linear, attention = shape.prefill_flops(tokens, start)
     fixed = next((s for key, s in PREFILL_FIXED_SECONDS.items() if key in device_name), 0.0)
@@ -206,7 +223,7 @@ def estimate_decode_tokens_per_s(device_name: str, weight_bytes: int, kv_bytes: 
 
 def plan(shape: ModelShape, tokens: int, devices: list[Device], kv_dtype: str = "auto", weight_dtype: str = "bf16",
          chunk: int = 16_384, reserve: int = QUESTION_RESERVE_TOKENS, resident_weights: list[int] | None = None,
-         mode: str = "layers", attention_kernel: str = "default") -> Plan:
+         mode: str = "layers", attention_kernel: str = "default", measured=None) -> Plan:
     """Plan a corpus of `tokens` on `devices`. kv_dtype "auto" picks bf16 if it fits, else fp8.
 
     mode "layers": layers split evenly, each layer's KV on its layer's device (one device busy at a time).
@@ -214,10 +231,12 @@ def plan(shape: ModelShape, tokens: int, devices: list[Device], kv_dtype: str = 
     so attention runs on all of them at once (`shard_tokens` says how many tokens each holds).
     resident_weights: bytes of weights already loaded on each device (their memory is no longer free);
     without it, the weights are computed from the shape and `weight_dtype` and must still fit.
+    measured: app.calibration.Rates measured on this machine (the CPU); the time estimate then uses them.
     """
     if kv_dtype == "auto":
         choices = ["bf16", "fp8"] if devices[0].name != "cpu" else ["fp32"]
-        plans = [plan(shape, tokens, devices, k, weight_dtype, chunk, reserve, resident_weights, mode) for k in choices]
+        plans = [plan(shape, tokens, devices, k, weight_dtype, chunk, reserve, resident_weights, mode, measured)
+                 for k in choices]
         return next((p for p in plans if p.fits), plans[-1])
     sequence = mode == "sequence" and len(devices) > 1
     per_device_layers = [shape.layers] + [0] * (len(devices) - 1) if sequence else split_layers(shape.layers, len(devices))
@@ -268,7 +287,8 @@ def plan(shape: ModelShape, tokens: int, devices: list[Device], kv_dtype: str = 
     all_weights = sum(resident_weights) if resident_weights is not None else shape.params() * weight_bytes
     spread = len(devices) if sequence else 1  # sequence mode reads the KV on every GPU at once
     decode_rate = estimate_decode_tokens_per_s(name, all_weights, kv_total / spread, kv_dtype)
-    prefill = estimate_prefill_seconds(shape, tokens, name, attention_devices=spread, attention_kernel=attention_kernel)
+    prefill = estimate_prefill_seconds(shape, tokens, name, attention_devices=spread, attention_kernel=attention_kernel,
+                                       measured=measured)
     return Plan(tokens, kv_dtype, weight_dtype, fits, max(max_tokens, 0), shape.window, prefill, decode_rate,
                 device_plans, reason, chunk, "sequence" if sequence else "layers", shard_tokens)
 

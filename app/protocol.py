@@ -19,6 +19,7 @@ class Settings:
     temperature: float = 0.0
     top_p: float = 0.95
     seed: int | None = None
+    repetition_guard: bool | None = None  # stop an answer that loops; None: the backend's default (on for the demo)
 
 
 @dataclass
@@ -26,7 +27,10 @@ class PrefillProgress:
     done: int
     total: int
     tokens_per_s: float
-    eta_s: float
+    eta_s: float  # the one estimate of the time left: calibrated rate(depth), corrected by the chunks measured so far
+    elapsed_s: float = 0.0
+    estimated_total_s: float = 0.0  # elapsed_s + eta_s: what the whole load is now expected to take
+    reused: int = 0  # tokens that were already cached when the load started
 
 
 @dataclass
@@ -39,6 +43,13 @@ class LoadStats:
     source: str = "prefill"  # where the prefix came from: "prefill", "memory", "disk", "disk+prefill", ...
     disk_seconds: float = 0.0  # reading it from the disk cache
     saved: object = None  # app.store.library.SaveResult of the save after a prefill (None: no disk cache or nothing new)
+    estimated_s: float = 0.0  # what the estimate said before the run
+    stop_requested: bool = False  # Cancel came, but the load finished before it could stop
+
+    @property
+    def read_tokens(self) -> int:
+        """Tokens this load ran through the model (or read from disk)."""
+        return self.tokens - self.reused
 
 
 @dataclass
@@ -48,8 +59,33 @@ class AnswerStats:
     new_tokens: int
     ttft_s: float
     tokens_per_s: float
-    finish_reason: str  # "stop", "length", "cancelled"
+    finish_reason: str  # a key of FINISH_MESSAGES
     dropped_turns: int = 0
+    reread_tokens: int = 0  # prompt tokens this answer ran through the model (the question, any uncached turns)
+    reread_s: float = 0.0  # how long running them took (part of ttft_s)
+    reused_tokens: int = 0  # tokens of earlier turns taken from the cache, not read again
+
+
+FINISH_MESSAGES = {
+    "stop": "the model finished its answer",
+    "length": "cut off at the answer-length limit (raise it in Settings)",
+    "cancelled": "stopped by you",
+    "repetition": "stopped: the model was repeating itself",
+    "full": "stopped: the model's memory for this conversation is full (Clear chat makes room)",
+    "cut": "the server's stream broke off",
+}
+
+
+@dataclass
+class LoadCost:
+    """What loading a corpus with given instructions would cost, worked out before anything runs."""
+
+    tokens: int  # system prompt + corpus
+    cached: int  # of which the model holds already
+    from_disk: int  # of which a saved corpus on disk would supply
+    to_read: int  # tokens the model has to read (prefill)
+    estimated_s: float  # time to read them, from the rates measured on this machine
+    documents_reread: bool  # the documents themselves are read again (not only the instructions or new files)
 
 
 @runtime_checkable

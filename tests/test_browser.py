@@ -85,10 +85,22 @@ def test_drop_files_load_ask_and_read_the_streamed_answer(app_url, tmp_path):
             expect(passage).to_contain_text("Shipping volumes rose")  # page 1, the cited page
             expect(passage).not_to_contain_text("lighthouse keeper")  # not page 2
 
-            page.get_by_text("Saved corpora").click()  # the loaded documents were saved on disk
+            page.get_by_text("Saved corpora and conversations").click()  # the load was saved with its chat
             expect(page.locator("#saved")).to_contain_text("harbour-report.pdf", timeout=30_000)
-        finally:
             page.screenshot(path=str(artifacts / "ui.png"), full_page=True)
+
+            # The same page in dark mode: a reload brings the session back, so it shows the same state.
+            page.emulate_media(color_scheme="dark")
+            page.reload()
+            expect(page.locator("#chat")).to_contain_text(CITE_REQUEST, timeout=60_000)
+            expect(page.locator("#citations button[data-cite]").first).to_be_visible(timeout=30_000)
+            page.get_by_text("Saved corpora and conversations").click()
+            expect(page.locator("#saved")).to_contain_text("harbour-report.pdf", timeout=30_000)
+            page.screenshot(path=str(artifacts / "ui-dark.png"), full_page=True)
+        except BaseException:
+            page.screenshot(path=str(artifacts / "ui-failed.png"), full_page=True)
+            raise
+        finally:
             browser.close()
     if os.environ.get("OMNIBUS_UPDATE_SCREENSHOT"):  # refresh the README's picture
         (ROOT / "docs").mkdir(exist_ok=True)

@@ -43,7 +43,8 @@ def answer(engine, question, history=(), settings=SHORT, cancel=None) -> tuple[s
     pieces = list(engine.ask(question, history, settings, cancel=cancel))
     stats = pieces.pop()
     assert isinstance(stats, AnswerStats)
-    assert engine.cache.length == len(engine.cached_ids)  # rolled back to the corpus
+    # The corpus, then this prompt's turns and answer: all committed, nothing half-written.
+    assert engine.cache.length == len(engine.cached_ids) + engine.conversation_tokens
     return "".join(pieces), stats
 
 
@@ -71,8 +72,10 @@ def test_follow_up_question_does_not_prefill_the_corpus_again(engine, corpus_ids
 
     second_text, second = answer(engine, "Who keeps the lighthouse?")
     assert engine.counters.corpus_tokens_prefilled == len(prefix)  # not one corpus token again
-    assert engine.counters.corpus_loads == 1 and second.cached_tokens == len(prefix)
-    # After the rollback, the follow-up is answered exactly as by an engine that never saw the first question.
+    assert engine.counters.corpus_loads == 1 and second.cached_tokens == len(prefix) + second.reused_tokens
+    assert second.reused_tokens + second.reread_tokens == second.prompt_tokens - len(prefix)
+    # After rolling back to where the prompts differ, the follow-up is answered exactly as by an engine that
+    # never saw the first question.
     assert second_text == fresh_answer(model, llama3_tokenizer, corpus_ids, "Who keeps the lighthouse?")
     assert answer(engine, "When does the ferry leave?")[0] == first_text
 
@@ -113,7 +116,7 @@ def test_cancelled_load_raises_and_the_next_load_resumes(engine, corpus_ids, mod
 
     with pytest.raises(Cancelled, match="128"):
         engine.load_corpus(corpus_ids, progress=progress, cancel=stop)
-    assert seen == [64, 128] and engine.counters.corpus_tokens_prefilled == 128
+    assert seen == [0, 64, 128] and engine.counters.corpus_tokens_prefilled == 128  # the first before any chunk
     assert engine.cache.length == len(engine.cached_ids) == 128
     with pytest.raises(NoCorpus):
         next(engine.ask("Anything?"))
@@ -152,14 +155,16 @@ def test_cancelled_answer_keeps_the_corpus_and_the_next_answer_is_unchanged(engi
     stats = pieces.pop()
     assert stats.finish_reason == "cancelled" and stats.new_tokens == 3
     assert reference.startswith("".join(pieces))
-    assert engine.cache.length == len(engine.cached_ids)
+    assert engine.cache.length == len(engine.cached_ids) + engine.conversation_tokens
+    # The question and the first two answer tokens: Stop came before the third one ran through the model.
+    assert engine.conversation_tokens == stats.prompt_tokens - len(engine.cached_ids) + 2
 
-    # A consumer that simply stops reading (the UI's stop button) also rolls the cache back.
+    # A consumer that simply stops reading (the UI's stop button) keeps only what was committed.
     stream = engine.ask("Describe the harbour.", settings=long)
     next(stream)
-    assert engine.cache.length > len(engine.cached_ids)
     stream.close()
-    assert engine.cache.length == len(engine.cached_ids)
+    assert engine.cache.length == len(engine.cached_ids) + engine.conversation_tokens
+    assert engine.conversation_tokens == stats.prompt_tokens - len(engine.cached_ids)  # the question, no answer
 
     assert answer(engine, "Describe the harbour.", settings=long)[0] == reference
     assert engine.counters.corpus_tokens_prefilled == prefilled

@@ -70,3 +70,26 @@ def test_greedy_and_top_p_sampling():
     assert 0.3 < draws.count(2) / len(draws) < 0.6
     again = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
     assert [sample(logits, 0.8, 1.0, again[0]) for _ in range(20)] == [sample(logits, 0.8, 1.0, again[1]) for _ in range(20)]
+
+
+def test_repetition_guard_stops_a_loop_with_a_counter_in_it(demo_tokenizer):
+    from app.engine.generation import RepetitionGuard
+
+    loop = "".join(f"The document is in the version 1.2.{i}. " for i in range(10))
+    ids = demo_tokenizer(loop, add_special_tokens=False)["input_ids"]
+    guard = RepetitionGuard()
+    stopped = next(i for i, token in enumerate(ids) if guard.push(token))
+    cycle = len(ids) // 10
+    assert stopped < 4 * cycle  # caught in the third or fourth cycle, not at the answer cap
+
+
+def test_repetition_guard_lets_ordinary_prose_and_code_examples_through(demo_tokenizer):
+    from pydoc_data.topics import topics
+
+    from app.engine.generation import RepetitionGuard
+
+    for key in ("exceptions", "naming", "execmodel", "assignment", "compound"):
+        ids = demo_tokenizer(topics[key], add_special_tokens=False)["input_ids"][:1024]
+        guard = RepetitionGuard()
+        flagged = [i for i, token in enumerate(ids) if guard.push(token)]
+        assert not flagged, (key, demo_tokenizer.decode(ids[max(flagged[0] - 40, 0):flagged[0] + 1]))

@@ -3,8 +3,13 @@
 `load_corpus` runs the system prompt and corpus through the model in bounded chunks into a preallocated
 KV cache. Whatever prefix is already cached is reused, so loading the same corpus again costs nothing,
 an extended corpus costs only its new tokens, and a cancelled load resumes where it stopped.
-`ask` prefills only the question (and earlier turns), streams the answer, then rolls the cache back to
-the corpus.
+`ask` keeps the conversation in the cache too: each question and answer stay committed after the corpus,
+and the next question reuses the longest cached token prefix of its prompt, so a follow-up costs only its
+own tokens. The cache rolls back only as far as a prompt differs (Regenerate, Clear, an edit, a dropped
+turn), never below the corpus.
+
+On the CPU, prefill chunks are sized from the speed measured on this machine (app/calibration.py) so that
+each takes about 0.4 s: progress, Cancel and Stop then act within a second.
 """
 
 from __future__ import annotations
@@ -16,14 +21,16 @@ from dataclasses import dataclass
 
 import torch
 
-from app import planner
+from app import calibration, planner
 from app.engine import attention
 from app.engine.fp8_linear import Fp8Linear
-from app.engine.generation import StreamDecoder, sample
+from app.engine.generation import RepetitionGuard, StreamDecoder, sample
 from app.engine.kv_cache import KVCache
 from app.errors import Cancelled, CorpusTooLarge, NoCorpus, OutOfMemory
-from app.prompt import Turn, default_system_prompt, encode_prompt, fit_turns
-from app.protocol import AnswerStats, LoadStats, PrefillProgress, Settings
+from app.prompt import SMALL_MODELS, Turn, default_system_prompt, encode_prompt, fit_turns
+from app.protocol import AnswerStats, LoadCost, LoadStats, PrefillProgress, Settings
+
+DEMO_ANSWER_TOKENS = 256  # the small demo model's default answer cap (its long answers drift and loop)
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +43,17 @@ class Counters:
     question_tokens_prefilled: int = 0
     tokens_decoded: int = 0
     corpus_loads: int = 0
+
+
+class _Stopped(Exception):
+    """A pass was stopped between two layers because its cancel event was set (CPU); nothing was committed."""
+
+
+def _check_cancel(module, args) -> None:
+    """Forward pre-hook on each decoder layer (CPU): stop the pass when the engine's cancel event is set."""
+    event = getattr(module, "omnibus_cancel", None)
+    if event is not None and event.is_set():
+        raise _Stopped()
 
 
 def _stop_ids(model, tokenizer) -> set[int]:
@@ -76,28 +94,37 @@ class Engine:
             parallel = "sequence" if self.on_gpu and one_device and torch.cuda.device_count() > 1 else "layers"
         self.parallel = parallel
         self.chunk_tokens = chunk_tokens or (16_384 if self.on_gpu else 2048)
+        # CPU without a chosen chunk size: each chunk sized from the measured speed (about 0.4 s a chunk).
+        self.adaptive_chunks = chunk_tokens is None and not self.on_gpu
+        self.calibration: calibration.Calibration | None = None  # the CPU's measured speed, made on first use
         self.stop_ids = _stop_ids(model, tokenizer)
         self.cache: KVCache | None = None
         self.cached_ids: list[int] = []  # the committed prefix (system prompt + corpus), token for token
         self.corpus_ids: list[int] = []  # the corpus alone, as loaded
         self.corpus_sources: list[str] = []  # its documents' sources, in order (names saved corpora)
+        self.conversation_ids: list[int] = []  # committed after the corpus: the last prompt's turns and answer
         self.prefix_length = 0  # tokens of system prompt + corpus once fully loaded
         self.system_prompt = default_system_prompt(self.model_name)
         self.counters = Counters()
         self.use_cuda_graphs = True
         self._graph = None  # ((cache id, version), CUDAGraph, input ids, positions, logits): the decode step
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant so that a load's own planning can calibrate
         self.store = store  # app.store.library.Store: corpora saved on disk, reopened instead of prefilled (None: off)
+        # CPU: a pass checks Cancel between its layers, so even a slow chunk on a busy machine stops at once.
+        if not self.on_gpu and not getattr(model, "omnibus_cancel_hooks", False):
+            for layer in model.model.layers:
+                layer.register_forward_pre_hook(_check_cancel)
+            model.omnibus_cancel_hooks = True
         self.warm_up_seconds = self.warm_up() if self.on_gpu and warm_up else 0.0
 
     def warm_up(self, tokens: int = 4096) -> float:
         """Run a short prefill, question and decode step once on a scratch cache, so that kernel loading and
         compilation happen while the model loads, not in the first answer. Returns the seconds it took."""
         started = time.perf_counter()
-        kept = self.cache, self.cached_ids, self._graph
+        kept = self.cache, self.cached_ids, self.conversation_ids, self._graph
         tokens = min(tokens, self.window // 4)
         try:
-            self.cache, self.cached_ids, self._graph = None, [], None
+            self.cache, self.cached_ids, self.conversation_ids, self._graph = None, [], [], None
             ids = [i % self.shape.vocab for i in range(1000, 1000 + tokens)]
             self._ensure_cache(tokens + 64, self.plan(tokens))
             self._forward(ids, want_logits=False)
@@ -107,7 +134,7 @@ class Engine:
         except (RuntimeError, ValueError, OutOfMemory) as err:  # best effort: the first answer then pays instead
             log.warning("warm-up skipped (%s)", err)
         finally:
-            self.cache, self.cached_ids, self._graph = kept
+            self.cache, self.cached_ids, self.conversation_ids, self._graph = kept
             torch.cuda.empty_cache()
         return time.perf_counter() - started
 
@@ -139,13 +166,94 @@ class Engine:
                 resident[indexes.index(p.device.index)] += p.numel() * p.element_size()
         if not self.on_gpu:  # CPU memory: the weights are part of what is used, not of what is free
             resident = [0]
+        measured = self.rates() if not self.on_gpu else None
         for chunk in (self.chunk_tokens, self.chunk_tokens // 2, self.chunk_tokens // 4):  # smaller chunks, less workspace
             result = planner.plan(self.shape, tokens, devices, kv, self.weight_dtype, chunk, self.reserve,
-                                  resident_weights=resident, mode=self.parallel,
+                                  resident_weights=resident, mode=self.parallel, measured=measured,
                                   attention_kernel="fa3" if self.on_gpu and attention.fa3_kernel() else "default")
             if result.fits:
                 break
         return result
+
+    # -- speed (app/calibration.py) --
+    def rates(self) -> calibration.Rates:
+        """Prefill speed on these devices. CPU: measured on this machine the first time (a few hundred ms),
+        then refitted after every load; while another thread's load holds the engine, the planner's constants.
+        GPUs: the planner's measured FLOP/s constants."""
+        if self.on_gpu:
+            spread = torch.cuda.device_count() if self.parallel == "sequence" else 1
+            return calibration.planned_rates(self.shape, torch.cuda.get_device_name(self.layer_devices[0]), spread)
+        if self.calibration is None:
+            key = calibration.machine_key(self.model_name, str(self.dtype))
+            self.calibration = calibration.Calibration(key, self.store.root if self.store is not None else None)
+        if self.calibration.rates is None:
+            if not self._lock.acquire(blocking=False):  # re-entrant: the thread running a load gets in
+                return calibration.planned_rates(self.shape, "cpu")
+            try:
+                if self.calibration.rates is None:
+                    self.calibration.update(calibration.measure(self._timed_pass, depth=min(2048, self.window // 4)))
+            finally:
+                self._lock.release()
+        return self.calibration.rates
+
+    def _timed_pass(self, tokens: int, depth: int) -> float:
+        """Seconds of one prefill pass of `tokens` after `depth` cached tokens, on a scratch cache of zeros."""
+        scratch = KVCache(self.layer_devices, self.shape.kv_heads, self.shape.head_dim, depth + tokens,
+                          "fp32" if self.dtype == torch.float32 else "bf16", compute_dtype=self.dtype)
+        for layer in scratch.layers:
+            layer.keys.zero_()
+            layer.values.zero_()
+        scratch.length = depth
+        ids = torch.zeros(1, tokens, dtype=torch.long, device=self.layer_devices[0])
+        positions = torch.arange(depth, depth + tokens, device=self.layer_devices[0]).unsqueeze(0)
+        started = time.perf_counter()
+        with torch.inference_mode():
+            self.model.model(input_ids=ids, position_ids=positions, past_key_values=scratch, kv_cache=scratch,
+                             use_cache=True)
+        return time.perf_counter() - started
+
+    def estimate_seconds(self, tokens: int, start: int = 0) -> float:
+        """Seconds to prefill positions start..tokens on this machine (CPU: the calibrated, refitted rates)."""
+        return self.rates().seconds(tokens, start, None if self.adaptive_chunks else self.chunk_tokens)
+
+    def _chunk(self, depth: int, live: calibration.LiveEstimate | None, planned: int) -> int:
+        """The next prefill chunk: `planned` (GPUs, or a chosen --chunk-tokens), else sized from the live speed."""
+        if not self.adaptive_chunks or live is None:
+            return planned
+        return live.chunk_tokens(depth)
+
+    def default_settings(self) -> Settings:
+        """Settings for this model: the demo answers up to 256 tokens (its long answers drift), others 512."""
+        return Settings(max_new_tokens=DEMO_ANSWER_TOKENS if self.model_name in SMALL_MODELS else 512)
+
+    def load_cost(self, corpus, system_prompt: str | None = None) -> LoadCost:
+        """What loading `corpus` (an ingest.Corpus or its token ids) with these instructions would cost, worked
+        out before anything runs: how much is cached, what must be read again and how long that takes."""
+        corpus_ids = list(corpus.token_ids()) if hasattr(corpus, "token_ids") else list(corpus)
+        prefix = self.prompt_prefix(corpus_ids, system_prompt)
+        cached = _common_prefix(self.cached_ids, prefix)
+        from_disk = self._saved_prefix(prefix, beyond=cached)
+        start = max(cached, from_disk)
+        head = len(prefix) - len(corpus_ids)  # where the documents start (after the system prompt and template)
+        documents_reread = start < len(prefix) and start < head + len(self.corpus_ids) and bool(self.corpus_ids)
+        return LoadCost(len(prefix), cached, max(from_disk - cached, 0), len(prefix) - start,
+                        self.estimate_seconds(len(prefix), start) if start < len(prefix) else 0.0, documents_reread)
+
+    def _saved_prefix(self, prefix: list[int], beyond: int) -> int:
+        """Tokens of `prefix` a saved corpus on disk would supply (0: none, or no disk cache)."""
+        if self.store is None or self.cache is not None and self.cache.sharded:
+            return 0
+        from app.store.cache_key import fingerprint, fingerprint_hash, ids_hash
+        import numpy as np
+
+        kv = self.cache.storage if self.cache is not None else self.plan(len(prefix)).kv_dtype
+        fp_hash, array = fingerprint_hash(fingerprint(self, kv)), np.asarray(prefix, dtype="<i4")
+        best = 0
+        for entry in self.store.entries():
+            if entry.meta.get("fingerprint_hash") == fp_hash and max(beyond, best) < entry.tokens <= len(prefix) \
+                    and entry.meta.get("prefix_sha256") == ids_hash(array[:entry.tokens]):
+                best = entry.tokens
+        return best
 
     def prompt_prefix(self, corpus_ids, system_prompt: str | None = None) -> list[int]:
         """System prompt and corpus as the model sees them: the part every question shares."""
@@ -157,13 +265,19 @@ class Engine:
         return len(self.prompt_prefix([], system_prompt))
 
     # -- running the model --
-    def _forward(self, ids: list[int], want_logits: bool):
-        """Run `ids` after the committed sequence and commit them. Returns last-position logits [V] or None."""
+    def _forward(self, ids: list[int], want_logits: bool, cancel: threading.Event | None = None):
+        """Run `ids` after the committed sequence and commit them. Returns last-position logits [V] or None.
+
+        On the CPU, `cancel` is checked between layers: a set event raises _Stopped with nothing committed.
+        """
         cache = self.cache
         start = cache.length
         device = self.layer_devices[0]
         input_ids = torch.tensor([ids], device=device)
         positions = torch.arange(start, start + len(ids), device=device).unsqueeze(0)
+        if not self.on_gpu:
+            for layer in self.model.model.layers:
+                layer.omnibus_cancel = cancel
         try:
             with torch.inference_mode():
                 if want_logits:
@@ -174,16 +288,23 @@ class Engine:
                     self.model.model(input_ids=input_ids, position_ids=positions, past_key_values=cache,
                                      kv_cache=cache, use_cache=True)
                     logits = None
+        except _Stopped:
+            cache.truncate(start)
+            raise
         except torch.OutOfMemoryError as err:
             cache.truncate(start)
             torch.cuda.empty_cache()
             raise OutOfMemory(f"the GPU ran out of memory running {len(ids):,} tokens at position {start:,}; "
                               f"the cached corpus ({start:,} tokens) is kept. Try a smaller chunk "
                               f"(--chunk-tokens) or fp8 KV.") from err
+        finally:
+            if not self.on_gpu:
+                for layer in self.model.model.layers:
+                    layer.omnibus_cancel = None
         cache.commit()
         return logits
 
-    def _decode(self, token: int) -> torch.Tensor:
+    def _decode(self, token: int, cancel: threading.Event | None = None) -> torch.Tensor:
         """One token through the model after the committed sequence; returns its logits [V].
 
         On a single GPU the step is captured once as a CUDA graph and replayed: the position lives in device
@@ -191,7 +312,7 @@ class Engine:
         """
         cache = self.cache
         if not self.on_gpu:
-            return self._forward([token], want_logits=True)
+            return self._forward([token], want_logits=True, cancel=cancel)
         cache.set_decode_position(cache.length)
         if len(cache.decode_slots) != 1 or not self.use_cuda_graphs:  # several devices: no single graph
             return self._forward([token], want_logits=True)
@@ -245,8 +366,8 @@ class Engine:
             self.cache.grow(capacity)
 
     def drop_cache(self) -> None:
-        """Free the KV cache (and forget the cached corpus)."""
-        self.cache, self.cached_ids, self._graph = None, [], None
+        """Free the KV cache (and forget the cached corpus and conversation)."""
+        self.cache, self.cached_ids, self.conversation_ids, self._graph = None, [], [], None
         if self.on_gpu:
             torch.cuda.empty_cache()
 
@@ -269,10 +390,13 @@ class Engine:
             if system_prompt is not None:
                 self.system_prompt = system_prompt
             reused = _common_prefix(self.cached_ids, prefix)
+            same = reused == len(prefix) == len(self.cached_ids)
             self._ensure_cache(len(prefix), plan)
             reused = min(reused, len(self.cached_ids))  # a reallocated cache starts empty
+            if not (same and reused == len(prefix)):
+                self.conversation_ids = []  # the same corpus keeps its conversation cached after it
             self.corpus_ids, self.corpus_sources, self.prefix_length = corpus_ids, list(sources), len(prefix)
-            self.cache.truncate(reused)
+            self.cache.truncate(reused + len(self.conversation_ids))
             self.cached_ids = prefix[:reused]
             self.counters.corpus_loads += 1
             store = self.store
@@ -284,29 +408,49 @@ class Engine:
             reused = len(self.cached_ids)
             source = "disk" if disk and disk.tokens else ("memory" if reused else "prefill")
             checkpoint = store.checkpointer(self, label) if store is not None else None
+            # The one estimate: the measured rates, scaled by how the recent chunks ran (app/calibration.py).
+            live = calibration.LiveEstimate(self.rates())
+            fixed = None if self.adaptive_chunks else plan.chunk_tokens
+            estimated = live.remaining(reused, len(prefix), fixed)
+            live.prior_s = min(max(0.1 * estimated, 0.5), 10.0)  # trust in the rates: a tenth of the load
             started = time.perf_counter()
-            for start in range(reused, len(prefix), plan.chunk_tokens):
+            if progress is not None and reused < len(prefix):  # shown before the first chunk has run
+                progress(PrefillProgress(reused, len(prefix), 0.0, estimated, 0.0, estimated, reused))
+            start = reused
+            while start < len(prefix):
                 if cancel is not None and cancel.is_set():
-                    raise Cancelled(f"prefill stopped at {start:,} of {len(prefix):,} tokens; "
-                                    "loading again resumes from there")
-                chunk = prefix[start:start + plan.chunk_tokens]
-                self._forward(chunk, want_logits=False)
+                    raise Cancelled(f"stopped at {start:,} of {len(prefix):,} tokens; loading again resumes there",
+                                    done=start, total=len(prefix))
+                chunk = prefix[start:start + self._chunk(start, live, plan.chunk_tokens)]
+                chunk_started = time.perf_counter()
+                try:
+                    self._forward(chunk, want_logits=False, cancel=cancel)
+                except _Stopped:
+                    raise Cancelled(f"stopped at {start:,} of {len(prefix):,} tokens; loading again resumes there",
+                                    done=start, total=len(prefix)) from None
                 self.cached_ids.extend(chunk)
                 self.counters.corpus_tokens_prefilled += len(chunk)
-                if progress is not None:
+                start += len(chunk)
+                if progress is not None or not self.on_gpu:
                     _synchronize(self.on_gpu)
-                    done, elapsed = start + len(chunk), time.perf_counter() - started
-                    rate = (done - reused) / max(elapsed, 1e-9)
-                    progress(PrefillProgress(done, len(prefix), rate, (len(prefix) - done) / max(rate, 1e-9)))
+                    now = time.perf_counter()
+                    live.record(len(chunk), start - len(chunk), now - chunk_started)
+                if progress is not None:
+                    elapsed, eta = now - started, live.remaining(start, len(prefix), fixed)
+                    progress(PrefillProgress(start, len(prefix), (start - reused) / max(elapsed, 1e-9), eta,
+                                             elapsed, elapsed + eta, reused))
                 if checkpoint is not None:
                     checkpoint.after_chunk()
             _synchronize(self.on_gpu)
             seconds = time.perf_counter() - started
             fresh = len(prefix) - reused
+            if not self.on_gpu and seconds >= 1.0:  # this load's chunks are the newest measure of the speed
+                self.calibration.update(calibration.fit(live.passes, live.rates))
             saved = store.save(self, label=label) if store is not None and fresh else None
             source += "+prefill" if fresh and source != "prefill" else ""
             return LoadStats(len(prefix), reused, seconds, fresh / seconds if fresh else 0.0, plan.kv_dtype,
-                             source, disk.seconds if disk else 0.0, saved)
+                             source, disk.seconds if disk else 0.0, saved, estimated_s=estimated,
+                             stop_requested=cancel is not None and cancel.is_set())
 
     def load(self, corpus, *, system_prompt: str | None = None, progress=None, cancel=None) -> LoadStats:
         """Load an ingested corpus (`ingest.Corpus`, tokenized with this engine's tokenizer)."""
@@ -318,27 +462,51 @@ class Engine:
         """Stream an answer to `question` about the loaded corpus.
 
         Yields text pieces, then one AnswerStats. Earlier turns (`history`, a list of Turn) are kept while
-        they fit, oldest dropped first. The cache is rolled back to the corpus afterwards, whatever happens.
+        they fit, oldest dropped first. The prompt's turns and the answer stay in the cache after the corpus:
+        the next question reuses the longest cached prefix of its own prompt and runs only the rest
+        (AnswerStats.reread_tokens), so a follow-up costs only its own tokens. `cancel` is checked between
+        prefill chunks and before every decoded token.
         """
-        settings = settings or Settings()
+        settings = settings or self.default_settings()
+        guard = settings.repetition_guard if settings.repetition_guard is not None else \
+            self.model_name in SMALL_MODELS
         with self._lock:
             if self.cache is None or not self.cached_ids or len(self.cached_ids) < self.prefix_length:
                 raise NoCorpus("no corpus is loaded (or its loading was stopped): load it before asking")
             corpus_end = len(self.cached_ids)
             history, dropped, suffix = self._fit_turns(question, list(history), settings.max_new_tokens)
             started = time.perf_counter()
+            # Reuse what the cache holds of this prompt; at least the last token runs again, for its logits.
+            reused = min(_common_prefix(self.conversation_ids, suffix), len(suffix) - 1)
+            del self.conversation_ids[reused:]
+            self.cache.truncate(corpus_end + reused)
             generator = None
             if settings.seed is not None:
                 generator = torch.Generator(device=self.layer_devices[-1]).manual_seed(settings.seed)
             decoder, reason = StreamDecoder(self.tokenizer), "length"
-            first_token_at = None
+            repeats = RepetitionGuard() if guard else None
+            first_token_at, reread_s = None, 0.0
+            live = calibration.LiveEstimate(self.rates()) if self.adaptive_chunks else None
             try:
-                logits = None
-                for start in range(0, len(suffix), self.chunk_tokens):
-                    piece = suffix[start:start + self.chunk_tokens]
-                    logits = self._forward(piece, want_logits=start + len(piece) == len(suffix))
-                self.counters.question_tokens_prefilled += len(suffix)
-                for _ in range(settings.max_new_tokens):
+                logits, position = None, reused
+                while position < len(suffix):
+                    if cancel is not None and cancel.is_set():
+                        reason = "cancelled"
+                        break
+                    chunk_started = time.perf_counter()
+                    piece = suffix[position:position + self._chunk(corpus_end + position, live, self.chunk_tokens)]
+                    try:
+                        logits = self._forward(piece, want_logits=position + len(piece) == len(suffix), cancel=cancel)
+                    except _Stopped:
+                        reason = "cancelled"
+                        break
+                    self.conversation_ids.extend(piece)
+                    self.counters.question_tokens_prefilled += len(piece)
+                    if live is not None:
+                        live.record(len(piece), corpus_end + position, time.perf_counter() - chunk_started)
+                    position += len(piece)
+                reread_s = time.perf_counter() - started
+                for _ in range(settings.max_new_tokens if position == len(suffix) else 0):
                     if cancel is not None and cancel.is_set():
                         reason = "cancelled"
                         break
@@ -352,20 +520,38 @@ class Engine:
                     text = decoder.push(token)
                     if text:
                         yield text
-                    if len(decoder.ids) == settings.max_new_tokens or self.cache.length >= self.cache.capacity:
+                    if len(decoder.ids) == settings.max_new_tokens:
                         break
-                    logits = self._decode(token)
+                    if repeats is not None and repeats.push(token):
+                        reason = "repetition"
+                        break
+                    if self.cache.length >= self.cache.capacity:
+                        reason = "full"
+                        break
+                    try:
+                        logits = self._decode(token, cancel)
+                    except _Stopped:
+                        reason = "cancelled"
+                        break
+                    self.conversation_ids.append(token)
                 tail = decoder.flush()
                 if tail:
                     yield tail
             finally:
-                self.cache.truncate(corpus_end)
+                # Whatever ran and was committed stays: the prompt's turns and the answer so far.
+                self.cache.truncate(corpus_end + len(self.conversation_ids))
             now = time.perf_counter()
             first = first_token_at or now
             decode_s = now - first
             n = len(decoder.ids)
-            yield AnswerStats(corpus_end + len(suffix), corpus_end, n, first - started,
-                              (n - 1) / decode_s if n > 1 and decode_s > 0 else 0.0, reason, dropped)
+            yield AnswerStats(corpus_end + len(suffix), corpus_end + reused, n, first - started,
+                              (n - 1) / decode_s if n > 1 and decode_s > 0 else 0.0, reason, dropped,
+                              reread_tokens=position - reused, reread_s=reread_s, reused_tokens=reused)
+
+    @property
+    def conversation_tokens(self) -> int:
+        """Tokens cached after the corpus: the last prompt's earlier turns, question and answer."""
+        return len(self.conversation_ids)
 
     def _fit_turns(self, question: str, history: list[Turn], max_new_tokens: int):
         """Encode the question after as many recent turns as the cache has room for."""

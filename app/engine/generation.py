@@ -52,3 +52,28 @@ class StreamDecoder:
 
     def text(self) -> str:
         return self._decode(self.ids)
+
+
+class RepetitionGuard:
+    """Says when an answer has fallen into a loop: one n-gram of `n` tokens `repeats` times in the last `window`.
+
+    Small models repeat a phrase with a counter in it ("version 1.2.2 … 1.2.3 …"); the words around the
+    counter still repeat exactly, so an 8-token n-gram seen three times catches the loop a few cycles in,
+    while ordinary prose almost never repeats 8 tokens three times within 256.
+    """
+
+    def __init__(self, n: int = 8, repeats: int = 3, window: int = 256):
+        self.n, self.repeats, self.window = n, repeats, window
+        self.ids: list[int] = []
+        self.seen: dict[tuple[int, ...], list[int]] = {}  # n-gram -> where it ended
+
+    def push(self, token: int) -> bool:
+        """Add one generated token; True when the answer is looping."""
+        self.ids.append(token)
+        if len(self.ids) < self.n:
+            return False
+        end = len(self.ids)
+        ends = self.seen.setdefault(tuple(self.ids[-self.n:]), [])
+        ends[:] = [e for e in ends if end - e < self.window]
+        ends.append(end)
+        return len(ends) >= self.repeats

@@ -13,6 +13,8 @@ import math
 import os
 import threading
 import time
+import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +24,11 @@ from app.errors import Cancelled, CorpusTooLarge, NoCorpus, OmnibusError
 from app.planner import fit_advice
 from ingest.secret_scan import scan_corpus
 from app.prompt import DEFAULT_SYSTEM_PROMPT, Turn
+from app.ui.saved import BadRecord, Library, corpus_from_record, corpus_record, exchanges_from_record
+from app.ui.views import instructions_tag
 from ingest import build_corpus
+
+KEPT_SESSIONS = 200  # browser sessions a page reload can get back (the least recently used beyond go)
 
 
 @dataclass
@@ -32,6 +38,8 @@ class Exchange:
     question: str
     answer: str
     stats: AnswerStats | None = None
+    reload: object = None  # LoadStats of a load that read documents again just before this answer (else None)
+    stop_late: bool = False  # Stop was pressed, but the answer had already finished
 
 
 class Session:
@@ -41,6 +49,13 @@ class Session:
     """
 
     def __init__(self):
+        self.id = uuid.uuid4().hex  # what the browser keeps (gr.BrowserState) to get this session back on reload
+        self.owner = ""  # the login this session belongs to ("" without logins)
+        self.record_id = uuid.uuid4().hex  # its saved conversation (app.ui.saved); a new one after Start over
+        self.system_prompt = None  # the instructions it was last loaded with
+        self.busy = ""  # "load" or "answer" while one runs
+        self.partial = None  # (question, answer so far) while an answer streams
+        self.last_load = None  # LoadStats of its last load
         self.corpus = None  # ingest.Corpus, or None before the first file
         self.secrets: dict = {}  # source -> [ingest.secret_scan.Finding]: likely secrets in this corpus
         self.exchanges: list[Exchange] = []
@@ -48,6 +63,7 @@ class Session:
         self.prefix_tokens = 0  # prompt prefix tokens of this session's last load (what it may hear was reused)
         self.cancel = threading.Event()
         self.verifier = None  # app.citations.check.Verifier of this corpus, built when an answer is first checked
+        self.restored_prompt = None  # the instructions of a reopened or imported conversation, for the page's box
 
     def __deepcopy__(self, memo):
         # Gradio deep-copies a state's starting value for each new browser; a fresh session is that copy.
@@ -106,6 +122,10 @@ def settings_from(max_new_tokens, temperature, top_p=0.95, seed=None, most_token
     return Settings(int(length), heat, nucleus, seed)
 
 
+class BadRecordError(OmnibusError):
+    """A saved or imported conversation could not be opened."""
+
+
 class Workbench:
     """The handlers, bound to one backend (`app.backend.open_backend`).
 
@@ -115,6 +135,36 @@ class Workbench:
     def __init__(self, backend, max_upload_files: int = 2000):
         self.backend = backend
         self.max_upload_files = max_upload_files
+        self.sessions: OrderedDict[str, Session] = OrderedDict()  # id -> session, for page reloads
+        self._sessions_lock = threading.Lock()
+
+    # -- sessions that survive a page reload --
+    def keep(self, session: Session, owner: str = "") -> Session:
+        """Remember `session` for `owner` so that `resume` can hand it back after a reload."""
+        session.owner = owner or ""
+        with self._sessions_lock:
+            self.sessions[session.id] = session
+            self.sessions.move_to_end(session.id)
+            while len(self.sessions) > KEPT_SESSIONS:
+                idle = next((k for k, s in self.sessions.items() if not s.busy), None)
+                if idle is None:
+                    break
+                del self.sessions[idle]
+        return session
+
+    def resume(self, session_id: str | None, owner: str = "") -> Session | None:
+        """The kept session with this id, if it belongs to `owner`."""
+        with self._sessions_lock:
+            session = self.sessions.get(session_id or "")
+            if session is None or session.owner != (owner or ""):
+                return None
+            self.sessions.move_to_end(session.id)
+            return session
+
+    def default_settings(self) -> Settings:
+        """The backend's answer settings (the demo model answers shorter), else the defaults."""
+        make = getattr(self.backend, "default_settings", None)
+        return make() if make is not None else Settings()
 
     # -- the corpus --
     def add_files(self, session: Session, paths, progress=None) -> Session:
@@ -147,10 +197,27 @@ class Workbench:
         return gone
 
     def new_corpus(self, session: Session) -> Session:
-        """Forget this session's documents and conversation (the model's cache is left for reuse)."""
+        """Forget this session's documents and conversation (the model's cache is left for reuse).
+
+        What was saved stays in Saved corpora; the next load starts a new saved conversation.
+        """
         session.corpus, session.exchanges, session.loaded_tokens = None, [], 0
-        session.secrets = {}
+        session.secrets, session.last_load = {}, None
+        session.record_id = uuid.uuid4().hex
         return session
+
+    def load_cost(self, session: Session, system_prompt: str = DEFAULT_SYSTEM_PROMPT):
+        """What loading this corpus with these instructions would cost now (`LoadCost`), or None when the
+        backend cannot say (a remote server) or there is no corpus."""
+        cost = getattr(self.backend, "load_cost", None)
+        if session.corpus is None or cost is None:
+            return None
+        return cost(session.corpus, system_prompt=system_prompt or DEFAULT_SYSTEM_PROMPT)
+
+    def instructions_changed(self, session: Session, system_prompt: str) -> bool:
+        """Whether the session's loaded corpus was read with other instructions than these."""
+        return session.system_prompt is not None and session.corpus is not None and \
+            (system_prompt or DEFAULT_SYSTEM_PROMPT) != session.system_prompt
 
     def plan(self, session: Session, system_prompt: str = DEFAULT_SYSTEM_PROMPT):
         """The planner's verdict on this corpus (plus the instructions), or None with no corpus."""
@@ -176,6 +243,7 @@ class Workbench:
             raise CorpusTooLarge(f"{plan.reason}. {fit_advice(plan, self.backend.reserve)}")
         session.cancel = threading.Event()
         session.loaded_tokens = 0
+        system_prompt = system_prompt or DEFAULT_SYSTEM_PROMPT
         own = session.prefix_tokens
 
         def report(p):  # a stopped load still counts as this session's own, as far as it got
@@ -183,14 +251,22 @@ class Workbench:
             if progress is not None:
                 progress(p)
 
-        stats = self.backend.load(session.corpus, system_prompt=system_prompt or DEFAULT_SYSTEM_PROMPT,
-                                  progress=report, cancel=session.cancel)
+        session.busy = "load"
+        try:
+            stats = self.backend.load(session.corpus, system_prompt=system_prompt, progress=report,
+                                      cancel=session.cancel)
+        finally:
+            session.busy = ""
+        if session.cancel.is_set() and not stats.stop_requested:
+            stats.stop_requested = True  # Cancel came, but the load finished first
         session.loaded_tokens = session.corpus.total_tokens
         session.prefix_tokens = stats.tokens
         # The model's cache is shared: tokens it already held may come from another browser's documents.
         # Say only what this session itself loaded before, so "already loaded" tells nothing about others.
         if stats.reused > own:
             stats = dataclasses.replace(stats, reused=own)
+        session.system_prompt, session.last_load = system_prompt, stats
+        self.save_conversation(session, with_corpus=True, stats=stats)
         return stats
 
     def check_question(self, session: Session, question: str, system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> str:
@@ -222,42 +298,52 @@ class Workbench:
         through `progress`.
         """
         question = self.check_question(session, question, system_prompt)
-        self.load(session, system_prompt, progress)
-        yield from self.answer(session, question, settings)
+        stats = self.load(session, system_prompt, progress)
+        yield from self.answer(session, question, settings, reload=stats)
 
-    def answer(self, session: Session, question: str, settings: Settings | None = None, replace_last: bool = False):
+    def answer(self, session: Session, question: str, settings: Settings | None = None, *,
+               replace_last: bool = False, reload=None):
         """Stream the answer to `question` after the session's earlier exchanges (the corpus must be loaded).
 
         Yields the answer so far after each piece. The finished `Exchange`, with its `AnswerStats`, is
-        appended to `session.exchanges` (with `replace_last`, it replaces the last one), also when the answer
-        is stopped or the page goes away. An answer that fails leaves the conversation as it was, so a
-        refused question is not sent again with every later one.
+        appended to `session.exchanges` (or replaces the last one: `replace_last`), also when the answer is
+        stopped or the page goes away; an answer stopped before its first word is not kept, and
+        an answer that fails leaves the conversation as it was (a refused question is not sent again). `reload`: the
+        `LoadStats` of the load just before, shown with the answer when it read documents again.
         """
         question = question.strip()
         earlier = session.exchanges[:-1] if replace_last else session.exchanges
         history = [Turn(e.question, e.answer) for e in earlier]
-        exchange = Exchange(question, "")
+        read_again = reload is not None and reload.tokens > reload.reused
+        exchange = Exchange(question, "", reload=reload if read_again else None)
+        session.busy, session.partial = "answer", (question, "")
         failed = True
+        pieces = self.backend.ask(question, history, settings or Settings(), cancel=session.cancel)
         try:
-            pieces = self.backend.ask(question, history, settings or Settings(), cancel=session.cancel)
-            try:
-                for piece in pieces:
-                    if isinstance(piece, AnswerStats):
-                        exchange.stats = piece
-                    else:
-                        exchange.answer += piece
-                        yield exchange.answer
-                failed = False
-            except (GeneratorExit, Cancelled):  # stopped, or the page went away: what was said is kept
-                failed = False
-                raise
-            finally:
-                close = getattr(pieces, "close", None)
-                if close is not None:
-                    close()  # rolls the model's cache back to the corpus even if the page went away
+            for piece in pieces:
+                if isinstance(piece, AnswerStats):
+                    exchange.stats = piece
+                else:
+                    exchange.answer += piece
+                    session.partial = (question, exchange.answer)
+                    yield exchange.answer
+            failed = False
+        except (GeneratorExit, Cancelled):  # stopped, or the page went away: what was said is kept
+            failed = False
+            raise
         finally:
-            if not failed:
-                session.exchanges[:] = [*earlier, exchange]
+            close = getattr(pieces, "close", None)
+            if close is not None:
+                close()  # ends the model's run (and frees its lock) even if the page went away
+            finished = exchange.stats is not None and exchange.stats.finish_reason != "cancelled"
+            exchange.stop_late = finished and session.cancel.is_set()
+            if exchange.answer.strip() and not failed:
+                if replace_last and session.exchanges and session.exchanges[-1].question == question:
+                    session.exchanges[-1] = exchange
+                else:
+                    session.exchanges.append(exchange)
+            session.busy, session.partial = "", None
+            self.save_conversation(session)
         yield exchange.answer
 
     def regenerate(self, session: Session, settings: Settings | None = None,
@@ -265,8 +351,9 @@ class Workbench:
         """Ask the last question again, replacing its answer."""
         if not session.exchanges:
             raise NoCorpus("there is no answer to regenerate yet")
-        self.load(session, system_prompt, progress)
-        yield from self.answer(session, session.exchanges[-1].question, settings, replace_last=True)
+        last = session.exchanges[-1]  # kept until the new answer is done (an export meanwhile still has it)
+        stats = self.load(session, system_prompt, progress)
+        yield from self.answer(session, last.question, settings, replace_last=True, reload=stats)
 
     def stop(self, session: Session) -> None:
         """Stop this session's load or answer at the next token or chunk."""
@@ -275,22 +362,99 @@ class Workbench:
     def clear_chat(self, session: Session) -> Session:
         """Forget the conversation; the documents stay loaded."""
         session.exchanges = []
+        self.save_conversation(session)
         return session
 
-    # -- saved corpora (app/store/library.py) --
-    def saved_corpora(self) -> list:
-        """The corpora saved on disk (most recently used first); none for a remote backend or --no-disk-cache."""
+    # -- saved corpora and their conversations (app/ui/saved.py, next to app/store's KV caches) --
+    @property
+    def library(self) -> Library | None:
+        """The saved conversations; None for a remote backend or --no-disk-cache."""
         store = self.backend.store
-        return [e for e in store.entries() if e.kind == "corpus"] if store is not None else []
+        return Library(store.root) if store is not None else None
 
-    def remove_saved(self, ids) -> int:
-        """Delete saved corpora by id; returns how many were removed."""
-        store = self.backend.store
-        if store is None:
+    def save_conversation(self, session: Session, *, with_corpus: bool = False, stats=None) -> None:
+        """Keep the session's loaded corpus and conversation in its owner's saved corpora (when there is a
+        disk library and the corpus was loaded)."""
+        library = self.library
+        if library is None or session.corpus is None or session.system_prompt is None:
+            return
+        saved = getattr(stats, "saved", None)
+        kv_id = saved.entry.id if saved is not None and getattr(saved, "entry", None) is not None else None
+        if kv_id is None:
+            try:
+                kv_id = library.find(session.owner, session.record_id).kv_id
+            except BadRecord:
+                kv_id = None
+        library.save(session.owner, session.record_id, corpus=session.corpus if with_corpus else None,
+                     conversation={**self._summary(session), "kv_id": kv_id, "prefix_tokens": session.prefix_tokens,
+                                   "exchanges": [{"question": e.question, "answer": e.answer}
+                                                 for e in session.exchanges]})
+
+    def _summary(self, session: Session) -> dict:
+        return {"model": self.backend.model_name, "sources": session.sources, "tokens": session.corpus.total_tokens,
+                "system_prompt": session.system_prompt,
+                "instructions": instructions_tag(session.system_prompt, self.backend)}
+
+    def saved_corpora(self, owner: str = "") -> list:
+        """This login's saved corpora with their conversations (`app.ui.saved.Record`), newest first."""
+        library = self.library
+        return library.records(owner) if library is not None else []
+
+    def remove_saved(self, ids, owner: str = "") -> int:
+        """Delete this login's saved corpora by id, with their KV caches unless another record uses them.
+
+        Returns how many were removed."""
+        library, store = self.library, self.backend.store
+        if library is None:
             return 0
-        for ident in ids or []:
-            store.remove(ident)
-        return len(ids or [])
+        removed = 0
+        for record in [r for r in library.records(owner) if r.id in set(ids or [])]:
+            library.remove(record)
+            removed += 1
+            if record.kv_id and not library.kv_in_use(record.kv_id, besides=record.path):
+                try:
+                    store.remove(record.kv_id)
+                except OmnibusError:
+                    pass  # already gone (removed with `cache rm`, or pruned)
+        return removed
+
+    def open_saved(self, session: Session, record_id: str, owner: str = "") -> Session:
+        """Put a saved corpus and its conversation into this session (load it next; its cache is on disk)."""
+        library = self.library
+        if library is None:
+            raise BadRecordError("there are no saved corpora here (--no-disk-cache or a remote server)")
+        try:
+            record = library.find(owner, record_id)
+            corpus = library.read_corpus(record, self.backend.tokenizer)
+            pairs = exchanges_from_record(record.meta)
+        except BadRecord as err:
+            raise BadRecordError(f"cannot open it: {err}") from err
+        self._replace(session, corpus, pairs, record.meta.get("system_prompt"))
+        session.record_id = record.id
+        session.prefix_tokens = int(record.meta.get("prefix_tokens") or 0)  # this login's own load, saved with it
+        return session
+
+    def import_conversation(self, session: Session, path) -> Session:
+        """Put an exported JSON conversation (`export(..., "json")`), documents and all, into this session."""
+        try:
+            record = json.loads(Path(path).read_text(encoding="utf-8"))
+            if not isinstance(record, dict) or "corpus" not in record:
+                raise BadRecord("it is not a conversation exported as JSON by Omnibus")
+            corpus = corpus_from_record(record["corpus"], self.backend.tokenizer)
+            pairs = exchanges_from_record(record)
+        except (OSError, UnicodeDecodeError, ValueError) as err:
+            raise BadRecordError(f"cannot import {Path(path).name}: {err}") from err
+        self._replace(session, corpus, pairs, record.get("system_prompt"))
+        session.record_id = uuid.uuid4().hex
+        return session
+
+    def _replace(self, session: Session, corpus, pairs, system_prompt) -> None:
+        self.new_corpus(session)
+        session.corpus = corpus
+        session.secrets = scan_corpus(corpus)
+        session.exchanges = [Exchange(q, a) for q, a in pairs]
+        session.system_prompt = None  # not loaded yet
+        session.restored_prompt = system_prompt if isinstance(system_prompt, str) and system_prompt else None
 
     # -- citations --
     def citations(self, session: Session, exchange: int = -1):
@@ -324,7 +488,8 @@ class Workbench:
                                    "new_tokens": e.stats.new_tokens, "finish_reason": e.stats.finish_reason}
             exchanges.append(record)
         return {"model": self.backend.model_name, "exported": time.strftime("%Y-%m-%d %H:%M:%S"),
-                "documents": documents, "exchanges": exchanges}
+                "documents": documents, "exchanges": exchanges, "system_prompt": session.system_prompt or session.restored_prompt,
+                "corpus": corpus_record(session.corpus) if session.corpus else None}
 
     def export(self, session: Session, folder: Path, kind: str) -> Path:
         """Write the conversation as Markdown ("md") or JSON ("json") into `folder`; return the file."""

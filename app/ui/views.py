@@ -6,14 +6,22 @@ heard of a token or a KV cache. No gradio here.
 
 from __future__ import annotations
 
+import time
 from html import escape
 
+from app.citations.form import CITATION_FORMAT
 from app.planner import fit_advice, format_seconds
+from app.prompt import default_system_prompt
 
 DOCUMENT_HEADERS = ["#", "File", "Kind", "Pages", "Tokens"]
 SKIPPED_HEADERS = ["File", "Why it was left out"]
 KIND_NAMES = {"pdf": "PDF", "docx": "Word", "text": "text", "code": "code"}
 TOKEN_HINT = "a token is about ¾ of a word"
+DEMO_MARK = "demo model — answers are unreliable"
+# Files the readers leave out as binary, and what to do instead.
+WAY_OUT = {("xlsx", "xls", "xlsm", "ods", "numbers"): "spreadsheets are not read; save it as CSV and add that",
+           ("pptx", "ppt", "odp", "key"): "presentations are not read; save it as PDF and add that",
+           ("doc", "odt", "rtf", "pages"): "only .docx Word files are read; save it as .docx or PDF and add that"}
 
 
 def banner(backend) -> str:
@@ -37,8 +45,17 @@ def document_rows(corpus) -> list[list]:
 
 
 def skipped_rows(corpus) -> list[list]:
-    """One row per file left out, with the reason."""
-    return [[s.source, s.reason] for s in corpus.skipped] if corpus is not None else []
+    """One row per file left out, with the reason (and a way out for spreadsheets and such)."""
+    return [[s.source, _reason(s)] for s in corpus.skipped] if corpus is not None else []
+
+
+def _reason(skipped) -> str:
+    extension = skipped.source.rpartition(".")[2].lower() if "." in skipped.source else ""
+    if skipped.reason.startswith("binary file"):
+        for extensions, advice in WAY_OUT.items():
+            if extension in extensions:
+                return advice
+    return skipped.reason
 
 
 def corpus_summary(corpus) -> str:
@@ -59,33 +76,40 @@ def _memory_line(plan) -> str:
     return hardware
 
 
-def context_meter(backend, plan, corpus_tokens: int | None = None) -> str:
-    """HTML: the documents' tokens against the model window and what the hardware holds, and load time."""
+def context_meter(backend, plan, corpus_tokens: int | None = None, *, cost=None, loaded: bool = False) -> str:
+    """HTML: the documents' tokens against the model window and what the hardware holds, and load time.
+
+    `cost` (the engine's `LoadCost`) gives the load time of what is not cached yet; `loaded`: nothing is left
+    to read."""
     if plan is None:
         return ("<div class='meter'><b>Context meter.</b> Once you add documents, this shows how much of the "
                 f"model's reading capacity they use ({TOKEN_HINT}).</div>")
     reserve = backend.reserve
     window_room = max(plan.window - reserve, 1)
     limit = max(min(plan.max_tokens, window_room), 1)
-    share = plan.tokens / limit
+    total = cost.tokens if cost is not None else plan.tokens  # the engine's exact count of what it will hold
+    share = total / limit
     colour = "#2e7d32" if plan.fits and share < 0.8 else "#ef6c00" if plan.fits else "#c62828"
     bar = (f"<div class='meter-bar'><div style='width:{min(share, 1) * 100:.1f}%;background:{colour}'></div></div>")
     hardware = _memory_line(plan)
     memory = ("has room for the whole window" if plan.max_tokens >= window_room
               else f"has room for <b>{plan.max_tokens:,}</b> tokens ({plan.kv_dtype} cache)")
-    used = f"<b>{plan.tokens:,}</b> tokens"
+    used = f"<b>{total:,}</b> tokens"
     if corpus_tokens is not None:
         used = (f"Your documents are <b>{corpus_tokens:,}</b> tokens; with the instructions to the model, "
-                f"<b>{plan.tokens:,}</b>")
+                f"<b>{total:,}</b>")
     lines = [
         f"{used}: {share:.0%} of what can be used ({TOKEN_HINT}).",
         f"The model reads up to <b>{plan.window:,}</b> tokens at once; {reserve:,} of them are kept for your "
         "questions and its answers.",
         f"Memory: {escape(hardware)} {memory}.",
     ]
-    if plan.fits:
-        lines.append(f"Loading will take about <b>{format_seconds(plan.prefill_seconds)}</b>, once; follow-up "
-                     "questions reuse it.")
+    if plan.fits and loaded:
+        lines.append("Loaded: follow-up questions reuse it.")
+        verdict = ""
+    elif plan.fits:
+        lines.append(f"Loading will take about <b>{format_seconds(load_estimate(plan, cost))}</b>, once; "
+                     "follow-up questions reuse it.")
         verdict = ""
     else:
         verdict = (f"<div class='refusal'><b>This is too much to load.</b> {escape(plan.reason[:1].upper() + plan.reason[1:])}.<br>"
@@ -94,35 +118,107 @@ def context_meter(backend, plan, corpus_tokens: int | None = None) -> str:
     return f"<div class='meter'><b>Context meter</b>{bar}<ul>{items}</ul>{verdict}</div>"
 
 
+def load_estimate(plan, cost=None) -> float:
+    """The one load-time estimate the page shows: the engine's calibrated cost of what is not cached yet."""
+    return cost.estimated_s if cost is not None else plan.prefill_seconds
+
+
+def _bar(share: float, width: int = 20) -> str:
+    filled = round(max(0.0, min(share, 1.0)) * width)
+    return "█" * filled + "░" * (width - filled)
+
+
+def load_starting(total: int, reused: int, estimate_s: float) -> str:
+    """The progress line shown the moment a load starts, before the engine's first report."""
+    return (f"`{_bar(reused / max(total, 1))}` Reading the documents into the model: {reused:,} of {total:,} tokens · "
+            f"about **{format_seconds(estimate_s)}** left")
+
+
 def load_progress(p) -> str:
-    """One line for a `PrefillProgress` report."""
-    return (f"Reading the documents into the model: {p.done:,} of {p.total:,} tokens · "
-            f"{p.tokens_per_s:,.0f} tokens/s · about {format_seconds(p.eta_s)} left")
+    """One line for a `PrefillProgress` report: the engine's one estimate of the time left."""
+    speed = f" · {p.tokens_per_s:,.0f} tokens/s" if p.tokens_per_s else ""
+    return (f"`{_bar(p.done / max(p.total, 1))}` Reading the documents into the model: {p.done:,} of "
+            f"{p.total:,} tokens ({p.done / max(p.total, 1):.0%}){speed} · about **{format_seconds(p.eta_s)}** left")
 
 
 def load_done(stats) -> str:
     """One line for `LoadStats`."""
+    late = " (Cancel came after it had finished.)" if getattr(stats, "stop_requested", False) else ""
     if stats.reused >= stats.tokens:
-        return f"**Ready:** the documents ({stats.tokens:,} tokens) are loaded. Ask away."
+        return f"**Ready:** the documents ({stats.tokens:,} tokens) are loaded. Ask away.{late}"
     reused = f" ({stats.reused:,} were already loaded)" if stats.reused else ""
+    estimated = getattr(stats, "estimated_s", 0.0)
+    guess = f"; estimated {format_seconds(estimated)}" if estimated else ""
     return (f"**Ready:** loaded {stats.tokens - stats.reused:,} tokens in {format_seconds(stats.seconds)} "
-            f"({stats.tokens_per_s:,.0f} tokens/s){reused}. Ask away.")
+            f"({stats.tokens_per_s:,.0f} tokens/s{guess}){reused}. Ask away.{late}")
 
 
-def answer_line(stats) -> str:
-    """How the last answer went: time to first token, speed, why it ended."""
+def load_stopped(err) -> str:
+    """What a cancelled load did: where it stopped, and that loading again resumes there."""
+    done, total = getattr(err, "done", None), getattr(err, "total", None)
+    if done is not None and total is not None:
+        return f"**Loading stopped** at {done:,} of {total:,} tokens; loading again resumes there."
+    text = str(err).replace("prefill stopped", "stopped")
+    return f"**Loading stopped:** {text}."
+
+
+def load_finished_first(stats) -> str:
+    return (f"**Ready:** loading finished before it could stop ({stats.tokens:,} tokens are loaded). "
+            "Ask away.")
+
+
+def instructions_warning(cost, tokens: int, estimate_s: float) -> str:
+    """Said as soon as the instructions change on a loaded corpus: the next load reads the documents again."""
+    if cost is not None and not getattr(cost, "documents_reread", True):
+        return ""
+    to_read = getattr(cost, "to_read", tokens) if cost is not None else tokens
+    return (f"**The instructions changed:** the documents will be read again ({to_read:,} tokens, about "
+            f"{format_seconds(estimate_s)}) at the next load or question. Change them back to keep the loaded copy.")
+
+
+FINISH_WORDS = {"length": "cut off at the answer-length limit (raise it in Settings)",
+                "repetition": "stopped: the model was repeating itself",
+                "full": "stopped: the model's window is full (Clear chat to make room)"}
+
+
+def answer_line(stats, reload=None, stop_late: bool = False) -> str:
+    """How the last answer went: the wait for its first word (and why, when documents were read again),
+    its speed, and why it ended. `reload`: the `LoadStats` of a load that read documents again first."""
     if stats is None:
         return ""
-    parts = [f"First word after **{stats.ttft_s:.2f} s**",
-             f"{stats.new_tokens} tokens at {stats.tokens_per_s:.1f} tokens/s",
-             f"the documents were reused from memory ({stats.cached_tokens:,} tokens, not read again)"]
-    if stats.finish_reason == "length":
-        parts.append("cut off at the answer-length limit (raise it in Settings)")
-    elif stats.finish_reason == "cancelled":
-        parts.append("stopped by you")
+    read = (reload.tokens - reload.reused) if reload is not None else 0
+    if read:
+        wait = reload.seconds + stats.ttft_s
+        parts = [f"First word after **{wait:.2f} s**: the documents were read again first ({read:,} tokens, "
+                 f"{format_seconds(reload.seconds)}; the instructions changed, or another conversation used the "
+                 "model meanwhile)"]
+    else:
+        parts = [f"First word after **{stats.ttft_s:.2f} s**",
+                 f"the documents were reused from memory ({stats.cached_tokens:,} tokens, not read again)"]
+    reread = getattr(stats, "reread_tokens", 0)
+    if reread and reread > 200:
+        parts.append(f"{reread:,} tokens of question and earlier exchanges were read first")
+    parts.insert(1, f"{stats.new_tokens} tokens at {stats.tokens_per_s:.1f} tokens/s")
+    if stats.finish_reason == "cancelled":
+        parts.append(f"stopped by you after {stats.new_tokens:,} tokens")
+    elif stats.finish_reason in FINISH_WORDS:
+        parts.append(FINISH_WORDS[stats.finish_reason])
+    if stop_late:
+        parts.append("it finished before it could stop")
     if stats.dropped_turns:
         parts.append(f"the {stats.dropped_turns} oldest exchange(s) no longer fit and were left out")
     return " · ".join(parts)
+
+
+def instructions_tag(system_prompt, backend) -> str:
+    """A few words naming a conversation's instructions: the defaults, the defaults with citations, or own."""
+    if not system_prompt:
+        return ""
+    if system_prompt == default_system_prompt(backend.model_name):
+        return "default instructions"
+    if system_prompt.replace(CITATION_FORMAT, "").strip() == default_system_prompt("demo").strip():
+        return "default + citations" if CITATION_FORMAT in system_prompt else "default, no citations"
+    return "own instructions: " + " ".join(system_prompt.split())[:40]
 
 
 CITE_MARKS = {"verified": "✓", "near": "≈", "not found": "✗", "no quote": "·"}
@@ -144,12 +240,18 @@ def _cite_place(check) -> str:
     return f"{name} · {word[0]} {span[0]}" if span[0] == span[1] else f"{name} · {word[1]} {span[0]}-{span[1]}"
 
 
-def citation_chips(checks) -> str:
-    """HTML: one button per citation of the answer (`data-cite` = its position), marked by how it checked out."""
+def citation_chips(checks, asked: bool = True, demo: bool = False) -> str:
+    """HTML: one button per citation of the answer (`data-cite` = its position), marked by how it checked out.
+
+    `asked`: whether the instructions asked for citations; `demo`: the CPU demo model, which is not asked."""
     if checks is None:
         return ""
     if not checks:
-        return "<div class='citations'><span class='cite-none'>No citations in this answer.</span></div>"
+        why = ("The demo model is not asked for sources: it is too small to quote them reliably, so there is "
+               "nothing to check." if demo and not asked else
+               "No sources: the instructions do not ask for them (tick the box in Settings)." if not asked else
+               "No citations in this answer.")
+        return f"<div class='citations'><span class='cite-none'>{why}</span></div>"
     found = sum(c.status == "verified" for c in checks)
     chips = []
     for n, check in enumerate(checks):
@@ -188,21 +290,35 @@ def cited_passage(check, passage) -> str:
     return f"<div class='passage'>{head}<pre class='passage-text'>{chr(10).join(lines)}</pre></div>"
 
 
-SAVED_HEADERS = ["Saved corpus", "Documents", "Tokens", "Size on disk", "Last used"]
+SAVED_HEADERS = ["Files", "Tokens", "Questions", "Instructions", "Last used"]
 
 
-def saved_rows(entries) -> list[list]:
-    """Table rows for the corpora saved on disk."""
-    import time
-
-    return [[e.name or e.id[:8], e.documents, f"{e.tokens:,}", f"{e.bytes / 1e9:,.2f} GB",
-             time.strftime("%Y-%m-%d %H:%M", time.localtime(e.last_used)) if e.last_used else ""] for e in entries]
+def _files(sources: list[str], most: int = 3) -> str:
+    names = [s.rstrip("/").rsplit("/", 1)[-1] + ("/" if s.endswith("/") else "") for s in sources]
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
-def saved_choices(entries) -> list[tuple[str, str]]:
-    """(label, id) pairs for the remove menu."""
-    return [(f"{e.name or e.id[:8]} ({e.tokens:,} tokens)", e.id) for e in entries]
+def _when(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(seconds)) if seconds else ""
 
 
-SAVED_NOTE = ("Documents you have loaded before are saved on disk after loading. Loading the same documents again "
-              "(even after a restart) reopens them from here in seconds instead of reading them again.")
+def saved_rows(records) -> list[list]:
+    """Table rows for this login's saved corpora and conversations (`app.ui.saved.Record`)."""
+    return [[_files(r.sources), f"{r.tokens:,}", r.exchanges, r.instructions, _when(r.updated)] for r in records]
+
+
+def saved_choices(records) -> list[tuple[str, str]]:
+    """(label, id) pairs for the Open/Remove menu: files, date and instructions, so no two read the same."""
+    labels, out = set(), []
+    for r in records:
+        label = f"{_files(r.sources, 2)} · {_when(r.updated)} · {r.exchanges} question(s) · {r.instructions}"
+        if label in labels:
+            label += f" · {r.id[:6]}"
+        labels.add(label)
+        out.append((label, r.id))
+    return out
+
+
+SAVED_NOTE = ("What you load is saved on this computer with its conversation. *Open* puts the documents and the "
+              "conversation back (from disk, in seconds, instead of reading them again). With logins, each login "
+              "sees only its own.")

@@ -1,0 +1,206 @@
+"""Prefill speed measured on this machine, for the CPU: one short calibration, then corrected by every load.
+
+The time of one prefill pass of `n` tokens written after `depth` cached tokens is modelled as
+
+    seconds = per_pass + n * (per_token + per_token_depth * (depth + n / 2))
+
+`per_token` is the linear layers (constant per token); `per_token_depth` is attention, whose work per token
+grows with the depth it attends over; `per_pass` is the fixed cost of one forward (Python, kernel launches).
+The first estimate comes from three timed passes on a scratch cache (a few hundred ms on a quiet machine);
+each load refits the three numbers from its own chunks and keeps them in `calibration.json` beside the saved
+corpora, so the next estimate starts from the speed this machine showed last. During a load, `LiveEstimate`
+scales the model by how the recent chunks actually ran, so a busy machine's estimate corrects itself within
+a few chunks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+FILE_NAME = "calibration.json"
+CHUNK_TARGET_S = 0.4  # a CPU prefill chunk should take about this long: progress shows at least every ~0.5 s
+MIN_CHUNK, MAX_CHUNK = 32, 2048
+
+
+@dataclass
+class Rates:
+    """Seconds per prefill pass as a function of its tokens and depth (see the module docstring)."""
+
+    per_token: float
+    per_token_depth: float
+    per_pass: float
+    source: str = "calibration"  # "calibration" (timed passes) or "loads" (refitted from a load's chunks)
+    measured: float = 0.0  # time.time() of the measurement
+
+    def pass_seconds(self, tokens: int, depth: int) -> float:
+        """One pass of `tokens` tokens after `depth` cached ones."""
+        return self.per_pass + tokens * (self.per_token + self.per_token_depth * (depth + tokens / 2))
+
+    def seconds(self, end: int, start: int = 0, chunk: int | None = None) -> float:
+        """Positions start..end in passes of `chunk` tokens (None: the chunk size `chunk_tokens` would pick)."""
+        if end <= start:
+            return 0.0
+        tokens = end - start
+        passes = -(-tokens // chunk) if chunk else max(1, round(tokens / self.chunk_tokens((start + end) // 2)))
+        return passes * self.per_pass + tokens * self.per_token + self.per_token_depth * (end**2 - start**2) / 2
+
+    def chunk_tokens(self, depth: int, slowdown: float = 1.0, target_s: float = CHUNK_TARGET_S) -> int:
+        """The chunk that takes about `target_s` at `depth` when the machine runs `slowdown` times slower."""
+        budget = target_s / max(slowdown, 1e-3) - self.per_pass
+        per_token = self.per_token + self.per_token_depth * depth
+        tokens = int(budget / per_token) if budget > 0 and per_token > 0 else MIN_CHUNK
+        return max(MIN_CHUNK, min(MAX_CHUNK, tokens // 16 * 16))
+
+    def scaled(self, factor: float) -> "Rates":
+        return Rates(self.per_token * factor, self.per_token_depth * factor, self.per_pass * factor,
+                     self.source, self.measured)
+
+
+def fit(passes: list[tuple[int, int, float]], prior: Rates) -> Rates:
+    """Least-squares Rates from measured passes [(tokens, depth, seconds)], falling back to `prior` scaled.
+
+    Needs passes at several depths and sizes to separate the three terms; when the fit is unsound (too few
+    passes, a negative term from a noisy machine), the prior's shape is kept and only its scale is fitted.
+    """
+    import numpy as np
+
+    if not passes:
+        return prior
+    rows = np.array([[1.0, n, n * (d + n / 2)] for n, d, _ in passes])
+    seconds = np.array([s for _, _, s in passes])
+    depths = {d for _, d, _ in passes}
+    if len(passes) >= 6 and max(depths) - min(depths) >= 512:
+        solution, *_ = np.linalg.lstsq(rows, seconds, rcond=None)
+        per_pass, per_token, per_token_depth = (float(x) for x in solution)
+        if per_token > 0 and per_token_depth >= 0 and per_pass >= 0:
+            return Rates(per_token, per_token_depth, per_pass, "loads", time.time())
+    predicted = sum(prior.pass_seconds(n, d) for n, d, _ in passes)
+    scaled = prior.scaled(float(seconds.sum()) / predicted if predicted > 0 else 1.0)
+    scaled.source, scaled.measured = "loads", time.time()
+    return scaled
+
+
+class LiveEstimate:
+    """The time left of a running load: the rates, scaled by how this load's chunks ran against them.
+
+    The time estimate scales by all of this load's chunks so far, measured against predicted seconds, with
+    `prior_s` predicted seconds of trust in the rates added to both sides: one noisy chunk moves it little,
+    a machine that stays slower moves it all the way. Chunk sizes follow the last few chunks only, so a
+    sudden slowdown shrinks the next chunk at once.
+    """
+
+    def __init__(self, rates: Rates, prior_s: float = 2.0, window: int = 6):
+        self.rates, self.prior_s = rates, prior_s
+        self.recent: deque[tuple[float, float]] = deque(maxlen=window)  # (measured, predicted) seconds
+        self.measured = self.predicted = 0.0
+        self.passes: list[tuple[int, int, float]] = []
+
+    @property
+    def slowdown(self) -> float:
+        """This load's measured over predicted time, pulled toward 1.0 by the prior (1.0 before the first chunk)."""
+        return (self.prior_s + self.measured) / (self.prior_s + self.predicted) if self.predicted > 0 else 1.0
+
+    @property
+    def recent_slowdown(self) -> float:
+        measured, predicted = sum(m for m, _ in self.recent), sum(p for _, p in self.recent)
+        return measured / predicted if predicted > 0 and measured > 0 else 1.0
+
+    def record(self, tokens: int, depth: int, seconds: float) -> None:
+        predicted = self.rates.pass_seconds(tokens, depth)
+        self.passes.append((tokens, depth, seconds))
+        self.recent.append((seconds, predicted))
+        self.measured += seconds
+        self.predicted += predicted
+
+    def remaining(self, done: int, total: int, chunk: int | None = None) -> float:
+        return self.slowdown * self.rates.seconds(total, done, chunk)
+
+    def chunk_tokens(self, depth: int) -> int:
+        return self.rates.chunk_tokens(depth, self.recent_slowdown)
+
+
+def machine_key(model_name: str, dtype: str) -> str:
+    """What the rates depend on: the model, its compute dtype, the CPU and the threads torch uses."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return f"{model_name}|{dtype}|{cpu}|threads={torch.get_num_threads()}"
+
+
+class Calibration:
+    """Rates for one model on this machine, kept in `folder/calibration.json` (without a folder: for this
+    process only, shared by its engines)."""
+
+    _in_memory: dict[str, Rates] = {}
+
+    def __init__(self, key: str, folder: Path | str | None = None):
+        self.key = key
+        self.path = Path(folder) / FILE_NAME if folder is not None else None
+        self.rates: Rates | None = self._read() if self.path is not None else self._in_memory.get(key)
+
+    def _read(self) -> Rates | None:
+        if self.path is None:
+            return None
+        try:
+            record = json.loads(self.path.read_text(encoding="utf-8")).get(self.key)
+            return Rates(**record) if record else None
+        except (OSError, ValueError, TypeError, AttributeError):
+            return None
+
+    def update(self, rates: Rates) -> None:
+        """Keep `rates` as this machine's speed (written atomically; a failed write only logs)."""
+        self.rates = rates
+        if self.path is None:
+            self._in_memory[self.key] = rates
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                records = json.loads(self.path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                records = {}
+            records[self.key] = asdict(rates)
+            temp = self.path.with_name(f".{FILE_NAME}.{os.getpid()}")
+            temp.write_text(json.dumps(records, indent=1) + "\n", encoding="utf-8")
+            os.replace(temp, self.path)
+        except OSError as err:
+            log.warning("could not keep the speed calibration in %s: %s", self.path, err)
+
+
+def measure(run_pass, depth: int = 2048, tokens: int = 32) -> Rates:
+    """Time three passes through `run_pass(tokens, depth) -> seconds` and solve for the three rates.
+
+    A one-token pass at depth 0 gives `per_pass`; `tokens` at depth 0 and at `depth` give the other two.
+    """
+    run_pass(8, 0)  # warm-up: first-call allocations
+    one = run_pass(1, 0)
+    flat = run_pass(tokens, 0)
+    deep = run_pass(tokens, depth)
+    per_token_depth = max((deep - flat) / (tokens * depth), 0.0)
+    per_token = max((flat - one - per_token_depth * tokens**2 / 2) / (tokens - 1), 1e-6)
+    per_pass = max(one - per_token, 0.0)
+    return Rates(per_token, per_token_depth, per_pass, "calibration", time.time())
+
+
+def planned_rates(shape, device_name: str, attention_devices: int = 1) -> Rates:
+    """Rates from the planner's FLOP/s constants (GPUs: measured with bench/engine.py, not calibrated here)."""
+    from app import planner
+
+    linear_rate, attention_rate = planner._rates(device_name)
+    per_token = 2.0 * shape.layers * shape.layer_params() / linear_rate
+    per_token_depth = 4.0 * shape.q_heads * shape.head_dim * shape.layers / (attention_rate * attention_devices)
+    return Rates(per_token, per_token_depth, 0.0, "planner")

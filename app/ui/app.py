@@ -333,6 +333,9 @@ def _say(message: str) -> None:
 
 def start(args: argparse.Namespace, backend, access: Access) -> gr.Blocks:
     """Build the app for `backend` and serve it in the background as `args` ask; return it running."""
+    from app.server import serve  # the OpenAI-compatible API and MCP, beside the page
+
+    backend = serve.shared(backend)  # the page takes its turns on the model with the API's requests
     demo = build(Workbench(backend, args.max_upload_files), args.max_upload_mb)
     demo.queue(default_concurrency_limit=1)
     demo.launch(server_name="0.0.0.0" if args.listen else "127.0.0.1", server_port=args.port, share=args.share,
@@ -342,6 +345,7 @@ def start(args: argparse.Namespace, backend, access: Access) -> gr.Blocks:
                 auth_message="Log in with the user and password printed where Omnibus was started.",
                 prevent_thread_lock=True, quiet=True, ssr_mode=False, footer_links=["api"], css=CSS,
                 theme=gr.themes.Soft())
+    serve.mount(demo, backend, args)
     return demo
 
 

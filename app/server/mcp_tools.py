@@ -101,7 +101,7 @@ class Tools:
         return (f"Loaded {stats.tokens:,} tokens ({where.get(stats.source, stats.source)}, "
                 f"{stats.tokens - stats.reused:,} new) in {stats.seconds + stats.disk_seconds:.1f} s. Ask away.")
 
-    async def ask(self, question: str, ctx: Context, max_tokens: int = 512) -> dict:
+    async def ask(self, question: str, ctx: Context, max_tokens: int = 512) -> dict[str, object]:
         """Ask a question about the loaded documents; earlier questions of this session are kept as context.
         Returns the answer, and the tokens it read (of which cached) and wrote."""
         desk = self._desk(ctx)

@@ -13,7 +13,7 @@ from mcp.server.fastmcp import Context, FastMCP
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.datastructures import Headers
 
-from app.errors import NoCorpus, OmnibusError
+from app.errors import OmnibusError
 from app.prompt import default_system_prompt
 from app.protocol import Settings
 from app.server.access import Gate
@@ -108,8 +108,8 @@ class Tools:
         if desk.saved is None and desk.session.corpus is None:
             raise ValueError("nothing is loaded: load a saved corpus, or add_files and load, first")
         prompt = self._prompt(desk, question)
-        settings = Settings(max_new_tokens=self.service.check_window(prompt, None) if max_tokens <= 0
-                            else min(max_tokens, self.service.check_window(prompt, None)))
+        budget = self.service.check_window(prompt, None)  # what the window leaves for the answer
+        settings = Settings(max_new_tokens=budget if max_tokens <= 0 else min(max_tokens, budget))
         pieces = await anyio.to_thread.run_sync(lambda: list(self.service.run(prompt, settings)))
         usage: Usage = pieces[-1]
         answer = "".join(pieces[:-1])
@@ -127,7 +127,7 @@ class Tools:
             system = default_system_prompt(service.engine.model_name)
             return service.prompt(service.engine.model_name, system, desk.session.corpus.token_ids().tolist(),
                                   [*desk.questions, question], desk.answers, on_disk=True)
-        except (OmnibusError, NoCorpus) as err:
+        except OmnibusError as err:
             raise ValueError(str(err)) from err
 
 

@@ -194,3 +194,24 @@ def test_a_saved_corpus_reopens_from_disk_in_a_new_engine(server, demo_model):
     assert CODE in "".join(pieces[:-1])
     assert engine.counters.corpus_tokens_prefilled == 0  # all of it came from the disk
     assert pieces[-1].cached_tokens == service.models()[1]["corpus_tokens"]
+
+
+def test_the_page_and_the_api_never_answer_over_each_others_documents(demo_model, tmp_path):
+    """A page's question asked after an API request replaced its corpus in the model reloads it first."""
+    from app.protocol import Settings
+    from app.server.turnstile import SharedBackend, Turnstile
+    from app.ui.handlers import Session, Workbench
+
+    model, tokenizer = demo_model
+    engine, turnstile = Engine(model, tokenizer, model_name="demo"), Turnstile()
+    workbench, session = Workbench(SharedBackend(engine, turnstile)), Session()
+    (tmp_path / "page.txt").write_text(DOCUMENT)
+    workbench.add_files(session, [tmp_path / "page.txt"])
+    workbench.load(session, SYSTEM)
+    service = Service(engine, turnstile)
+    other = "The secret launch code is HERON-88.\n"
+    api = list(service.run(service.build_prompt("demo", SYSTEM, [f"{other}\n\n{QUESTION}"], []),
+                           Settings(max_new_tokens=24)))
+    assert "HERON-88" in "".join(api[:-1])
+    answer = list(workbench.answer(session, QUESTION, Settings(max_new_tokens=24)))[-1]
+    assert CODE in answer and "HERON-88" not in answer

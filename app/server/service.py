@@ -184,6 +184,9 @@ class Service:
         if not prompt.on_disk:
             engine.store = None
         try:
-            return engine.load_corpus(prompt.corpus_ids, system_prompt=prompt.system_prompt, cancel=cancel)
+            stats = engine.load_corpus(prompt.corpus_ids, system_prompt=prompt.system_prompt, cancel=cancel)
         finally:
             engine.store = store
+        if prompt.on_disk and store is not None and stats.source == "memory":
+            stats.saved = store.save(engine)  # cached by a request that was not saved ("exists" if it was)
+        return stats

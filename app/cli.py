@@ -18,7 +18,7 @@ from app import logs, planner
 from app.backend import add_backend_arguments
 from app.errors import OmnibusError
 
-COMMANDS = ("ui", "ingest", "ask", "plan", "cache", "pull", "models")
+COMMANDS = ("ui", "ingest", "ask", "plan", "cache", "pull", "models", "serve")
 
 
 def usage(prog: str = "omnibus") -> str:
@@ -35,6 +35,7 @@ commands:
   {prog} cache list|rm ID|prune            the corpora saved on disk
   {prog} pull MODEL                        download a model ahead of time (checks the free disk first)
   {prog} models                            the models Omnibus knows: size, window, licence, on disk or not
+  {prog} serve [--port 8000]               the OpenAI-compatible API and MCP over the cached corpus, no page
 {"  " + prog + " test [PYTEST ARGS]                 run the tests" + chr(10) if prog == "launch.py" else ""}
 options for every command:
   --log-level debug|info|warning|error   what goes to stderr, one line per event (default: $OMNIBUS_LOG_LEVEL,
@@ -329,6 +330,10 @@ def main(argv: list[str] | None = None, prog: str = "omnibus") -> int:
         from ingest.cli import main as ingest_main
 
         return ingest_main(rest)
+    if command == "serve":  # the API and MCP server, without the page, has its own options (app/server/serve.py)
+        from app.server.serve import main as serve_main
+
+        return serve_main(rest)
     return run_command([command, *rest], prog)
 
 

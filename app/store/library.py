@@ -6,6 +6,7 @@ An entry is one folder under the cache directory (`$XDG_CACHE_HOME/omnibus`, els
                      its name, size and dates, and each file's size, segments and their xxh3-128 checksums
     layer_000.kv     one file per layer: keys [H_kv, T, D], values [H_kv, T, D], then for fp8 caches the
     ...              key and value scales [H_kv, T] (bf16); T is the entry's token count
+    ids.bin          the prefix token ids (int32), so a client can name the corpus (app/server) without its files
 
 Layers stream between the device and the disk in blocks of at most BLOCK_BYTES, never as a second copy of
 the cache. An entry is written in a temporary folder and renamed into place, so a crash mid-write never
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 RESERVE_BYTES = 256 * 2**20  # left free on the disk after a save
 WORKERS = 8  # layers written or read at once (file I/O and device copies release the GIL; xxh3 is ~30 GB/s)
 GB = 1e9
+IDS_FILE = "ids.bin"  # the prefix token ids (little-endian int32), for clients that name a saved corpus
 
 
 class CacheEntryNotFound(OmnibusError):
@@ -340,6 +342,7 @@ class Store:
             with ThreadPoolExecutor(min(WORKERS, len(cache.layers))) as pool:
                 files = list(pool.map(lambda i: write_layer(cache.layers[i], tokens, temp / layer_name(i)),
                                       range(len(cache.layers))))
+            (temp / IDS_FILE).write_bytes(np.asarray(ids, dtype="<i4").tobytes())  # checked by prefix_sha256
             now = time.time()
             meta = {"format": FORMAT, "kind": kind, "name": label or name, "documents": documents,
                     "tokens": tokens, "bytes": sum(f["bytes"] for f in files), "created": now, "last_used": now,

@@ -144,8 +144,9 @@ def layout(workbench: Workbench, max_upload_mb: int = 500) -> tuple[gr.Blocks, P
         p.tick = gr.Timer(1.0, active=False)  # refreshes a page reloaded while an answer is being written
         gr.Markdown("# Omnibus\n" + INTRO)
         gr.Markdown(views.banner(backend), elem_classes=["banner"] if backend.model_name == "demo" else None)
-        if isinstance(backend, ModelSlot):
-            model_picker.build(backend)
+        slot = getattr(backend, "engine", backend)  # beside the API, the page's backend wraps the model slot
+        if isinstance(slot, ModelSlot):
+            model_picker.build(slot)
         with gr.Row(equal_height=False):
             with gr.Column(scale=5):
                 gr.Markdown("### 1 · Your documents")
@@ -655,6 +656,9 @@ def start(args: argparse.Namespace, backend, access: Access) -> gr.Blocks:
     """Build the app for `backend` and serve it in the background as `args` ask; return it running."""
     from gradio.utils import get_upload_folder
 
+    from app.server import serve  # the OpenAI-compatible API and MCP, beside the page
+
+    backend = serve.shared(backend)  # the page takes its turns on the model with the API's requests
     uploads = Uploads(get_upload_folder())
     demo = build(Workbench(backend, args.max_upload_files), args.max_upload_mb, uploads)
     demo.queue(default_concurrency_limit=1)
@@ -670,6 +674,7 @@ def start(args: argparse.Namespace, backend, access: Access) -> gr.Blocks:
                 auth_message=login_message(access),
                 prevent_thread_lock=True, quiet=True, ssr_mode=False, footer_links=["api"], css=CSS,
                 theme=THEME)
+    serve.mount(demo, backend, args)
     return demo
 
 

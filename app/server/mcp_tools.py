@@ -1,0 +1,158 @@
+"""Omnibus as an MCP server (the `mcp` package, streamable HTTP at `/mcp`): tools to list the saved corpora,
+add files, load them (or a saved corpus) and ask. Each MCP session has its own documents and conversation;
+answers take their turn on the model with everyone else's."""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from pathlib import Path
+
+import anyio
+from mcp.server.fastmcp import Context, FastMCP
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.datastructures import Headers
+
+from app.errors import OmnibusError
+from app.prompt import default_system_prompt
+from app.protocol import Settings
+from app.server.access import Gate
+from app.server.openai_api import error_response
+from app.server.service import Service, Usage
+from app.ui.handlers import Session, Workbench
+
+INSTRUCTIONS = ("Omnibus answers questions over whole documents, books and codebases held in one long context. "
+                "Use list_corpora to see the corpora saved on the server, then load one (or add_files, then "
+                "load) and ask. Follow-up questions reuse the loaded documents and are fast.")
+
+
+class Desk:
+    """One MCP session's documents (or chosen saved corpus) and conversation."""
+
+    def __init__(self):
+        self.session = Session()  # app.ui.handlers: the files added, ingested and scanned for secrets
+        self.saved: str | None = None  # an omnibus/ID chosen with load(corpus=...)
+        self.questions: list[str] = []
+        self.answers: list[str] = []
+
+
+class Tools:
+    """The MCP tools over one Service. add_files reads only under `files_root`, else anywhere when `any_path`."""
+
+    def __init__(self, service: Service, files_root: str | None = None, any_path: bool = True):
+        self.service, self.any_path = service, any_path
+        self.files_root = Path(files_root).resolve() if files_root else None
+        self.workbench = Workbench(service.engine)  # only its ingestion: loading and asking go through service
+        self.desks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self.server = FastMCP("omnibus", instructions=INSTRUCTIONS, stateless_http=False,
+                              transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False))
+        for tool in (self.list_corpora, self.add_files, self.load, self.ask):
+            self.server.add_tool(tool)
+
+    def _desk(self, ctx: Context) -> Desk:
+        return self.desks.setdefault(ctx.session, Desk())
+
+    async def list_corpora(self) -> list[dict]:
+        """The corpora saved on this server: the id to pass to `load`, its name, documents and tokens."""
+        models = await anyio.to_thread.run_sync(self.service.models)
+        return [{"id": m["id"], "name": m["name"], "documents": m["documents"], "tokens": m["corpus_tokens"]}
+                for m in models[1:]]
+
+    async def add_files(self, paths: list[str], ctx: Context) -> str:
+        """Add files, folders or .zip/.tar.gz archives (paths on the server's disk) after the documents added
+        so far. Returns the documents with their token counts, the files left out and why."""
+        desk = self._desk(ctx)
+        if self.files_root is None and not self.any_path:
+            raise ValueError("this server listens on the network and was given no --files-root: add_files reads "
+                             "no files (start it with --files-root DIR to allow a folder)")
+        for path in paths:
+            resolved = Path(path).expanduser().resolve()
+            if self.files_root is not None and not resolved.is_relative_to(self.files_root):
+                raise ValueError(f"{path} is outside {self.files_root}, the folder this server reads files from")
+        await anyio.to_thread.run_sync(self._ingest, desk, paths)
+        desk.saved, desk.questions, desk.answers = None, [], []
+        corpus = desk.session.corpus
+        lines = [f"{len(corpus.documents)} documents, {corpus.total_tokens:,} tokens:"]
+        lines += [f"  {n}. {d.source} ({d.kind}, {d.tokens:,} tokens)" for n, d in enumerate(corpus.documents, 1)]
+        lines += [f"  left out: {s.source}: {s.reason}" for s in corpus.skipped]
+        if desk.session.secrets:
+            lines.append("likely secrets (API keys, private keys, passwords) in: " + ", ".join(desk.session.secrets))
+        return "\n".join(lines)
+
+    def _ingest(self, desk: Desk, paths) -> None:
+        try:
+            self.workbench.add_files(desk.session, paths)
+        except OmnibusError as err:
+            raise ValueError(str(err)) from err
+
+    async def load(self, ctx: Context, corpus: str = "") -> str:
+        """Load the documents added with add_files into the model, or, with `corpus` (an id from
+        list_corpora), a saved corpus. Starts a new conversation."""
+        desk = self._desk(ctx)
+        if corpus:
+            desk.saved = corpus
+        elif desk.session.corpus is None:
+            raise ValueError("there are no documents yet: add_files first, or load a saved corpus by its id")
+        else:
+            desk.saved = None
+        desk.questions, desk.answers = [], []
+        stats = await anyio.to_thread.run_sync(lambda: self.service.load(self._prompt(desk, "")))
+        where = {"prefill": "read", "memory": "already in memory", "disk": "reopened from disk"}
+        return (f"Loaded {stats.tokens:,} tokens ({where.get(stats.source, stats.source)}, "
+                f"{stats.tokens - stats.reused:,} new) in {stats.seconds + stats.disk_seconds:.1f} s. Ask away.")
+
+    async def ask(self, question: str, ctx: Context, max_tokens: int = 512) -> dict[str, object]:
+        """Ask a question about the loaded documents; earlier questions of this session are kept as context.
+        Returns the answer, and the tokens it read (of which cached) and wrote."""
+        desk = self._desk(ctx)
+        if desk.saved is None and desk.session.corpus is None:
+            raise ValueError("nothing is loaded: load a saved corpus, or add_files and load, first")
+        prompt = self._prompt(desk, question)
+        budget = self.service.check_window(prompt, None)  # what the window leaves for the answer
+        settings = Settings(max_new_tokens=budget if max_tokens <= 0 else min(max_tokens, budget))
+        pieces = await anyio.to_thread.run_sync(lambda: list(self.service.run(prompt, settings)))
+        usage: Usage = pieces[-1]
+        answer = "".join(pieces[:-1])
+        desk.questions.append(question)
+        desk.answers.append(answer)
+        return {"answer": answer, "prompt_tokens": usage.prompt_tokens, "cached_tokens": usage.cached_tokens,
+                "completion_tokens": usage.completion_tokens, "finish_reason": usage.finish_reason,
+                "seconds_to_first_token": round(usage.ttft_s, 3)}
+
+    def _prompt(self, desk: Desk, question: str):
+        service = self.service
+        try:
+            if desk.saved is not None:
+                return service.build_prompt(desk.saved, None, [*desk.questions, question], desk.answers)
+            system = default_system_prompt(service.engine.model_name)
+            return service.prompt(service.engine.model_name, system, desk.session.corpus.token_ids().tolist(),
+                                  [*desk.questions, question], desk.answers, on_disk=True,
+                                  sources=[d.source for d in desk.session.corpus.documents])
+        except OmnibusError as err:
+            raise ValueError(str(err)) from err
+
+
+class McpEndpoint:
+    """`/mcp`: the streamable-HTTP transport behind the key check. Its session manager starts with the first
+    request, in a task of its own on the server's event loop."""
+
+    def __init__(self, tools: Tools, gate: Gate):
+        tools.server.streamable_http_app()  # makes the session manager
+        self.manager, self.gate = tools.server.session_manager, gate
+        self._ready: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+
+    async def _hold(self) -> None:
+        async with self.manager.run():
+            self._ready.set()
+            await asyncio.Event().wait()  # for as long as the server runs
+
+    async def __call__(self, scope, receive, send) -> None:
+        if (err := self.gate.check(Headers(scope=scope))) is not None:
+            await error_response(err)(scope, receive, send)
+            return
+        if self._task is None:
+            self._ready = asyncio.Event()
+            self._task = asyncio.get_running_loop().create_task(self._hold())
+        await self._ready.wait()
+        await self.manager.handle_request(scope, receive, send)

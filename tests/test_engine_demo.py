@@ -128,3 +128,13 @@ def test_demo_refuses_a_corpus_over_its_window_before_running(demo_model):
     assert "7,169" in message and "8,192" in message and "7,168" in message
     assert engine.counters.corpus_tokens_prefilled == engine.counters.corpus_loads == 0 and engine.cache is None
     assert engine.plan(7168).fits and not engine.plan(7169).fits
+
+
+def test_demo_defaults_a_short_answer_with_the_repetition_guard_and_a_measured_estimate(demo_model):
+    model, tokenizer = demo_model
+    engine = Engine(model, tokenizer, model_name="demo")
+    defaults = engine.default_settings()
+    assert defaults.max_new_tokens == 256 and defaults.repetition_guard is None  # None: on for the demo
+    assert engine.adaptive_chunks and engine.rates().source in ("calibration", "loads")
+    assert engine.plan(3000).prefill_seconds == pytest.approx(engine.estimate_seconds(3000))
+    assert engine.estimate_seconds(6000) > 2 * engine.estimate_seconds(3000) * 0.99  # deeper tokens cost more

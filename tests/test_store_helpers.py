@@ -54,8 +54,9 @@ def answer(engine: Engine, tokens: int = 4) -> str:
 
 
 def cached_kv(engine: Engine) -> list[torch.Tensor]:
-    """Every layer's committed keys and values (and fp8 scales), for exact comparisons."""
-    n, out = engine.cache.length, []
+    """Every layer's committed corpus keys and values (and fp8 scales), for exact comparisons (the
+    conversation cached after the corpus is left out: it is never saved)."""
+    n, out = len(engine.cached_ids), []
     for layer in engine.cache.layers:
         tensors = [layer.keys, layer.values] + ([layer.key_scales, layer.value_scales] if layer.fp8 else [])
         out += [t[:, :, :n].view(torch.uint8) if t.element_size() == 1 else t[:, :, :n] for t in tensors]

@@ -19,6 +19,15 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 PYTHON = VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 NO_DEPS = ROOT / "requirements-nodeps.txt"
+GPU_EXTRAS = ROOT / "requirements-gpu.txt"  # on Linux x86-64 with an NVIDIA GPU only
+
+
+def _nvidia_linux() -> bool:
+    """Linux on x86-64 with an NVIDIA driver: where the prebuilt FlashAttention-3 wheel can run."""
+    import platform
+    import shutil
+
+    return sys.platform == "linux" and platform.machine() == "x86_64" and shutil.which("nvidia-smi") is not None
 
 
 def _requirements(dev: bool) -> list[Path]:
@@ -48,6 +57,9 @@ def ensure_environment(dev: bool) -> None:
         pip = [str(PYTHON), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
         subprocess.check_call(pip + ["-r", str(_requirements(dev)[-2])])
         subprocess.check_call(pip + ["--no-deps", "-r", str(NO_DEPS)])
+        if _nvidia_linux():  # the optional GPU kernels: a failure only means the slower attention path serves
+            if subprocess.call(pip + ["--no-deps", "-r", str(GPU_EXTRAS)]) != 0:
+                print("omnibus: FlashAttention-3 (fa3-fwd) did not install; using FlexAttention", file=sys.stderr)
         stamp_file.write_text(_stamp(dev))
     if not inside:
         os.execv(str(PYTHON), [str(PYTHON), str(Path(__file__).resolve()), *sys.argv[1:]])

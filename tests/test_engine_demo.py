@@ -91,7 +91,7 @@ def test_needle_at_the_end_and_in_the_middle(demo_model):
     assert stats.reused == 0 and stats.kv_dtype == "fp32"
     text, _ = _ask(engine)
     assert CODE in text, text
-    assert engine.cache.length == len(engine.cached_ids)
+    assert engine.cache.length == len(engine.cached_ids) + engine.conversation_tokens  # corpus, then the chat
 
     middle = tokenizer(haystack(tokenizer, 0.5), add_special_tokens=False)["input_ids"]
     before = engine.counters.corpus_tokens_prefilled

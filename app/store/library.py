@@ -325,7 +325,7 @@ class Store:
             shutil.rmtree(final, ignore_errors=True)
         need = sum(layer_bytes(layer, tokens) for layer in cache.layers)
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)  # saved corpora are readable by you only
             free = free_bytes(self.root)
         except OSError as err:
             return SaveResult("failed", f"not saved to the disk cache: {self.root} is not usable ({err})")
@@ -338,7 +338,7 @@ class Store:
         name, documents = description or _describe(engine.corpus_sources)
         temp = self.root / f".tmp-{entry_id}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         try:
-            temp.mkdir()
+            temp.mkdir(mode=0o700)
             with ThreadPoolExecutor(min(WORKERS, len(cache.layers))) as pool:
                 files = list(pool.map(lambda i: write_layer(cache.layers[i], tokens, temp / layer_name(i)),
                                       range(len(cache.layers))))

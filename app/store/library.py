@@ -27,6 +27,7 @@ import os
 import re
 import shutil
 import stat
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -339,8 +340,10 @@ class Store:
         temp = self.root / f".tmp-{entry_id}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         try:
             temp.mkdir(mode=0o700)
+            meter = _Rate("saving the corpus to disk", need)
             with ThreadPoolExecutor(min(WORKERS, len(cache.layers))) as pool:
-                files = list(pool.map(lambda i: write_layer(cache.layers[i], tokens, temp / layer_name(i)),
+                files = list(pool.map(lambda i: meter.done(write_layer(cache.layers[i], tokens, temp / layer_name(i)),
+                                                           layer_bytes(cache.layers[i], tokens)),
                                       range(len(cache.layers))))
             (temp / IDS_FILE).write_bytes(np.asarray(ids, dtype="<i4").tobytes())  # checked by prefix_sha256
             now = time.time()
@@ -430,8 +433,10 @@ class Store:
 
     def _read(self, cache, entry: Entry) -> None:
         files, tokens = entry.meta["files"], entry.tokens
+        meter = _Rate(f"reading saved corpus {entry.id[:8]}", entry.bytes)
         with ThreadPoolExecutor(min(WORKERS, len(cache.layers))) as pool:
-            for _ in pool.map(lambda i: read_layer(cache.layers[i], tokens, entry.path / layer_name(i), files[i]),
+            for _ in pool.map(lambda i: meter.done(read_layer(cache.layers[i], tokens, entry.path / layer_name(i),
+                                                              files[i]), files[i]["bytes"]),
                               range(len(cache.layers))):
                 pass
         for device in {part.keys.device for layer in cache.layers for part, _ in parts(layer) if part.keys.is_cuda}:
@@ -451,6 +456,28 @@ class Store:
             _write_json(entry.path / "meta.json", entry.meta)
         except OSError as err:
             log.warning("disk cache: could not update %s (%s)", entry.path, err)
+
+
+class _Rate:
+    """Progress of a save or a load, as GB done, GB/s and time left: one log line every few seconds."""
+
+    def __init__(self, what: str, total: int, every_s: float = 3.0):
+        self.what, self.total, self.every_s = what, max(total, 1), every_s
+        self.bytes, self.started = 0, time.perf_counter()
+        self.last = self.started
+        self._lock = threading.Lock()
+
+    def done(self, result, nbytes: int):
+        """Count one finished layer file of `nbytes`; returns `result` unchanged."""
+        with self._lock:
+            self.bytes += nbytes
+            now = time.perf_counter()
+            if now - self.last >= self.every_s and self.bytes < self.total:
+                self.last = now
+                rate = self.bytes / max(now - self.started, 1e-9)
+                log.info("%s: %.1f of %.1f GB, %.2f GB/s, %.0f s left", self.what, self.bytes / GB,
+                         self.total / GB, rate / GB, (self.total - self.bytes) / rate)
+        return result
 
 
 def _fsync_dir(path: Path) -> None:

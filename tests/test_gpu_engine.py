@@ -38,11 +38,12 @@ def test_graph_replayed_decode_gives_the_same_greedy_tokens_as_eager_decode(kv, 
 
     engine.use_cuda_graphs = False
     eager_text, eager = greedy(engine, "How many boats are counted?")
-    assert engine._graph is None and engine.cache.length == corpus_end
+    kept = corpus_end + engine.conversation_tokens  # the corpus, then the exchange kept for a follow-up
+    assert engine._graph is None and engine.conversation_tokens > 0 and engine.cache.length == kept
     engine.use_cuda_graphs = True
     graph_text, graphed = greedy(engine, "How many boats are counted?")
     captured = engine._graph
-    assert captured is not None and engine.cache.length == corpus_end
+    assert captured is not None and engine.cache.length == kept  # the same exchange, kept the same way
     again_text, _ = greedy(engine, "How many boats are counted?")
     assert engine._graph is captured  # the second answer replays the graph captured by the first
 
@@ -73,19 +74,22 @@ def run(model, ids: torch.Tensor, cache, chunk: int, forced: list[int] | None = 
     return torch.cat(outs, dim=1)[0], tokens
 
 
-@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+@pytest.mark.parametrize("second", [
+    pytest.param(0, id="two-shards-one-gpu"),  # the same split and merge, both shards on GPU 0
+    pytest.param(1, id="two-gpus", marks=pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")),
+])
 @pytest.mark.parametrize("storage,bound", [("bf16", 2e-2), ("fp8", 5e-2)])
-def test_two_gpu_position_shards_give_the_logits_of_one_gpu(storage, bound, tiny_llama):
+def test_position_shards_give_the_logits_of_one_cache(storage, bound, second, tiny_llama):
     from app.engine.kv_cache import KVCache
 
     model = tiny_llama(vocab=1000, **SHAPE).to("cuda:0", torch.bfloat16)
     config = model.config
-    gpu0, gpu1 = torch.device("cuda", 0), torch.device("cuda", 1)
+    gpu0, gpu1 = torch.device("cuda", 0), torch.device("cuda", second)
     layers = [gpu0] * config.num_hidden_layers
     ids = torch.randint(0, 1000, (1, 3000), generator=torch.Generator().manual_seed(0)).to(gpu0)
     one = KVCache(layers, config.num_key_value_heads, config.head_dim, 3100, storage, torch.bfloat16)
     split = KVCache(layers, config.num_key_value_heads, config.head_dim, 0, storage, torch.bfloat16,
-                    shards=[(gpu0, 1400), (gpu1, 1700)])  # the corpus runs over into the second GPU
+                    shards=[(gpu0, 1400), (gpu1, 1700)])  # the corpus runs over into the second shard
     assert split.sharded and split.capacity == 3100 and split.decode_slots == {}
     single, tokens = run(model, ids, one, chunk=1024)
     sharded, _ = run(model, ids, split, chunk=1024, forced=tokens)  # the same inputs, step for step

@@ -239,9 +239,7 @@ class ModelSlot:
     def window(self) -> int:
         if self._current is not None:
             return self._current.window
-        from app import model_hub
-
-        known = model_hub.KNOWN.get(self.state.model)
+        known = REGISTRY.get(self.state.model)
         return known.window if known else 8_192
 
     @property

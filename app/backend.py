@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 from app import planner
 from app.errors import ModelLoadError
 from app.models_catalog import REGISTRY, ULTRALONG_NAMES
-from app.protocol import Backend
+from app.protocol import Backend, LoadCost, Settings
 
 log = logging.getLogger(__name__)
 
@@ -278,6 +278,16 @@ class ModelSlot:
 
     def ask(self, question: str, history=(), settings=None, cancel=None) -> Iterator:
         return self._need().ask(question, history, settings, cancel=cancel)
+
+    def default_settings(self) -> Settings:
+        """The current model's; the defaults before one is ready."""
+        current = self._current
+        return current.default_settings() if current is not None else Settings()
+
+    def load_cost(self, corpus, system_prompt: str | None = None) -> LoadCost | None:
+        """The current model's estimate; None before one is ready."""
+        current = self._current
+        return current.load_cost(corpus, system_prompt=system_prompt) if current is not None else None
 
     def __getattr__(self, attribute: str):
         # What only some backends have (store, base_url, prompt_prefix, system_prompt, reserve): the current one's.

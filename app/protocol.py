@@ -117,3 +117,11 @@ class Backend(Protocol):
     def ask(self, question: str, history=(), settings: Settings | None = None, cancel=None) -> Iterator:
         """Stream the answer: text pieces, then one AnswerStats."""
         ...
+
+    def default_settings(self) -> Settings:
+        """The answer settings this model starts from (the demo model answers shorter)."""
+        ...
+
+    def load_cost(self, corpus, system_prompt: str | None = None) -> LoadCost | None:
+        """What loading `corpus` with these instructions would cost now, or None when the backend cannot say."""
+        ...

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from app import planner
-from app.protocol import AnswerStats, LoadStats, PrefillProgress, Settings
+from app.protocol import AnswerStats, LoadCost, LoadStats, PrefillProgress, Settings
 from app.errors import BackendError, Cancelled, CorpusTooLarge, NoCorpus
 from app.prompt import DEFAULT_SYSTEM_PROMPT, Turn, build_messages, fit_turns
 
@@ -189,6 +189,14 @@ class RemoteEngine:
                                   f"{self.window:,} ({self.reserve:,} kept for the question and answer)")
         return RemotePlan(tokens, "server", "server", fits, max_tokens, self.window, 0.0, 0.0, reason=reason,
                           server=server)
+
+    def default_settings(self) -> Settings:
+        """The defaults: the server's model is not one whose answers we shorten."""
+        return Settings()
+
+    def load_cost(self, corpus, system_prompt: str | None = None) -> LoadCost | None:
+        """None: what the server has cached, and how fast it reads, it does not say."""
+        return None
 
     # -- loading --
     def load(self, corpus, *, system_prompt: str | None = None, progress=None, cancel=None) -> LoadStats:

@@ -13,6 +13,7 @@ import threading
 from collections import deque
 
 from app.errors import Cancelled
+from app.protocol import LoadCost, Settings
 
 
 class Turnstile:
@@ -67,6 +68,14 @@ class SharedBackend:
 
     def __getattr__(self, name):  # name, model_name, window, tokenizer, plan, prompt_prefix, store, ...
         return getattr(self.engine, name)
+
+    def default_settings(self) -> Settings:
+        """The engine's."""
+        return self.engine.default_settings()
+
+    def load_cost(self, corpus, system_prompt: str | None = None) -> LoadCost | None:
+        """The engine's estimate, without waiting a turn (it only reads what is cached)."""
+        return self.engine.load_cost(corpus, system_prompt=system_prompt)
 
     def load(self, corpus, *, system_prompt: str | None = None, progress=None, cancel=None):
         with self.turnstile.turn(cancel):

@@ -1,7 +1,7 @@
 """What the app's buttons do, in plain Python: add and remove files, load the corpus, ask, export.
 
-Nothing here imports gradio, so the tests call these directly with the real demo model. `app.ui.app` wires
-them to the page and turns `OmnibusError`s into messages. One `Workbench` holds the one backend that every
+Nothing here imports gradio, so the tests call these directly with the real demo model. `app.ui.events` calls
+them from the page and turns `OmnibusError`s into messages. One `Workbench` holds the one backend that every
 browser shares; each browser has its own `Session` (its corpus, its conversation, its Stop button).
 """
 
@@ -162,9 +162,8 @@ class Workbench:
             return session
 
     def default_settings(self) -> Settings:
-        """The backend's answer settings (the demo model answers shorter), else the defaults."""
-        make = getattr(self.backend, "default_settings", None)
-        return make() if make is not None else Settings()
+        """The backend's answer settings (the demo model answers shorter)."""
+        return self.backend.default_settings()
 
     # -- the corpus --
     def add_files(self, session: Session, paths, progress=None) -> Session:
@@ -209,10 +208,9 @@ class Workbench:
     def load_cost(self, session: Session, system_prompt: str = DEFAULT_SYSTEM_PROMPT):
         """What loading this corpus with these instructions would cost now (`LoadCost`), or None when the
         backend cannot say (a remote server) or there is no corpus."""
-        cost = getattr(self.backend, "load_cost", None)
-        if session.corpus is None or cost is None:
+        if session.corpus is None:
             return None
-        return cost(session.corpus, system_prompt=system_prompt or DEFAULT_SYSTEM_PROMPT)
+        return self.backend.load_cost(session.corpus, system_prompt=system_prompt or DEFAULT_SYSTEM_PROMPT)
 
     def instructions_changed(self, session: Session, system_prompt: str) -> bool:
         """Whether the session's loaded corpus was read with other instructions than these."""

@@ -77,13 +77,14 @@ def _progress_printer():
 
 
 def ask(args) -> int:
+    from app import model_hub
     from app.backend import open_from_arguments
     from app.protocol import AnswerStats, Settings
     from app.citations.check import Verifier, parse
     from app.prompt import Turn, system_prompt
     from ingest import build_corpus
 
-    backend = open_from_arguments(args, download_progress=download_printer())
+    backend = open_from_arguments(args, download_progress=model_hub.download_printer())
     corpus = build_corpus(args.paths, tokenizer=backend.tokenizer, line_numbers=args.line_numbers,
                           max_tokens=backend.window or None)
     for skipped in corpus.skipped:
@@ -190,24 +191,11 @@ def gigabytes(text: str) -> float:
     return value
 
 
-def download_printer(every_s: float = 1.0):
-    """A `model_hub.DownloadProgress` callback that prints one line to stderr at most every `every_s` seconds."""
-    last = [0.0]
-
-    def show(p) -> None:
-        now = time.monotonic()
-        if now - last[0] >= every_s or p.finished:
-            last[0] = now
-            _say(f"download {p.model}: {p.describe()}")
-
-    return show
-
-
 def pull(args) -> int:
     from app import model_hub
 
     for name in args.models:
-        located = model_hub.locate(name, progress=download_printer())
+        located = model_hub.locate(name, progress=model_hub.download_printer())
         _say(f"{name}: on disk at {located.folder}")
     return 0
 

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -112,6 +113,19 @@ def format_duration(seconds: float | None) -> str:
     if seconds < 3600:
         return f"{seconds // 60} min {seconds % 60} s"
     return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+
+
+def download_printer(every_s: float = 1.0):
+    """A `DownloadProgress` callback that prints one line to stderr at most every `every_s` seconds."""
+    last = [0.0]
+
+    def show(p: DownloadProgress) -> None:
+        now = time.monotonic()
+        if now - last[0] >= every_s or p.finished:
+            last[0] = now
+            print(f"download {p.model}: {p.describe()}", file=sys.stderr, flush=True)
+
+    return show
 
 
 # -- the environment, read on every call --

@@ -37,7 +37,7 @@ def _model_part(fp: dict) -> dict:
 
 def catalog(engine) -> list[Entry]:
     """The saved corpora this engine can answer over (its model, any KV dtype), most recently used first."""
-    store = getattr(engine, "store", None)
+    store = engine.store
     if store is None:
         return []
     mine = _model_part(fingerprint(engine, ""))

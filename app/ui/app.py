@@ -179,7 +179,7 @@ def main(argv: list[str]) -> int:
         say(f"error: {err}")
         return 2
     from app.backend import open_from_arguments, open_in_background
-    from app.cli import download_printer
+    from app.model_hub import download_printer
 
     try:  # the local model opens in the background (downloading first if needed): the page serves at once
         backend = (open_in_background(args, on_change=_model_reporter(download_printer()))

@@ -214,6 +214,13 @@ def project(rows: list[dict], chunk: int, target: int) -> float | None:
     return sum(intercept + slope * d for d in range(0, target, chunk))
 
 
+def write_results(path: str | None, results: dict) -> None:
+    """Write `results` to `path` as indented JSON (nothing without a path: the log lines are the output)."""
+    if path:
+        with open(path, "w") as f:
+            json.dump(results, f, indent=2)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--check", action="store_true")
@@ -273,9 +280,7 @@ def main() -> int:
         seconds = project(rows, args.chunk_tokens, int(n))
         results.setdefault("projected", []).append({"kv": kv, "tokens": int(n), "prefill_s": seconds})
         log("projected", kv, n, seconds)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(results, f, indent=2)
+    write_results(args.out, results)
     return 0
 
 

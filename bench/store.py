@@ -14,7 +14,6 @@ saved through app.store.library, evicted from the page cache, and loaded back in
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -28,7 +27,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from app.engine.engine import Engine  # noqa: E402
 from app.engine.models import load_model  # noqa: E402
 from app.store.library import Store  # noqa: E402
-from bench.engine import fill_synthetic, llama3_tokenizer, log, project, synthetic  # noqa: E402
+from bench.engine import fill_synthetic, llama3_tokenizer, log, project, synthetic, write_results  # noqa: E402
 
 GB = 1e9
 
@@ -148,9 +147,7 @@ def main() -> int:
     finally:
         if not args.cache_dir:
             shutil.rmtree(root, ignore_errors=True)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(results, f, indent=2)
+    write_results(args.out, results)
     return 0
 
 

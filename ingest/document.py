@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-KINDS = ("pdf", "docx", "text", "code")
-
 
 @dataclass(frozen=True)
 class Extracted:
@@ -34,7 +32,7 @@ class Document:
 
     index: int
     source: str
-    kind: str
+    kind: str  # "pdf", "docx", "text" or "code"
     pages: int | None
     tokens: int
     chars: int

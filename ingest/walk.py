@@ -109,6 +109,15 @@ def _special_reason(mode: int) -> str | None:
     return f"not a regular file ({what}; not read)"
 
 
+def _stat_reason(info: os.stat_result, cap: int, over_cap: str) -> str | None:
+    """Why a file with this `stat` is not read (not a regular file, or larger than `cap`: `over_cap` and its
+    size), or None."""
+    reason = _special_reason(info.st_mode)
+    if reason is None and info.st_size > cap:
+        reason = f"{over_cap} ({human_size(info.st_size)})"
+    return reason
+
+
 def read_regular(path: Path, limit: int) -> bytes:
     """The bytes of a regular file, at most `limit` + 1 of them. Opened without blocking, and checked after
     opening, so a file swapped for a FIFO or a device in between is refused instead of read for ever."""
@@ -135,13 +144,9 @@ def _add_file(path: Path, source: str, root: str, in_tree: bool, limits, result:
     except OSError as error:
         result.skipped.append(Skipped(source, f"cannot be read ({error.strerror})"))
         return
-    reason = _special_reason(info.st_mode)
+    reason = _stat_reason(info, limits.max_file_bytes, f"over the {human_size(limits.max_file_bytes)} per-file cap")
     if reason:
         result.skipped.append(Skipped(source, reason))
-        return
-    if info.st_size > limits.max_file_bytes:
-        result.skipped.append(Skipped(source, f"over the {human_size(limits.max_file_bytes)} per-file cap"
-                                              f" ({human_size(info.st_size)})"))
         return
     result.entries.append(FoundFile(source, root, in_tree, lambda: read_regular(path, limits.max_file_bytes)))
 
@@ -222,14 +227,10 @@ def _folder_reason(entry: os.DirEntry, ignores: GitIgnores, rel: str) -> str | N
 
 
 def _open_archive(path: Path, root: str, limits, result: Walk) -> None:
-    info = path.stat()
-    reason = _special_reason(info.st_mode)
+    reason = _stat_reason(path.stat(), limits.max_archive_total_bytes,
+                          f"archive over the {human_size(limits.max_archive_total_bytes)} cap")
     if reason:
         result.skipped.append(Skipped(root, reason))
-        return
-    if info.st_size > limits.max_archive_total_bytes:
-        result.skipped.append(Skipped(root, f"archive over the {human_size(limits.max_archive_total_bytes)}"
-                                            f" cap ({human_size(info.st_size)})"))
         return
     try:
         archive = open_archive(root, path, limits, result.skipped)

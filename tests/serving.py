@@ -1,7 +1,8 @@
-"""Waiting for a server that a test started (the app, llama.cpp) to answer on localhost."""
+"""Waiting for a server that a test started (the app, llama.cpp) to answer on localhost, and stopping it."""
 
 from __future__ import annotations
 
+import subprocess
 import time
 from pathlib import Path
 
@@ -23,3 +24,12 @@ def wait_until_serving(process, url: str, seconds: float, what: str, log_path=No
             pass
         time.sleep(poll)
     raise AssertionError(f"{what} did not serve within {seconds:.0f} s{tail()}")
+
+
+def stop_process(process, seconds: float = 20) -> None:
+    """Ask `process` to end (SIGTERM); kill it if it is still running after `seconds`."""
+    process.terminate()
+    try:
+        process.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        process.kill()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from serving import wait_until_serving
+from serving import stop_process, wait_until_serving
 from test_ui_helpers import FACT, QUESTION, free_port, make_documents
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,11 +34,7 @@ def app_url(tmp_path):
         wait_until_serving(process, url, 240, "the app", tmp_path / "app.log", poll=1)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_process(process)
         log.close()
     assert "running at " + url in (tmp_path / "app.log").read_text()
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from serving import wait_until_serving
+from serving import stop_process, wait_until_serving
 from test_browser import CHROMIUM, CHROMIUM_ARGS
 from test_ui_helpers import FACT, QUESTION, free_port, make_documents
 
@@ -37,11 +37,7 @@ def start_app(tmp: Path, *extra: str):
 
 
 def stop_app(process, log) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    stop_process(process)
     log.close()
 
 

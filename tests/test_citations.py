@@ -286,7 +286,7 @@ words = st.sampled_from(["ada", "keeps", "the", "light", "Light", "lamp", "at", 
 @given(st.lists(words, min_size=1, max_size=30), st.lists(st.lists(words, min_size=1, max_size=3), min_size=1,
                                                           max_size=4))
 def test_the_normalised_match_finds_what_the_old_pattern_found(document_words, quote_parts):
-    from app.citations.check import Squeezed, _find_normalised, _fragments
+    from app.citations.search import Squeezed, _find_normalised, _fragments
 
     text = " ".join(document_words)  # single spaces: a gap counts the same in both
     quote = " … ".join(" ".join(part) for part in quote_parts)

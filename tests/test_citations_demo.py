@@ -97,17 +97,32 @@ def test_ask_cli_prints_the_answer_and_its_citation_list(tmp_path, monkeypatch, 
     from app.citations.check import Verifier
     from ingest import build_corpus
 
-    monkeypatch.setattr(app.backend, "open_backend", lambda *args, **kwargs: demo_backend())
+    backend = demo_backend()
     documents = make_documents(tmp_path / "docs")
+    corpus = build_corpus(documents, tokenizer=backend.tokenizer)
+    word = next(d for d in corpus.documents if d.source == "security-notes.docx")
+    fact = next(line for line in word.text.splitlines() if FACT in line)
+    written = f' [{word.index}: "{fact}"] [{word.index}: "The harbour office was closed all winter by the ice."]'
+    real_ask = backend.ask
+
+    def ask_then_cite(*args, **kwargs):  # the model's real answer, then citations as if it had gone on to cite
+        for piece in real_ask(*args, **kwargs):
+            if isinstance(piece, AnswerStats):
+                yield written
+            yield piece
+
+    monkeypatch.setattr(app.backend, "open_backend", lambda *args, **kwargs: backend)
+    monkeypatch.setitem(vars(backend), "ask", ask_then_cite)  # this instance only; the undo removes it again
     try:
         code = cli.main(["ask", *map(str, documents), "-q", QUESTION, "--model", "demo", "--max-new-tokens", "40",
                          "--no-disk-cache", "--citations"])
     finally:
-        demo_backend().drop_cache()  # other modules' first load of these documents must still prefill
+        backend.drop_cache()  # other modules' first load of these documents must still prefill
     out = capsys.readouterr().out
     assert code == 0
     answer = out.split(f"## {QUESTION}\n\n", 1)[1].split("\nCitations", 1)[0]
-    assert FACT in answer
-    corpus = build_corpus(documents, tokenizer=demo_backend().tokenizer)
+    assert FACT in answer and answer.rstrip("\n").endswith(written)
+    checks = Verifier(corpus).check_all(parse(answer.strip()))
+    assert [c.status for c in checks] == [VERIFIED, NOT_FOUND]  # a citation-free answer cannot pass
     listing = out[out.index("\nCitations"):].rstrip("\n")
-    assert listing == cli.citation_list(Verifier(corpus).check_all(parse(answer.strip())))
+    assert listing == cli.citation_list(checks) and listing.startswith("\nCitations (1 of 2 verified):")

@@ -12,7 +12,7 @@ from app.engine.engine import Engine
 from app.errors import Cancelled
 from app.prompt import Turn, encode_prompt
 from app.protocol import AnswerStats, Settings
-from test_engine_helpers import tiny_llama
+from test_engine_helpers import ask, tiny_llama
 
 SHORT = Settings(max_new_tokens=16)
 CORPUS_TEXT = (
@@ -33,10 +33,7 @@ def corpus_ids(llama3_tokenizer):
 
 
 def answer(engine, question, history=(), settings=SHORT, cancel=None) -> tuple[str, AnswerStats]:
-    pieces = list(engine.ask(question, history, settings, cancel=cancel))
-    stats = pieces.pop()
-    assert engine.cache.length == len(engine.cached_ids) + engine.conversation_tokens
-    return "".join(pieces), stats
+    return ask(engine, question, history, settings, cancel)
 
 
 def fresh(model, tokenizer, corpus_ids, question, history=(), settings=SHORT, **kw) -> str:

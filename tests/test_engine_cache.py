@@ -13,7 +13,7 @@ from app.protocol import AnswerStats, Settings
 from app.errors import Cancelled, CorpusTooLarge, NoCorpus
 from app.prompt import Turn, encode_prompt
 from ingest import build_corpus
-from test_engine_helpers import tiny_llama
+from test_engine_helpers import ask, tiny_llama
 
 SHORT = Settings(max_new_tokens=12)
 CORPUS_TEXT = (
@@ -40,12 +40,9 @@ def corpus_ids(llama3_tokenizer):
 
 
 def answer(engine, question, history=(), settings=SHORT, cancel=None) -> tuple[str, AnswerStats]:
-    pieces = list(engine.ask(question, history, settings, cancel=cancel))
-    stats = pieces.pop()
+    text, stats = ask(engine, question, history, settings, cancel)
     assert isinstance(stats, AnswerStats)
-    # The corpus, then this prompt's turns and answer: all committed, nothing half-written.
-    assert engine.cache.length == len(engine.cached_ids) + engine.conversation_tokens
-    return "".join(pieces), stats
+    return text, stats
 
 
 def fresh_answer(model, tokenizer, corpus_ids, question, history=()) -> str:

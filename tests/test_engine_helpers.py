@@ -3,6 +3,8 @@
 - `full_logits`: one plain transformers forward over the whole sequence, no cache ("sdpa" or "eager").
 - `cached_logits`: what the engine does: chunks of the prompt through `KVCache` and the "omnibus" attention,
   then one token at a time, every position's logits kept.
+
+`ask` runs one question through a real `Engine` to the end.
 """
 
 import torch
@@ -10,6 +12,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from app.engine import attention
 from app.engine.kv_cache import KVCache
+from app.protocol import AnswerStats
 
 ROPES = {
     "default": {"rope_type": "default", "rope_theta": 10_000.0},
@@ -85,3 +88,12 @@ def cached_logits(model, prompt: list[int], chunk: int, storage: str = "fp32", d
         if step < decode - 1:
             rows.append(forward_cached(model, cache, [token]))
     return torch.cat(rows), tokens
+
+
+def ask(engine, question: str, history, settings, cancel=None) -> tuple[str, AnswerStats]:
+    """`engine.ask` run to the end: (the answer's text, its AnswerStats). Asserts that the cache holds the corpus,
+    then this prompt's turns and answer, all committed and nothing half-written."""
+    pieces = list(engine.ask(question, history, settings, cancel=cancel))
+    stats = pieces.pop()
+    assert engine.cache.length == len(engine.cached_ids) + engine.conversation_tokens
+    return "".join(pieces), stats

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from test_ingest_helpers import make_pdf
-from serving import wait_until_serving
+from serving import stop_process, wait_until_serving
 from test_ui_helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,11 +80,7 @@ def app(tmp_path_factory):
     try:
         yield {"url": f"http://127.0.0.1:{port}/", "process": second, "orphans": orphans, "tmp": tmp}
     finally:
-        second.send_signal(signal.SIGTERM)
-        try:
-            second.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            second.kill()
+        stop_process(second)
 
 
 def test_a_killed_app_restarts_cleanly_on_the_same_port(app):

@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from serving import wait_until_serving
+from serving import stop_process, wait_until_serving
 from test_browser import CHROMIUM, CHROMIUM_ARGS
 from test_ui_helpers import free_port
 
@@ -93,11 +93,7 @@ def test_page_loads_whole_with_the_network_blocked(tmp_path):
                 page.screenshot(path=str(ROOT / "test-artifacts" / "offline.png"), full_page=True)
                 browser.close()
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_process(process)
     assert outside == [], f"the page asked for outside hosts: {outside}"
     # the page's own requests all came back, except the event streams cut when the browser closed
     assert [u for u in failed if "/gradio_api/queue/data" not in u] == [], failed

@@ -193,6 +193,8 @@ def test_banner_names_the_model_where_it_runs_and_its_window(tiny_llama, llama3_
     local = Engine(tiny_llama(window=3000), llama3_tokenizer, kv_dtype="fp32", model_name="tiny-llama")
     [banner] = [text for text in shown_markdown(build(Workbench(local))) if text.startswith("**Model:**")]
     assert banner == "**Model:** tiny-llama on this computer, reads up to 3,000 tokens at once."
+    local.model_name = "demo"  # the demo's warning reads its window from the backend too, not the catalog's 8,192
+    assert "reads at most 3,000 tokens" in views.banner(local)
     with FakeServer(models=[{"id": "served-model", "max_model_len": 131_072}]) as server:
         remote = RemoteEngine(server.url, tokenizer=llama3_tokenizer)
         assert views.banner(remote) == ("**Model:** served-model on a remote server, reads up to 131,072 tokens "

@@ -23,8 +23,9 @@ import torch
 
 from app import calibration, planner
 from app.engine import attention
+from app.engine.decode_graph import DecodeGraph
 from app.engine.fp8_linear import Fp8Linear
-from app.engine.generation import RepetitionGuard, StreamDecoder, sample
+from app.engine.generation import RepetitionGuard, StreamDecoder, sample, stop_ids
 from app.engine.kv_cache import KVCache
 from app.errors import Cancelled, CorpusTooLarge, NoCorpus, OutOfMemory
 from app.prompt import SMALL_MODELS, Turn, default_system_prompt, encode_prompt, fit_turns
@@ -56,18 +57,6 @@ def _check_cancel(module, args) -> None:
         raise _Stopped()
 
 
-def _stop_ids(model, tokenizer) -> set[int]:
-    ids = set()
-    for source in (getattr(model.generation_config, "eos_token_id", None), tokenizer.eos_token_id):
-        if source is not None:
-            ids.update(source if isinstance(source, (list, tuple)) else [source])
-    for token in ("<|eot_id|>", "<|im_end|>", "<|end_of_text|>"):
-        token_id = tokenizer.convert_tokens_to_ids(token)
-        if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
-            ids.add(token_id)
-    return ids
-
-
 class Engine:
     """One model, one cached corpus, one question at a time."""
 
@@ -97,7 +86,7 @@ class Engine:
         # CPU without a chosen chunk size: each chunk sized from the measured speed (about 0.4 s a chunk).
         self.adaptive_chunks = chunk_tokens is None and not self.on_gpu
         self.calibration: calibration.Calibration | None = None  # the CPU's measured speed, made on first use
-        self.stop_ids = _stop_ids(model, tokenizer)
+        self.stop_ids = stop_ids(model, tokenizer)
         self.cache: KVCache | None = None
         self.cached_ids: list[int] = []  # the committed prefix (system prompt + corpus), token for token
         self.corpus_ids: list[int] = []  # the corpus alone, as loaded
@@ -107,7 +96,7 @@ class Engine:
         self.system_prompt = default_system_prompt(self.model_name)
         self.counters = Counters()
         self.use_cuda_graphs = True
-        self._graph = None  # ((cache id, version), CUDAGraph, input ids, positions, logits): the decode step
+        self._graph: DecodeGraph | None = None  # the decode step, captured on the first token it runs
         self._lock = threading.RLock()  # re-entrant so that a load's own planning can calibrate
         self.store = store  # app.store.library.Store: corpora saved on disk, reopened instead of prefilled (None: off)
         # CPU: a pass checks Cancel between its layers, so even a slow chunk on a busy machine stops at once.
@@ -316,38 +305,9 @@ class Engine:
         cache.set_decode_position(cache.length)
         if len(cache.decode_slots) != 1 or not self.use_cuda_graphs:  # several devices: no single graph
             return self._forward([token], want_logits=True)
-        if self._graph is None or self._graph[0] != (id(cache), cache.version):
-            self._capture_decode_graph()
-        _, graph, ids, positions, logits = self._graph
-        ids.fill_(token)
-        positions.fill_(cache.length)
-        graph.replay()
-        cache.pending = 1
-        cache.commit()
-        return logits[0, -1]
-
-    def _capture_decode_graph(self) -> None:
-        cache, device = self.cache, self.layer_devices[0]
-        ids = torch.zeros(1, 1, dtype=torch.long, device=device)
-        positions = torch.full((1, 1), cache.length, dtype=torch.long, device=device)
-
-        def step():
-            return self.model(input_ids=ids, position_ids=positions, past_key_values=cache, kv_cache=cache,
-                              use_cache=True, logits_to_keep=1).logits
-
-        length = cache.length
-        with torch.inference_mode():
-            side = torch.cuda.Stream(device)
-            side.wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(side):
-                for _ in range(2):  # warm-up: Triton compilation, cuBLAS handles
-                    step()
-            torch.cuda.current_stream(device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                logits = step()
-        cache.truncate(length)  # the warm-up wrote only past the committed sequence
-        self._graph = ((id(cache), cache.version), graph, ids, positions, logits)
+        if self._graph is None or not self._graph.captured_for(cache):
+            self._graph = DecodeGraph(self.model, cache, self.layer_devices[0])
+        return self._graph.replay(cache, token)
 
     def _ensure_cache(self, needed: int, plan: planner.Plan) -> None:
         """Have a cache of the planned storage that holds `needed` tokens, keeping the shared prefix if it can."""

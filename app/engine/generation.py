@@ -1,4 +1,4 @@
-"""Token sampling and UTF-8-safe incremental detokenization for streamed answers."""
+"""Token sampling, the tokens that end an answer, and UTF-8-safe incremental detokenization for streamed answers."""
 
 from __future__ import annotations
 
@@ -15,6 +15,20 @@ def sample(logits: torch.Tensor, temperature: float, top_p: float, generator=Non
         keep = sorted_probs.cumsum(-1) - sorted_probs < top_p  # always keeps the most likely token
         probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
     return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def stop_ids(model, tokenizer) -> set[int]:
+    """The token ids that end an answer: the model's and tokenizer's end-of-sequence ids, and the chat templates'
+    end-of-turn tokens this tokenizer has."""
+    ids = set()
+    for source in (getattr(model.generation_config, "eos_token_id", None), tokenizer.eos_token_id):
+        if source is not None:
+            ids.update(source if isinstance(source, (list, tuple)) else [source])
+    for token in ("<|eot_id|>", "<|im_end|>", "<|end_of_text|>"):
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
+            ids.add(token_id)
+    return ids
 
 
 class StreamDecoder:

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from app.store.cache_key import fingerprint, ids_hash
-from app.store.library import IDS_FILE, Entry
+from app.store.entry import Entry
+from app.store.library import IDS_FILE
 
 PREFIX = "omnibus/"
 _SPLITS: dict = {}  # (entry id, tokenizer id) -> (system prompt, corpus ids) of the last saved corpus asked

@@ -12,7 +12,7 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU (tests/test_gpu_*.py); skipped without one")
 
 
-# Saved corpora (app/store.py) go to $XDG_CACHE_HOME/omnibus: keep every test run, and the apps and CLIs the
+# Saved corpora (app/store/) go to $XDG_CACHE_HOME/omnibus: keep every test run, and the apps and CLIs the
 # tests start, out of the user's real cache folder.
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="omnibus-test-cache-")
 

@@ -1,4 +1,4 @@
-"""The memory planner's arithmetic (app/plan.py) on the Llama-3.1-8B shape, and `launch.py plan`."""
+"""The memory planner's arithmetic (app/planner.py) on the Llama-3.1-8B shape, and `launch.py plan`."""
 
 import json
 import os

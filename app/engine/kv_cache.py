@@ -95,7 +95,7 @@ class ShardedLayerKV:
     """One layer's cache split by position over several devices: shard i holds tokens starts[i]..starts[i+1].
 
     Used for sequence parallelism: every GPU holds a share of every layer's tokens, and attention runs on all
-    of them at once (see app/attention.py), so both the memory and the attention work are spread.
+    of them at once (see app/engine/attention.py), so both the memory and the attention work are spread.
     """
 
     def __init__(self, kv_heads: int, head_dim: int, capacities: list[int], storage: str, devices, compute_dtype):

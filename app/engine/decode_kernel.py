@@ -18,6 +18,7 @@ import triton.language as tl
 
 SPLITS = 64  # key ranges per KV head: 8 heads x 64 splits = 512 programs, several waves on 132 SMs
 BLOCK_N = 64
+NUM_WARPS, NUM_STAGES = 4, 3  # Triton's defaults; bench/decode_kernel_sweep.py times the others (BENCHMARKS.md)
 LOG2E = 1.4426950408889634
 
 
@@ -108,6 +109,7 @@ def cached_attention(query: torch.Tensor, layer, length: torch.Tensor, scale: fl
             q, keys, values, scales_k, scales_v, length, partial, lse, scale * LOG2E,
             q.stride(0), keys.stride(0), keys.stride(1), scales_k.stride(0) if layer.fp8 else 0, rows, rows_padded,
             BLOCK_G=block_g, D=d, BLOCK_N=BLOCK_N, SPLITS=SPLITS, FP8=layer.fp8,
+            num_warps=NUM_WARPS, num_stages=NUM_STAGES,
         )
         _reduce[(hkv, rows)](partial, lse, out, out_lse, rows, rows_padded, D=d, SPLITS=SPLITS)
     return out.view(1, hq, t, d), out_lse.view(1, hq, t)

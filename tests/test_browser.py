@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from serving import stop_process, wait_until_serving
-from test_ui_helpers import FACT, QUESTION, free_port, make_documents
+from serving import free_port, stop_process, wait_until_serving
+from test_ui_helpers import FACT, QUESTION, make_documents
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"

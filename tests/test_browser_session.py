@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from serving import stop_process, wait_until_serving
+from serving import free_port, stop_process, wait_until_serving
 from test_browser import CHROMIUM, CHROMIUM_ARGS
-from test_ui_helpers import FACT, QUESTION, free_port, make_documents
+from test_ui_helpers import FACT, QUESTION, make_documents
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"

@@ -20,7 +20,8 @@ from gradio_client import Client, handle_file
 
 from app.ui.app import parse_args, start
 from app.ui.auth import Access
-from test_ui_helpers import demo_backend, free_port
+from test_ui_helpers import demo_backend
+from serving import free_port
 
 SECRET = "The merger with Harbourline closes on 9 March; tell nobody."
 

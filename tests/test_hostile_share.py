@@ -11,7 +11,8 @@ from app.ui.app import parse_args, start
 from app.ui.app import _lan_address
 from app.ui.auth import Access, LockedOut, LoginGuard, _client_address
 from app.ui.handlers import Session, TooManyFiles, Workbench
-from test_ui_helpers import demo_backend, free_port
+from test_ui_helpers import demo_backend
+from serving import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 

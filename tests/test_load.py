@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from test_ingest_helpers import make_pdf
-from serving import stop_process, wait_until_serving
-from test_ui_helpers import free_port
+from serving import free_port, stop_process, wait_until_serving
 
 ROOT = Path(__file__).resolve().parents[1]
 CODES = ["PELICAN-42", "OSPREY-17", "HERON-88", "GANNET-63"]

@@ -15,9 +15,8 @@ from urllib.parse import urlparse
 
 import pytest
 
-from serving import stop_process, wait_until_serving
+from serving import free_port, stop_process, wait_until_serving
 from test_browser import CHROMIUM, CHROMIUM_ARGS
-from test_ui_helpers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCAL = {"127.0.0.1", "localhost", "[::1]", "::1"}

@@ -16,6 +16,7 @@ from app.remote import RemoteEngine
 from ingest import build_corpus, load_tokenizer
 from remote_support.fake_server import (FakeServer, completion, delta, end_stream, send_event, send_json,
                                         start_stream)
+from serving import free_port
 
 
 @pytest.fixture(scope="module")
@@ -49,12 +50,6 @@ def streaming_chat(words, usage=None):
         send_event(handler, "[DONE]")
         end_stream(handler)
     return chat
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_refused_connection_names_the_address(tokenizer):

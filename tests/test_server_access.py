@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from test_remote_errors import free_port
+from serving import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -19,7 +19,7 @@ from app.server.access import KeyRule
 from app.server.serve import app as server_app
 from app.server.service import Service
 from app.store.library import Store
-from test_remote_errors import free_port
+from serving import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 CODE = "PELICAN-42"

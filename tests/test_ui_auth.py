@@ -8,7 +8,8 @@ import pytest
 
 from app.ui.app import parse_args, start
 from app.ui.auth import DEFAULT_USER, AuthError, decide, parse_pair, read_auth_file
-from test_ui_helpers import demo_backend, free_port
+from test_ui_helpers import demo_backend
+from serving import free_port
 
 
 def test_local_serving_needs_no_login():

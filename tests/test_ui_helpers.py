@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import socket
 from pathlib import Path
 
 import docx
@@ -41,7 +40,3 @@ def make_documents(folder: Path) -> list[Path]:
     return [pdf, path]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

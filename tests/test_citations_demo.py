@@ -15,7 +15,8 @@ from app.ui import views
 from app.citations.check import CITATION_FORMAT, NEAR, NOT_FOUND, VERIFIED, CitationStream, parse
 from app.protocol import AnswerStats, Settings
 from app.prompt import DEFAULT_SYSTEM_PROMPT, system_prompt
-from app.ui.handlers import Session, Workbench
+from app.ui.handlers import Workbench
+from app.ui.session import Session
 from test_ui_helpers import FACT, QUESTION, demo_backend, make_documents
 
 def test_the_citation_prompt_is_on_by_default_and_can_be_turned_off():

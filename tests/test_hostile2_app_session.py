@@ -13,7 +13,9 @@ import pytest
 from app.errors import CorpusTooLarge
 from app.protocol import Settings
 from app.ui import views
-from app.ui.handlers import InvalidSetting, Session, Workbench, settings_from
+from app.ui.inputs import InvalidSetting, settings_from
+from app.ui.handlers import Workbench
+from app.ui.session import Session
 from test_ui_helpers import QUESTION, demo_backend, make_documents
 
 SHORT = Settings(max_new_tokens=8)

@@ -8,7 +8,8 @@ import pytest
 
 from app import cli
 from ingest.secret_scan import entropy_bits, scan_corpus, scan_text, warning
-from app.ui.handlers import Session, Workbench
+from app.ui.handlers import Workbench
+from app.ui.session import Session
 from ingest import build_corpus, load_tokenizer
 from remote_support.fake_server import FakeServer, send_json
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TORCH_FREE = ["app.protocol", "app.planner", "app.prompt", "app.models_catalog", "app.errors", "app.backend",
-              "app.remote", "app.cli", "app.ui.views", "app.ui.handlers", "app.ui.auth", "app.ui.app",
-              "app.ui.layout", "app.ui.events",
+              "app.remote", "app.cli", "app.ui.views", "app.ui.handlers", "app.ui.session", "app.ui.inputs",
+              "app.ui.auth", "app.ui.app", "app.ui.layout", "app.ui.events",
               "app.store.cache_key", "app.store.kv_files", "app.store.library", "app.citations.form",
               "app.citations.check", "ingest"]
 HEAVY = ("torch", "triton")
@@ -83,7 +83,8 @@ def test_the_app_and_the_remote_backend_build_and_answer_without_torch():
         from app.protocol import Backend, Settings
         from app.remote import RemoteEngine
         from app.ui.app import build
-        from app.ui.handlers import Session, Workbench
+        from app.ui.handlers import Workbench
+        from app.ui.session import Session
         from remote_support.fake_server import (FakeServer, completion, delta, end_stream, send_event,
                                                 send_json, start_stream)
 

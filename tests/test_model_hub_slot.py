@@ -7,7 +7,8 @@ from __future__ import annotations
 import threading
 
 from app.backend import ModelSlot, open_backend
-from app.ui.handlers import Session, Workbench
+from app.ui.handlers import Workbench
+from app.ui.session import Session
 from test_model_hub import GGUF, REPO, hub, repo_folder  # noqa: F401  (fixtures)
 
 FACT = "The ferry to Sandholm leaves at 06:40 every weekday."

@@ -200,7 +200,8 @@ def test_the_page_and_the_api_never_answer_over_each_others_documents(demo_model
     """A page's question asked after an API request replaced its corpus in the model reloads it first."""
     from app.protocol import Settings
     from app.server.turnstile import SharedBackend, Turnstile
-    from app.ui.handlers import Session, Workbench
+    from app.ui.handlers import Workbench
+    from app.ui.session import Session
 
     model, tokenizer = demo_model
     engine, turnstile = Engine(model, tokenizer, model_name="demo"), Turnstile()

@@ -7,7 +7,8 @@ import pytest
 from app.ui import views
 from app.protocol import Settings
 from app.errors import Cancelled, CorpusTooLarge, NoCorpus
-from app.ui.handlers import Session, Workbench
+from app.ui.handlers import Workbench
+from app.ui.session import Session
 from test_ui_helpers import FACT, QUESTION, demo_backend, make_documents
 
 SHORT = Settings(max_new_tokens=40)

@@ -6,7 +6,8 @@ import pytest
 
 from app.ui import views
 from app.store.library import Store
-from app.ui.handlers import BadRecordError, Session, Workbench
+from app.ui.handlers import BadRecordError, Workbench
+from app.ui.session import Session
 from test_ui_helpers import FACT, QUESTION, demo_backend, make_documents
 from app.protocol import Settings
 

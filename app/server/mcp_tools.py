@@ -19,7 +19,8 @@ from app.protocol import Settings
 from app.server.access import Gate
 from app.server.openai_api import error_response
 from app.server.service import Service, Usage
-from app.ui.handlers import Session, Workbench
+from app.ui.handlers import Workbench
+from app.ui.session import Session
 
 INSTRUCTIONS = ("Omnibus answers questions over whole documents, books and codebases held in one long context. "
                 "Use list_corpora to see the corpora saved on the server, then load one (or add_files, then "

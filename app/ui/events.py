@@ -18,7 +18,9 @@ import gradio as gr
 from app.citations.form import CITATION_FORMAT
 from app.errors import Cancelled, OmnibusError
 from app.ui import views
-from app.ui.handlers import Session, Workbench, settings_from
+from app.ui.inputs import settings_from
+from app.ui.handlers import Workbench
+from app.ui.session import Session
 from app.ui.layout import Page
 from app.ui.uploads import Uploads
 from ingest.secret_scan import warning as secrets_warning

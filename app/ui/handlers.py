@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import threading
 import time
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 
 from app.citations.check import Verifier, parse, passage
@@ -24,6 +22,8 @@ from app.errors import Cancelled, CorpusTooLarge, NoCorpus, OmnibusError
 from app.planner import fit_advice
 from ingest.secret_scan import scan_corpus
 from app.prompt import DEFAULT_SYSTEM_PROMPT, Turn
+from app.ui.inputs import MAX_QUESTION_CHARS
+from app.ui.session import Exchange, Session
 from app.ui.saved import BadRecord, Library, corpus_from_record, corpus_record, exchanges_from_record
 from app.ui.views import instructions_tag
 from ingest import build_corpus
@@ -31,95 +31,8 @@ from ingest import build_corpus
 KEPT_SESSIONS = 200  # browser sessions a page reload can get back (the least recently used beyond go)
 
 
-@dataclass
-class Exchange:
-    """One question, its answer and how it was produced."""
-
-    question: str
-    answer: str
-    stats: AnswerStats | None = None
-    reload: object = None  # LoadStats of a load that read documents again just before this answer (else None)
-    stop_late: bool = False  # Stop was pressed, but the answer had already finished
-
-
-class Session:
-    """One browser's corpus and conversation. `cancel` stops whatever this browser is running.
-
-    A plain class, not a dataclass: Gradio would try to serialise a dataclass state into the page.
-    """
-
-    def __init__(self):
-        self.id = uuid.uuid4().hex  # what the browser keeps (gr.BrowserState) to get this session back on reload
-        self.owner = ""  # the login this session belongs to ("" without logins)
-        self.record_id = uuid.uuid4().hex  # its saved conversation (app.ui.saved); a new one after Start over
-        self.system_prompt = None  # the instructions it was last loaded with
-        self.busy = ""  # "load" or "answer" while one runs
-        self.partial = None  # (question, answer so far) while an answer streams
-        self.last_load = None  # LoadStats of its last load
-        self.corpus = None  # ingest.Corpus, or None before the first file
-        self.secrets: dict = {}  # source -> [ingest.secret_scan.Finding]: likely secrets in this corpus
-        self.exchanges: list[Exchange] = []
-        self.loaded_tokens = 0  # corpus tokens this session last loaded into the model (0: not loaded)
-        self.prefix_tokens = 0  # prompt prefix tokens of this session's last load (what it may hear was reused)
-        self.cancel = threading.Event()
-        self.verifier = None  # app.citations.check.Verifier of this corpus, built when an answer is first checked
-        self.restored_prompt = None  # the instructions of a reopened or imported conversation, for the page's box
-
-    def __deepcopy__(self, memo):
-        # Gradio deep-copies a state's starting value for each new browser; a fresh session is that copy.
-        return Session()
-
-    @property
-    def sources(self) -> list[str]:
-        return [doc.source for doc in self.corpus.documents] if self.corpus else []
-
-    @property
-    def is_loaded(self) -> bool:
-        return self.corpus is not None and self.loaded_tokens == self.corpus.total_tokens > 0
-
-
 class TooManyFiles(OmnibusError):
     """One upload holds more files than the app accepts at once (`--max-upload-files`)."""
-
-
-class InvalidSetting(OmnibusError):
-    """A setting (answer length, temperature, top-p) outside what the model can use."""
-
-
-MAX_QUESTION_CHARS = 200_000  # a question longer than this is refused before it is even tokenized
-MIN_TEMPERATURE = 0.01  # below this (and above 0) the logits overflow when divided by it
-MAX_TEMPERATURE = 2.0
-
-
-def _number(value, name: str) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError, OverflowError):
-        raise InvalidSetting(f"{name} must be a number, not {str(value)[:40]!r}") from None
-    if not math.isfinite(number):
-        raise InvalidSetting(f"{name} must be a finite number, not {number}")
-    return number
-
-
-def settings_from(max_new_tokens, temperature, top_p=0.95, seed=None, most_tokens: int | None = None) -> Settings:
-    """Settings from what the page (or an API call) sent, each checked; InvalidSetting says what is wrong.
-
-    `most_tokens` caps the answer length (the model's window).
-    """
-    length = _number(max_new_tokens, "the longest answer")
-    if length != int(length) or not 1 <= length <= (most_tokens or 2**31):
-        raise InvalidSetting(f"the longest answer must be a whole number of tokens from 1 to "
-                             f"{most_tokens or 2**31:,}, not {max_new_tokens}")
-    heat = _number(temperature, "the temperature")
-    if heat != 0 and not MIN_TEMPERATURE <= heat <= MAX_TEMPERATURE:
-        raise InvalidSetting(f"the temperature must be 0 (always the same answer) or from {MIN_TEMPERATURE} to "
-                             f"{MAX_TEMPERATURE}, not {temperature}")
-    nucleus = _number(top_p, "top-p")
-    if not 0 < nucleus <= 1:
-        raise InvalidSetting(f"top-p must be above 0 and at most 1, not {top_p}")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
-        raise InvalidSetting(f"the seed must be a whole number from 0 to 2**63 - 1, not {str(seed)[:40]!r}")
-    return Settings(int(length), heat, nucleus, seed)
 
 
 class BadRecordError(OmnibusError):

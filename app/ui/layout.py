@@ -14,7 +14,8 @@ from app.backend import ModelSlot
 from app.citations.form import CITATION_FORMAT
 from app.server.turnstile import SharedBackend
 from app.ui import model_picker, views
-from app.ui.handlers import Session, Workbench
+from app.ui.handlers import Workbench
+from app.ui.session import Session
 
 CSS = """
 .meter { font-size: 0.95em; }

@@ -20,6 +20,19 @@ VENV = ROOT / ".venv"
 PYTHON = VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 NO_DEPS = ROOT / "requirements-nodeps.txt"
 GPU_EXTRAS = ROOT / "requirements-gpu.txt"  # on Linux x86-64 with an NVIDIA GPU only
+# The tests' llama.cpp server (llama-cpp-python, source only on PyPI) is compiled for a portable x86-64 baseline
+# (AVX2, FMA, F16C), never for the build machine's own CPU: llama.cpp's AMX matrix path crashes on some Sapphire
+# Rapids machines. pip keys the wheels it builds by the source alone, not by these flags, so `test` builds this
+# wheel into a folder of its own named by the pin and the flags (LLAMA_CPP_WHEELS), and installs it from there.
+LLAMA_CPP = "llama-cpp-python"
+LLAMA_CPP_FLAGS = " ".join([
+    "-DGGML_NATIVE=OFF", "-DGGML_BACKEND_DL=OFF", "-DGGML_CPU_ALL_VARIANTS=OFF",
+    *(f"-DGGML_{isa}=ON" for isa in ("SSE42", "AVX", "AVX2", "FMA", "F16C", "BMI2")),
+    *(f"-DGGML_{isa}=OFF" for isa in ("AVX_VNNI", "AVX512", "AVX512_VBMI", "AVX512_VNNI", "AVX512_BF16",
+                                      "AMX_TILE", "AMX_INT8", "AMX_BF16")),
+    "-DLLAVA_BUILD=OFF",  # the multimodal library: the text-only server never loads it
+])
+LLAMA_CPP_WHEELS = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "omnibus" / "wheels"
 
 
 def _nvidia_linux() -> bool:
@@ -38,7 +51,34 @@ def _stamp(dev: bool) -> str:
     digest = hashlib.sha256()
     for path in _requirements(dev):
         digest.update(path.read_bytes())
+    if dev:
+        digest.update(LLAMA_CPP_FLAGS.encode())
     return digest.hexdigest()
+
+
+def _llama_cpp_requirement() -> str:
+    """requirements-dev.txt's pin of llama-cpp-python, without extras: "llama-cpp-python==0.3.36"."""
+    for line in (ROOT / "requirements-dev.txt").read_text().splitlines():
+        name, _, version = line.split("#")[0].strip().partition("==")
+        if name.split("[")[0].strip().lower() == LLAMA_CPP:
+            return f"{LLAMA_CPP}=={version.strip()}"
+    raise SystemExit(f"omnibus: requirements-dev.txt has no {LLAMA_CPP}==VERSION line")
+
+
+def install_llama_cpp(pip: list[str]) -> Path:
+    """Compile llama-cpp-python with LLAMA_CPP_FLAGS (once per pin and flags) and install that wheel."""
+    requirement = _llama_cpp_requirement()
+    folder = LLAMA_CPP_WHEELS / hashlib.sha256(f"{requirement} {LLAMA_CPP_FLAGS}".encode()).hexdigest()[:16]
+    if not list(folder.glob("*.whl")):
+        print(f"omnibus: compiling {requirement} for the tests' server (once; ~10 min on 2 cores)", file=sys.stderr)
+        building = folder.with_name(folder.name + f".building-{os.getpid()}")
+        subprocess.check_call([str(PYTHON), "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",
+                               "--no-deps", "--no-cache-dir", "--no-binary", LLAMA_CPP, "-w", str(building),
+                               requirement], env=dict(os.environ, CMAKE_ARGS=LLAMA_CPP_FLAGS))
+        building.replace(folder)
+    wheel = sorted(folder.glob("*.whl"))[-1]
+    subprocess.check_call(pip + ["--no-deps", "--force-reinstall", str(wheel)])
+    return wheel
 
 
 def ensure_environment(dev: bool) -> None:
@@ -55,6 +95,8 @@ def ensure_environment(dev: bool) -> None:
     if not (stamp_file.exists() and stamp_file.read_text() == _stamp(dev)):
         print("omnibus: installing requirements (first run only; a few minutes)", file=sys.stderr)
         pip = [str(PYTHON), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+        if dev:  # before the requirements, which it then satisfies: pip would build its own, natively
+            install_llama_cpp(pip)
         subprocess.check_call(pip + ["-r", str(_requirements(dev)[-2])])
         subprocess.check_call(pip + ["--no-deps", "-r", str(NO_DEPS)])
         if _nvidia_linux():  # the optional GPU kernels: a failure only means the slower attention path serves

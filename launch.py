@@ -66,11 +66,14 @@ def _llama_cpp_requirement() -> str:
 
 
 def install_llama_cpp(pip: list[str]) -> Path:
-    """Compile llama-cpp-python with LLAMA_CPP_FLAGS (once per pin and flags) and install that wheel."""
+    """Compile llama-cpp-python with LLAMA_CPP_FLAGS (once per pin, platform and flags) and install that wheel."""
+    import platform
+
     requirement = _llama_cpp_requirement()
-    folder = LLAMA_CPP_WHEELS / hashlib.sha256(f"{requirement} {LLAMA_CPP_FLAGS}".encode()).hexdigest()[:16]
+    key = f"{requirement} {sys.platform} {platform.machine()} {LLAMA_CPP_FLAGS}"
+    folder = LLAMA_CPP_WHEELS / hashlib.sha256(key.encode()).hexdigest()[:16]
     if not list(folder.glob("*.whl")):
-        print(f"omnibus: compiling {requirement} for the tests' server (once; ~10 min on 2 cores)", file=sys.stderr)
+        print(f"omnibus: compiling {requirement} for the tests' server (once; about 8 CPU-minutes)", file=sys.stderr)
         building = folder.with_name(folder.name + f".building-{os.getpid()}")
         subprocess.check_call([str(PYTHON), "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",
                                "--no-deps", "--no-cache-dir", "--no-binary", LLAMA_CPP, "-w", str(building),

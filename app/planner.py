@@ -41,6 +41,8 @@ DECODE = {"H100": (3.2e-3, 2.87e12, 2.06e12), "H200": (3.2e-3, 3.9e12, 2.15e12),
 # Decode over an fp8 cache through FA3's fp8 `flash_attn_with_kvcache` (`--attention fp8`), bytes/s reading that
 # cache (the step and weight terms as in DECODE): one layer at 1M read it at 2.84 TB/s on an H200 (issue 26).
 FA3_FP8_DECODE_BANDWIDTH = {"H100": 2.1e12, "H200": 2.84e12}
+# ... from this many cached tokens; below it the Triton kernel is faster and decodes (app/engine/attention_backend.py)
+FA3_DECODE_MIN_TOKENS = 524_288
 
 
 @dataclass(frozen=True)
@@ -301,7 +303,8 @@ def plan(shape: ModelShape, tokens: int, devices: list[Device], kv_dtype: str = 
     all_weights = sum(resident_weights) if resident_weights is not None else \
         shape.layers * shape.layer_params() * weight_bytes + embed_bytes * (1 if shape.tied_embeddings else 2)
     spread = len(devices) if sequence else 1  # sequence mode reads the KV on every GPU at once
-    decode_rate = estimate_decode_tokens_per_s(name, all_weights, kv_total / spread, kv_dtype, attention_kernel)
+    decode_kernel = attention_kernel if tokens >= FA3_DECODE_MIN_TOKENS else "default"
+    decode_rate = estimate_decode_tokens_per_s(name, all_weights, kv_total / spread, kv_dtype, decode_kernel)
     prefill = estimate_prefill_seconds(shape, tokens, name, attention_devices=spread, attention_kernel=attention_kernel,
                                        measured=measured)
     return Plan(tokens, kv_dtype, weight_dtype, fits, max(max_tokens, 0), shape.window, prefill, decode_rate,

@@ -11,7 +11,10 @@ import torch
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 HQ, HKV, D = 32, 8, 128
-BOUND = 6e-2  # e4m3 keeps 3 mantissa bits: ~4e-2 measured (issue 26), bf16 attention over the same cache ~3.7e-2
+# e4m3 keeps 3 mantissa bits; fp8 attention also rounds the query and the probabilities to e4m3. Measured on an
+# H200 (BENCHMARKS.md): 5-7.5e-2 for decode against fp32 over the dequantised cache. A wrong merge, scale or
+# segment gives errors near 1.
+BOUND = 0.15
 
 
 def _fa3_or_skip():
@@ -64,7 +67,8 @@ def fp8_cache(k, v, past: int, extra: int = 16, first_chunk: int = 16_384):
         cache.commit()
         lo = hi
     backend = attention_backend.assign(cache, "fp8")
-    assert backend.prefill == backend.decode == "fa3-fp8", backend.describe()
+    assert backend.prefill == "fa3-fp8", backend.describe()
+    cache.backend = attention_backend.AttentionBackend("fa3-fp8", "fa3-fp8")  # FA3 decode at any length here
     return cache
 
 
@@ -173,10 +177,11 @@ def test_a_cache_quantised_per_token_is_read_with_bf16_kernels_and_says_why():
     assert per_head.head_scaled and attention_backend.choose(per_head, "fp8").prefill == "fa3-fp8"
 
 
-def test_engine_with_fp8_attention_replays_decode_as_a_graph(tiny_llama, llama3_tokenizer):
+def test_engine_with_fp8_attention_replays_decode_as_a_graph(tiny_llama, llama3_tokenizer, monkeypatch):
     """The engine with attention="fp8": an fp8 cache quantised per head, prefill in chunks with merges, and the
     decode step captured as a CUDA graph gives the eager tokens; the stats name the fp8 kernels."""
-    _fa3_or_skip()
+    attention_backend = _fa3_or_skip()
+    monkeypatch.setattr(attention_backend, "FA3_DECODE_MIN_TOKENS", 0)  # the engine's: from 512K cached tokens
     from app.engine.engine import Engine
     from app.protocol import Settings
 

@@ -14,9 +14,14 @@ from dataclasses import dataclass
 
 import torch
 
+from app import planner
+
 log = logging.getLogger(__name__)
 
 ATTENTION_SETTINGS = ("bf16", "fp8")
+# Decode through FA3's fp8 kernel from this many cached tokens (the planner's rule): one layer's step on an H200
+# took 0.31 ms at 131K (Triton 0.14 ms), 0.73 ms at 1M (Triton 0.99), 1.44 ms at 2M (Triton 1.95); BENCHMARKS.md.
+FA3_DECODE_MIN_TOKENS = planner.FA3_DECODE_MIN_TOKENS
 KERNEL_NAMES = {
     "fa3-fp8": "FlashAttention-3 fp8",
     "fa3": "FlashAttention-3 bf16",
@@ -79,7 +84,8 @@ def _default(cache) -> AttentionBackend:
 
 
 def choose(cache, attention: str = "bf16") -> AttentionBackend:
-    """The kernels for `cache` under the `attention` setting; fp8 needs FA3, an fp8 cache quantised per head."""
+    """The kernels for `cache` under the `attention` setting; fp8 needs FA3, an fp8 cache quantised per head.
+    Decode over fewer than FA3_DECODE_MIN_TOKENS cached tokens stays with the Triton kernel, faster there."""
     base = _default(cache)
     if check_setting(attention) == "bf16":
         return base
@@ -96,7 +102,7 @@ def choose(cache, attention: str = "bf16") -> AttentionBackend:
         why = f"FlashAttention-3 takes head sizes 64, 128 or 256, not {cache.head_dim}"
     if why:
         return AttentionBackend(base.prefill, base.decode, "bf16 attention: " + why)
-    return AttentionBackend("fa3-fp8", "fa3-fp8")
+    return AttentionBackend("fa3-fp8", "fa3-fp8" if cache.length >= FA3_DECODE_MIN_TOKENS else base.decode)
 
 
 def assign(cache, attention: str) -> AttentionBackend:

@@ -57,8 +57,10 @@ class LayerKV:
 
     def __init__(self, kv_heads: int, head_dim: int, capacity: int, storage: str, device, compute_dtype):
         dtype = STORAGE_DTYPES[storage]
-        self.keys = torch.empty(1, kv_heads, capacity, head_dim, dtype=dtype, device=device)
-        self.values = torch.empty_like(self.keys)
+        # zeros, not empty: FA3's fp8 decode loads whole tiles past the sequence's end and masks their scores, so
+        # a NaN bit pattern left there in V (0 x NaN) would poison the output
+        self.keys = torch.zeros(1, kv_heads, capacity, head_dim, dtype=dtype, device=device)
+        self.values = torch.zeros_like(self.keys)
         self.fp8 = storage == "fp8"
         if self.fp8:
             self.key_scales = torch.empty(1, kv_heads, capacity, dtype=torch.bfloat16, device=device)

@@ -11,10 +11,11 @@ import torch
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 HQ, HKV, D = 32, 8, 128
-# e4m3 keeps 3 mantissa bits; fp8 attention also rounds the query and the probabilities to e4m3. Measured on an
-# H200 (BENCHMARKS.md): 5-7.5e-2 for decode against fp32 over the dequantised cache. A wrong merge, scale or
-# segment gives errors near 1.
-BOUND = 0.15
+# e4m3 keeps 3 mantissa bits; fp8 attention also rounds the query and the probabilities to e4m3, and a cache
+# quantised per head no longer stores each token's largest element (here: the outlier channel) exactly. Measured on
+# an H200 on this data (BENCHMARKS.md, 2026-12-04): prefill 6.2e-2 (no cached keys) rising to 1.8e-1 at 262K-1M,
+# decode 7.6-9.7e-2. A wrong merge, scale or segment gives errors near 1; the needles below are the finer guard.
+PREFILL_BOUND, DECODE_BOUND = 0.25, 0.15
 
 
 def _fa3_or_skip():
@@ -107,7 +108,7 @@ def test_fp8_prefill_chunk_against_fp32(past):
     assert got.shape == (1, t, HQ, D) and torch.isfinite(got).all()
     err = relative_error(got, reference(q, k, v, causal_tail=True))
     print(f"fp8 prefill, {past:,} cached keys + {t}: relative error {err:.2e} against fp32")
-    assert err < BOUND, f"relative error {err:.2e} at {past:,} cached keys"
+    assert err < PREFILL_BOUND, f"relative error {err:.2e} at {past:,} cached keys"
 
 
 @pytest.mark.parametrize("past", [200_000, 1_048_576])
@@ -156,7 +157,7 @@ def test_fp8_decode_against_fp32_and_the_triton_kernel(length):
     triton = decode_attention(q, cache.layers[0], cache.decode_slots[q.device][1], D**-0.5).transpose(1, 2)
     err, triton_err = relative_error(got, want), relative_error(triton, want)
     print(f"decode over {length:,}: FA3 fp8 {err:.2e}, Triton {triton_err:.2e} against fp32")
-    assert err < BOUND and triton_err < BOUND
+    assert err < DECODE_BOUND and triton_err < DECODE_BOUND
 
 
 def test_a_cache_quantised_per_token_is_read_with_bf16_kernels_and_says_why():
@@ -203,3 +204,35 @@ def test_engine_with_fp8_attention_replays_decode_as_a_graph(tiny_llama, llama3_
     graph_text, graphed = greedy()
     assert engine._graph is not None and graphed.attention == stats.attention
     assert graphed.new_tokens == eager.new_tokens > 1 and graph_text == eager_text
+
+
+def test_random_8b_logits_with_fp8_attention_stay_close_to_bf16_attention():
+    """The Llama-3.1-8B architecture with random weights, a 32K-token corpus and 512 question tokens: the question's
+    logits with fp8 attention against bf16 KV + bf16 attention (bench/attention_fp8.py measures 131K). Random
+    weights make near-uniform logits, so top-1 flips on near-ties: measured at 131K, fp8 KV alone agreed on 59% of
+    positions (KL 0.024), fp8 attention on 45% (KL 0.053)."""
+    _fa3_or_skip()
+    if torch.cuda.mem_get_info()[0] < 40 * 2**30:
+        pytest.skip("needs 40 GiB of free GPU memory")
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from attention_fp8 import logits_agreement
+
+    from app.engine.models import llama31_8b_config
+    from transformers import AutoModelForCausalLM
+
+    assert importlib.util.find_spec("fa3_fwd_interface")
+    config = llama31_8b_config(window=131_072)
+    config._attn_implementation = "omnibus"
+    with torch.device("cuda"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).eval()
+    result = logits_agreement(model, 32_768)
+    del model
+    torch.cuda.empty_cache()
+    fp8, kv_only = result["fp8kv_fp8attn"], result["fp8kv_bf16attn"]
+    assert fp8["attention"].startswith("prefill FlashAttention-3 fp8")
+    assert fp8["kl_mean"] < 0.15 and fp8["top1_agreement"] > 0.3, result
+    assert kv_only["kl_mean"] < 0.1, result

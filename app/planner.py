@@ -28,8 +28,9 @@ THROUGHPUT = {
 # measured 654-682 TFLOP/s for 16K- and 64K-token chunks at 131K-1M depth, bf16 and fp8 caches (BENCHMARKS.md).
 FA3_ATTENTION = {"H100": 650e12, "H200": 660e12}
 # fp8 attention (`--attention fp8`: FA3 fp8 on the fp8 cache, 16K-key segments merged in fp32), FLOP/s of a whole
-# prefill chunk's attention, merges included: bench/attention.py on an H200 (BENCHMARKS.md, 2026-12-04).
-FA3_FP8_ATTENTION = {"H100": 800e12, "H200": 800e12}
+# prefill chunk's attention, merges included: bench/attention_fp8.py on an H200 measured 845-858 TFLOP/s for a
+# 16K-token chunk at 131K, 1M and 2M (BENCHMARKS.md, 2026-12-04). H100: not measured; the same chip, so assumed.
+FA3_FP8_ATTENTION = {"H100": 850e12, "H200": 850e12}
 # Fixed cost of a prefill beyond its FLOPs (first-chunk launches, the last synchronisation), seconds: an H200
 # prefilled 32,930 / 131,234 tokens in 1.96 / 10.52 s, 0.79 / 0.72 s over the FLOP-rate estimate.
 PREFILL_FIXED_SECONDS = {"H100": 0.75, "H200": 0.75}
@@ -38,9 +39,14 @@ PREFILL_FIXED_SECONDS = {"H100": 0.75, "H200": 0.75}
 # 33K / 131K / 262K tokens, 39.9 ms over a 1,048,738-token fp8 cache; H100 from 14.8 ms at 131K bf16 and
 # 26.2 ms at 524K fp8 (2026-11-27).
 DECODE = {"H100": (3.2e-3, 2.87e12, 2.06e12), "H200": (3.2e-3, 3.9e12, 2.15e12), "cuda": (3.2e-3, 2.0e12, 1.5e12)}
-# Decode over an fp8 cache through FA3's fp8 `flash_attn_with_kvcache` (`--attention fp8`), bytes/s reading that
-# cache (the step and weight terms as in DECODE): one layer at 1M read it at 2.84 TB/s on an H200 (issue 26).
-FA3_FP8_DECODE_BANDWIDTH = {"H100": 2.1e12, "H200": 2.84e12}
+# Decode over an fp8 cache through FA3's fp8 `flash_attn_with_kvcache` (`--attention fp8`): (seconds a step adds,
+# bytes/s reading that cache). One layer's step read a 1M / 2M cache at 2.96 / 2.98 TB/s on an H200, and whole
+# steps took 33.5 ms at 1,048,738 tokens (bf16 weights), 36.6 / 56.6 ms at 1,048,674 / 2,000,098 (fp8 weights):
+# 2.7 ms a step more than the bandwidth (the query's quantisation, FA3's split merge); BENCHMARKS.md, 2026-12-04.
+FA3_FP8_DECODE = {"H100": (2.7e-3, 2.1e12), "H200": (2.7e-3, 2.97e12)}
+# fp8 weights add this to every decode step (the activations' quantisation and small fp8 GEMMs of 224 linear
+# layers): fitted to the fp8-weight steps above, and within 2% of the 13.6 tokens/s measured at 2M with Triton.
+FP8_WEIGHTS_STEP_SECONDS = 4.9e-3
 # ... from this many cached tokens; below it the Triton kernel is faster and decodes (app/engine/attention_backend.py)
 FA3_DECODE_MIN_TOKENS = 524_288
 
@@ -225,14 +231,17 @@ def estimate_prefill_seconds(shape: ModelShape, tokens: int, device_name: str, s
 
 
 def estimate_decode_tokens_per_s(device_name: str, weight_bytes: int, kv_bytes: float, kv_dtype: str,
-                                 attention_kernel: str = "default") -> float:
+                                 attention_kernel: str = "default", weight_dtype: str = "bf16") -> float:
     """Tokens per second decoding: every step reads the weights and the whole cache once (measured rates;
     attention_kernel "fa3-fp8": the fp8 cache read by FA3's fp8 decode)."""
     if device_name == "cpu":
         return 20e9 / (weight_bytes + kv_bytes)
     step, bandwidth, fp8_bandwidth = next((v for key, v in DECODE.items() if key in device_name), DECODE["cuda"])
-    if attention_kernel == "fa3-fp8":
-        fp8_bandwidth = next((v for key, v in FA3_FP8_DECODE_BANDWIDTH.items() if key in device_name), fp8_bandwidth)
+    if weight_dtype == "fp8":
+        step += FP8_WEIGHTS_STEP_SECONDS
+    fa3 = next((v for key, v in FA3_FP8_DECODE.items() if key in device_name), None)
+    if attention_kernel == "fa3-fp8" and kv_dtype == "fp8" and fa3 is not None:
+        step, fp8_bandwidth = step + fa3[0], fa3[1]
     return 1.0 / (step + weight_bytes / bandwidth + kv_bytes / (fp8_bandwidth if kv_dtype == "fp8" else bandwidth))
 
 
@@ -304,7 +313,8 @@ def plan(shape: ModelShape, tokens: int, devices: list[Device], kv_dtype: str = 
         shape.layers * shape.layer_params() * weight_bytes + embed_bytes * (1 if shape.tied_embeddings else 2)
     spread = len(devices) if sequence else 1  # sequence mode reads the KV on every GPU at once
     decode_kernel = attention_kernel if tokens >= FA3_DECODE_MIN_TOKENS else "default"
-    decode_rate = estimate_decode_tokens_per_s(name, all_weights, kv_total / spread, kv_dtype, decode_kernel)
+    decode_rate = estimate_decode_tokens_per_s(name, all_weights, kv_total / spread, kv_dtype, decode_kernel,
+                                               weight_dtype)
     prefill = estimate_prefill_seconds(shape, tokens, name, attention_devices=spread, attention_kernel=attention_kernel,
                                        measured=measured)
     return Plan(tokens, kv_dtype, weight_dtype, fits, max(max_tokens, 0), shape.window, prefill, decode_rate,

@@ -137,6 +137,8 @@ def test_planner_times_fp8_attention_and_its_decode_with_their_own_rates():
     triton = planner.estimate_decode_tokens_per_s("NVIDIA H200", weights, kv, "fp8")
     fa3 = planner.estimate_decode_tokens_per_s("NVIDIA H200", weights, kv, "fp8", "fa3-fp8")
     assert fa3 > triton
+    fp8_weights = planner.estimate_decode_tokens_per_s("NVIDIA H200", weights // 2, kv, "fp8", "fa3-fp8", "fp8")
+    assert 1 / fp8_weights - 1 / fa3 == pytest.approx(planner.FP8_WEIGHTS_STEP_SECONDS - weights / 2 / 3.9e12)
     # "auto" KV: the kernel named goes with the fp8 plan, bf16 plans use FA3's bf16 rate
     one_h200 = planner.parse_gpus("1x141")
     assert one_h200[0].total_bytes == planner.H200_BYTES

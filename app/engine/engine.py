@@ -431,6 +431,7 @@ class Engine:
                     checkpoint.after_chunk()
             _synchronize(self.on_gpu)
             seconds = time.perf_counter() - started
+            attention_backend.assign(self.cache, self.attention)  # the kernels for the loaded length (decode)
             fresh = len(prefix) - reused
             if not self.on_gpu and seconds >= 1.0:  # this load's chunks are the newest measure of the speed
                 self.calibration.update(calibration.fit(live.passes, live.rates))

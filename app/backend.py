@@ -331,7 +331,7 @@ class ModelSlot:
 
 def open_in_background(args: argparse.Namespace, on_change=None) -> ModelSlot:
     """The app's model: `args.model` opened in the background (downloaded first when needed) with `args`' options."""
-    before = {"store": None}
+    before = {"store": None, "attention": args.attention}
     if not args.no_disk_cache:
         from app.store.library import Store
 

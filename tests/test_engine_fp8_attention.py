@@ -156,3 +156,28 @@ def test_plan_prints_the_largest_corpus_and_why_ultralong_2m_takes_fp8_weights(c
     assert "ultralong-2m: fp8 weights and fp8 KV" in out and "with bf16 weights" in out
     assert run_command(["plan", "--tokens", "900000", "--model", "ultralong-1m", "--gpus", "1x141"]) == 0
     assert "fp8 weights" not in capsys.readouterr().out  # the 1M window fits with bf16 weights
+
+
+def test_settings_attention_control_sets_the_engine_and_a_server_keeps_its_own(tiny_llama, llama3_tokenizer):
+    """The page's Settings hold one attention control; choosing fp8 sets the local engine's attention (for the
+    documents loaded next); a backend that cannot take it keeps its own and the control shows that."""
+    import gradio as gr
+
+    from app.engine.engine import Engine
+    from app.ui.app import build
+    from app.ui.events import Events
+    from app.ui.handlers import Workbench
+    from app.ui.layout import Page
+
+    engine = Engine(tiny_llama(window=3000), llama3_tokenizer, kv_dtype="fp32", model_name="tiny-llama")
+    workbench = Workbench(engine)
+    [radio] = [b for b in build(workbench).blocks.values() if isinstance(b, gr.Radio) and b.elem_id == "attention"]
+    assert radio.value == "bf16" and [c[0] for c in radio.choices] == ["bf16", "fp8"]
+    events = Events(workbench, Page())
+    assert events.attention("fp8") == "fp8" and engine.attention == "fp8"
+
+    class Server:  # a backend without the setting (as a remote server's)
+        attention = "server"
+
+    workbench.backend = events.backend = Server()
+    assert events.attention("fp8") == "server"

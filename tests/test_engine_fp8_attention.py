@@ -181,3 +181,27 @@ def test_settings_attention_control_sets_the_engine_and_a_server_keeps_its_own(t
 
     workbench.backend = events.backend = Server()
     assert events.attention("fp8") == "server"
+
+
+def test_auto_kv_plans_keep_the_attention_kernel_and_fp8_weights_keep_bf16_embeddings():
+    """Two planner defects found on the way: "auto" KV dropped the attention kernel when it tried each dtype (the
+    measured rates went in its place), and fp8 weights counted the embeddings and output head at 1 byte."""
+    shape = planner.ModelShape(32, 4096, 14_336, 32, 8, 128, 128_256, 1_048_576)
+    gpus = planner.parse_gpus("1x141")
+    auto = planner.plan(shape, 200_000, gpus, "auto", attention_kernel="fa3")
+    bf16 = planner.plan(shape, 200_000, gpus, "bf16", attention_kernel="fa3")
+    assert auto.kv_dtype == "bf16" and auto.prefill_seconds == bf16.prefill_seconds
+    fp8 = planner.plan(shape, 200_000, gpus, "fp8", "fp8")
+    layers, embeddings = shape.layers * shape.layer_params(), 2 * shape.vocab * shape.hidden * 2
+    assert fp8.devices[0].weights_gib * planner.GiB == pytest.approx(layers + embeddings)
+
+
+def test_planned_rates_for_the_live_estimate_use_the_kernel_the_engine_runs():
+    from app import calibration
+
+    shape = planner.ModelShape(32, 4096, 14_336, 32, 8, 128, 128_256, 1_048_576)
+    default = calibration.planned_rates(shape, "NVIDIA H200")
+    fp8 = calibration.planned_rates(shape, "NVIDIA H200", attention_kernel="fa3-fp8")
+    assert default.per_token == fp8.per_token
+    assert default.per_token_depth / fp8.per_token_depth == pytest.approx(
+        planner.FA3_FP8_ATTENTION["H200"] / planner.THROUGHPUT["H200"][1])

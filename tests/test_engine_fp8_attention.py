@@ -83,6 +83,7 @@ def test_the_choice_of_kernels_says_why_fp8_attention_does_not_run_here():
     err = RuntimeError("no kernel image for this device")
     backend = attention_backend.fall_back(cache, "prefill", err)
     assert cache.backend is backend and "fp8 prefill failed: RuntimeError: no kernel image" in backend.note
+    assert attention_backend.assign(cache, "fp8") is backend  # kept: not tried again on every pass
 
 
 def test_merge_of_two_key_sets_equals_attention_over_both():

@@ -54,11 +54,13 @@ def fa3_kernel():
 
 @dataclass(frozen=True)
 class AttentionBackend:
-    """prefill: "fa3-fp8", "fa3", "flex" or "sdpa"; decode: "fa3-fp8", "triton" or "sdpa"; note: why not fp8."""
+    """prefill: "fa3-fp8", "fa3", "flex" or "sdpa"; decode: "fa3-fp8", "triton" or "sdpa"; note: why not fp8;
+    failed: an fp8 kernel failed on this cache, which keeps these kernels from then on."""
 
     prefill: str
     decode: str
     note: str = ""
+    failed: bool = False
 
     def describe(self) -> str:
         """e.g. "prefill FlashAttention-3 fp8, decode FlashAttention-3 fp8"."""
@@ -106,9 +108,12 @@ def choose(cache, attention: str = "bf16") -> AttentionBackend:
 
 
 def assign(cache, attention: str) -> AttentionBackend:
-    """Choose the kernels for `cache`, keep them on it, and log the choice when it changes."""
+    """Choose the kernels for `cache`, keep them on it, and log the choice when it changes. A cache whose fp8
+    kernel failed keeps the fallback (`fall_back`) rather than trying it again on every pass."""
+    if cache.backend is not None and cache.backend.failed:
+        return cache.backend
     backend = choose(cache, attention)
-    if backend != getattr(cache, "backend", None):
+    if backend != cache.backend:
         log.info("attention: %s", backend.describe())
     cache.backend = backend
     return backend
@@ -121,5 +126,5 @@ def fall_back(cache, part: str, err: BaseException) -> AttentionBackend:
     note = f"fp8 {part} failed: {type(err).__name__}: {str(err)[:200]}"
     log.error("attention kernel %s failed on this cache (%s: %s); using %s", KERNEL_NAMES["fa3-fp8"],
               type(err).__name__, err, base.describe())
-    cache.backend = AttentionBackend(base.prefill, base.decode, note)
+    cache.backend = AttentionBackend(base.prefill, base.decode, note, failed=True)
     return cache.backend

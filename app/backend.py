@@ -42,7 +42,7 @@ def open_backend(model: str = "auto", *, backend: str = "local", base_url: str |
                  api_key_env: str | None = None, served_model: str | None = None, kv_dtype: str = "auto",
                  chunk_tokens: int | None = None, random_weights: bool = False, weight_dtype: str = "bf16",
                  max_model_len: int | None = None, disk_cache: bool = False, cache_dir: str | None = None,
-                 parallel: str = "sequence", download_progress=None) -> Backend:
+                 parallel: str = "sequence", download_progress=None, attention: str = "bf16") -> Backend:
     """Load the local engine, or connect to an OpenAI-compatible server.
 
     The local model comes from `app.model_hub.locate`: a folder or installed package as it is, a Hugging Face model
@@ -50,6 +50,8 @@ def open_backend(model: str = "auto", *, backend: str = "local", base_url: str |
     disk_cache: save processed corpora under `cache_dir` (app/store/library.py) and reopen them instead of prefilling.
     parallel: with several GPUs, "sequence" splits every layer's KV cache by position over all of them (attention
     on every GPU at once; the default), "layers" splits the layers (one GPU busy at a time).
+    attention: "bf16" (default) or "fp8" (FlashAttention-3's fp8 kernels on an fp8 cache; app/engine/fa3_fp8.py).
+    weight_dtype "auto": bf16, or fp8 where bf16 weights would leave no room for the model's window (`fit_weights`).
     """
     if backend == "openai":
         from app.remote import RemoteEngine
@@ -65,6 +67,10 @@ def open_backend(model: str = "auto", *, backend: str = "local", base_url: str |
         located = model_hub.locate(name, progress=download_progress)
         spec = ModelSpec(name, located.folder, located.gguf_file)
     log.info("loading model %s", name)
+    if weight_dtype == "auto":
+        weight_dtype, why = fit_weights(name)
+        if why:
+            log.warning("%s", why)
     loaded, tokenizer = load_model(spec, random_weights=random_weights, weight_dtype=weight_dtype, parallel=parallel)
     if tokenizer is None:  # random weights: the real Llama-3 tokenizer stands in
         from ingest import load_tokenizer
@@ -76,7 +82,27 @@ def open_backend(model: str = "auto", *, backend: str = "local", base_url: str |
 
         store = Store(cache_dir)
     return Engine(loaded, tokenizer, kv_dtype=kv_dtype, chunk_tokens=chunk_tokens, model_name=name, store=store,
-                  parallel="auto" if parallel == "sequence" else "layers")
+                  parallel="auto" if parallel == "sequence" else "layers", attention=attention)
+
+
+def fit_weights(name: str, devices: list[planner.Device] | None = None) -> tuple[str, str]:
+    """The weight dtype for model `name` on these GPUs: bf16, unless only fp8 weights leave room for the model's
+    whole window (with fp8 KV). Returns (dtype, the sentence that says why fp8, or "")."""
+    spec = REGISTRY.get(name)
+    devices = devices or planner.local_devices()
+    if spec is None or devices[0].name == "cpu":
+        return "bf16", ""
+    from app.engine.models import llama31_8b_config
+
+    shape = planner.ModelShape.from_config(llama31_8b_config(window=spec.window))
+    want = spec.window - planner.question_reserve(spec.window)
+    bf16 = planner.plan(shape, want, devices, "fp8", "bf16", mode="sequence")
+    if bf16.fits:
+        return "bf16", ""
+    fp8 = planner.plan(shape, want, devices, "fp8", "fp8", mode="sequence")
+    return "fp8", (f"{name}: fp8 weights and fp8 KV, so that more of its {spec.window:,}-token window fits: "
+                   f"{fp8.max_tokens:,} corpus tokens on {len(devices)} GPU(s), against {bf16.max_tokens:,} "
+                   f"with bf16 weights (--weight-dtype bf16 keeps them)")
 
 
 def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
@@ -90,8 +116,12 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base-url", help="the server's OpenAI API root, e.g. http://127.0.0.1:8000/v1")
     parser.add_argument("--api-key-env", help="name of the environment variable that holds the server's API key")
     parser.add_argument("--served-model", help="the model name the server expects (default: the first it lists)")
-    parser.add_argument("--weight-dtype", default="bf16", choices=["bf16", "fp8"],
-                        help="fp8 halves the weights' memory (needed for a 1M-token corpus on one 80 GB GPU)")
+    parser.add_argument("--weight-dtype", default="auto", choices=["auto", "bf16", "fp8"],
+                        help="fp8 halves the weights' memory (needed for a 1M-token corpus on one 80 GB GPU); "
+                             "auto: bf16 unless only fp8 lets the model's window fit (ultralong-2m on one H200)")
+    parser.add_argument("--attention", default="bf16", choices=["bf16", "fp8"],
+                        help="fp8: FlashAttention-3's fp8 kernels read the fp8 KV cache in prefill and decode "
+                             "(Hopper GPUs with fa3-fwd; faster at long context, ~4%% relative error)")
     parser.add_argument("--max-model-len", type=int, help="the server's context length, if it does not report one")
     parser.add_argument("--parallel", default="sequence", choices=["sequence", "layers"],
                         help="several GPUs: split every layer's KV by position so attention runs on all of them "
@@ -109,7 +139,7 @@ def open_from_arguments(args: argparse.Namespace, model: str | None = None, down
                         chunk_tokens=args.chunk_tokens, random_weights=args.random_weights,
                         weight_dtype=args.weight_dtype, max_model_len=args.max_model_len,
                         disk_cache=not args.no_disk_cache, cache_dir=args.cache_dir, parallel=args.parallel,
-                        download_progress=download_progress)
+                        download_progress=download_progress, attention=args.attention)
 
 
 @dataclass(frozen=True)
@@ -301,7 +331,7 @@ class ModelSlot:
 
 def open_in_background(args: argparse.Namespace, on_change=None) -> ModelSlot:
     """The app's model: `args.model` opened in the background (downloaded first when needed) with `args`' options."""
-    before = {"store": None}
+    before = {"store": None, "attention": args.attention}
     if not args.no_disk_cache:
         from app.store.library import Store
 

@@ -196,11 +196,12 @@ def measure(run_pass, depth: int = 2048, tokens: int = 32) -> Rates:
     return Rates(per_token, per_token_depth, per_pass, "calibration", time.time())
 
 
-def planned_rates(shape, device_name: str, attention_devices: int = 1) -> Rates:
-    """Rates from the planner's FLOP/s constants (GPUs: measured with bench/engine.py, not calibrated here)."""
+def planned_rates(shape, device_name: str, attention_devices: int = 1, attention_kernel: str = "default") -> Rates:
+    """Rates from the planner's FLOP/s constants (GPUs: measured with bench/engine.py, not calibrated here);
+    attention_kernel as in `planner.estimate_prefill_seconds`."""
     from app import planner
 
-    linear_rate, attention_rate = planner._rates(device_name)
+    linear_rate, attention_rate = planner._rates(device_name, attention_kernel)
     per_token = 2.0 * shape.layers * shape.layer_params() / linear_rate
     per_token_depth = 4.0 * shape.q_heads * shape.head_dim * shape.layers / (attention_rate * attention_devices)
     return Rates(per_token, per_token_depth, 0.0, "planner")

@@ -228,11 +228,21 @@ def plan(args) -> int:
 
         config = AutoConfig.from_pretrained(spec.source)
     shape = planner.ModelShape.from_config(config)
-    result = planner.plan(shape, args.tokens, devices, args.kv_dtype, args.weight_dtype, mode=args.parallel)
+    from app.backend import fit_weights
+
+    weight_dtype, why = fit_weights(spec.name, devices) if args.weight_dtype == "auto" else (args.weight_dtype, "")
+    kv = "fp8" if args.attention == "fp8" and args.kv_dtype == "auto" else args.kv_dtype
+    kernel = "default" if devices[0].name == "cpu" else "fa3-fp8" if args.attention == "fp8" else "fa3"
+    result = planner.plan(shape, args.tokens, devices, kv, weight_dtype, mode=args.parallel, attention_kernel=kernel)
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
     else:
         print(result.summary())
+        print(f"  largest corpus on {'this GPU' if len(devices) == 1 else f'these {len(devices)} GPUs'}: "
+              f"{result.max_tokens:,} tokens ({result.weight_dtype} weights, {result.kv_dtype} KV)"
+              if devices[0].name != "cpu" else f"  largest corpus here: {result.max_tokens:,} tokens")
+        if why:
+            print("  " + why)
         for d in result.devices:
             print(f"  {d.name}: {d.layers} layers, weights {d.weights_gib:.1f} GiB, KV {d.kv_gib:.1f} GiB, "
                   f"workspace {d.workspace_gib:.1f} GiB, free {d.free_gib:.1f} GiB")
@@ -261,7 +271,10 @@ def run_command(argv: list[str], prog: str = "omnibus") -> int:
     p_plan.add_argument("--tokens", type=int, required=True)
     p_plan.add_argument("--gpus", help="e.g. 4x80 for four 80 GiB GPUs (default: the GPUs of this machine)")
     p_plan.add_argument("--kv-dtype", default="auto", choices=["auto", "bf16", "fp8"])
-    p_plan.add_argument("--weight-dtype", default="bf16", choices=["bf16", "fp8"])
+    p_plan.add_argument("--weight-dtype", default="auto", choices=["auto", "bf16", "fp8"],
+                        help="auto: bf16 unless only fp8 weights let the model's window fit")
+    p_plan.add_argument("--attention", default="bf16", choices=["bf16", "fp8"],
+                        help="the attention the time estimate assumes (fp8: FlashAttention-3 fp8, fp8 KV)")
     p_plan.add_argument("--model", default="ultralong-4m")
     p_plan.add_argument("--parallel", default="sequence", choices=["sequence", "layers"],
                         help="several GPUs: split every layer's KV by position (attention on all GPUs at once) "

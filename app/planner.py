@@ -10,6 +10,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 GiB = 1024**3
+H200_BYTES = 143_771 * 1024**2  # what CUDA reports for one H200 ("141 GB")
 CONTEXT_RESERVE_BYTES = int(1.0 * GiB)  # CUDA context, allocator slack, cuBLAS workspaces (per GPU)
 QUESTION_RESERVE_TOKENS = 8192  # room kept after the corpus for the question, earlier turns and the answer
 KV_ELEMENT_BYTES = {"fp32": 4, "bf16": 2, "fp8": 1}
@@ -26,6 +27,10 @@ THROUGHPUT = {
 # Prefill attention through FlashAttention-3 (fa3-fwd, Hopper only), FLOP/s: bench/attention.py on an H200
 # measured 654-682 TFLOP/s for 16K- and 64K-token chunks at 131K-1M depth, bf16 and fp8 caches (BENCHMARKS.md).
 FA3_ATTENTION = {"H100": 650e12, "H200": 660e12}
+# fp8 attention (`--attention fp8`: FA3 fp8 on the fp8 cache, 16K-key segments merged in fp32), FLOP/s of a whole
+# prefill chunk's attention, merges included: bench/attention_fp8.py on an H200 measured 845-858 TFLOP/s for a
+# 16K-token chunk at 131K, 1M and 2M (BENCHMARKS.md, 2026-12-04). H100: not measured; the same chip, so assumed.
+FA3_FP8_ATTENTION = {"H100": 850e12, "H200": 850e12}
 # Fixed cost of a prefill beyond its FLOPs (first-chunk launches, the last synchronisation), seconds: an H200
 # prefilled 32,930 / 131,234 tokens in 1.96 / 10.52 s, 0.79 / 0.72 s over the FLOP-rate estimate.
 PREFILL_FIXED_SECONDS = {"H100": 0.75, "H200": 0.75}
@@ -34,6 +39,16 @@ PREFILL_FIXED_SECONDS = {"H100": 0.75, "H200": 0.75}
 # 33K / 131K / 262K tokens, 39.9 ms over a 1,048,738-token fp8 cache; H100 from 14.8 ms at 131K bf16 and
 # 26.2 ms at 524K fp8 (2026-11-27).
 DECODE = {"H100": (3.2e-3, 2.87e12, 2.06e12), "H200": (3.2e-3, 3.9e12, 2.15e12), "cuda": (3.2e-3, 2.0e12, 1.5e12)}
+# Decode over an fp8 cache through FA3's fp8 `flash_attn_with_kvcache` (`--attention fp8`): (seconds a step adds,
+# bytes/s reading that cache). One layer's step read a 1M / 2M cache at 2.96 / 2.98 TB/s on an H200, and whole
+# steps took 33.5 ms at 1,048,738 tokens (bf16 weights), 36.6 / 56.6 ms at 1,048,674 / 2,000,098 (fp8 weights):
+# 2.7 ms a step more than the bandwidth (the query's quantisation, FA3's split merge); BENCHMARKS.md, 2026-12-04.
+FA3_FP8_DECODE = {"H100": (2.7e-3, 2.1e12), "H200": (2.7e-3, 2.97e12)}
+# fp8 weights add this to every decode step (the activations' quantisation and small fp8 GEMMs of 224 linear
+# layers): fitted to the fp8-weight steps above, and within 2% of the 13.6 tokens/s measured at 2M with Triton.
+FP8_WEIGHTS_STEP_SECONDS = 4.9e-3
+# ... from this many cached tokens; below it the Triton kernel is faster and decodes (app/engine/attention_backend.py)
+FA3_DECODE_MIN_TOKENS = 524_288
 
 
 @dataclass(frozen=True)
@@ -193,10 +208,12 @@ def split_layers(layers: int, devices: int) -> list[int]:
 
 
 def _rates(device_name: str, attention_kernel: str = "default") -> tuple[float, float]:
+    """(linear, attention) FLOP/s on this device; attention_kernel "fa3" or "fa3-fp8": FlashAttention-3's rates."""
     for key in ("H200", "H100"):
         if key in device_name:
             linear, attention = THROUGHPUT[key]
-            return linear, FA3_ATTENTION[key] if attention_kernel == "fa3" else attention
+            kernel_rates = {"fa3": FA3_ATTENTION, "fa3-fp8": FA3_FP8_ATTENTION}.get(attention_kernel, {})
+            return linear, kernel_rates.get(key, attention)
     return THROUGHPUT["cpu" if device_name == "cpu" else "cuda"]
 
 
@@ -204,7 +221,7 @@ def estimate_prefill_seconds(shape: ModelShape, tokens: int, device_name: str, s
                              attention_devices: int = 1, attention_kernel: str = "default", measured=None) -> float:
     """Seconds to prefill positions start..tokens: from `measured` (app.calibration.Rates, the CPU's own
     calibrated speed) when given, else linear-layer and attention FLOPs over the measured rates above
-    (attention_kernel "fa3": FlashAttention-3's rate; the engine says which kernel it runs)."""
+    (attention_kernel "fa3" / "fa3-fp8": FlashAttention-3's bf16 / fp8 rate; the engine says which it runs)."""
     if measured is not None:
         return measured.seconds(tokens, start)
     linear_rate, attention_rate = _rates(device_name, attention_kernel)
@@ -213,11 +230,18 @@ def estimate_prefill_seconds(shape: ModelShape, tokens: int, device_name: str, s
     return fixed + linear / linear_rate + attention / (attention_rate * attention_devices)
 
 
-def estimate_decode_tokens_per_s(device_name: str, weight_bytes: int, kv_bytes: float, kv_dtype: str) -> float:
-    """Tokens per second decoding: every step reads the weights and the whole cache once (measured rates)."""
+def estimate_decode_tokens_per_s(device_name: str, weight_bytes: int, kv_bytes: float, kv_dtype: str,
+                                 attention_kernel: str = "default", weight_dtype: str = "bf16") -> float:
+    """Tokens per second decoding: every step reads the weights and the whole cache once (measured rates;
+    attention_kernel "fa3-fp8": the fp8 cache read by FA3's fp8 decode)."""
     if device_name == "cpu":
         return 20e9 / (weight_bytes + kv_bytes)
     step, bandwidth, fp8_bandwidth = next((v for key, v in DECODE.items() if key in device_name), DECODE["cuda"])
+    if weight_dtype == "fp8":
+        step += FP8_WEIGHTS_STEP_SECONDS
+    fa3 = next((v for key, v in FA3_FP8_DECODE.items() if key in device_name), None)
+    if attention_kernel == "fa3-fp8" and kv_dtype == "fp8" and fa3 is not None:
+        step, fp8_bandwidth = step + fa3[0], fa3[1]
     return 1.0 / (step + weight_bytes / bandwidth + kv_bytes / (fp8_bandwidth if kv_dtype == "fp8" else bandwidth))
 
 
@@ -235,13 +259,14 @@ def plan(shape: ModelShape, tokens: int, devices: list[Device], kv_dtype: str = 
     """
     if kv_dtype == "auto":
         choices = ["bf16", "fp8"] if devices[0].name != "cpu" else ["fp32"]
-        plans = [plan(shape, tokens, devices, k, weight_dtype, chunk, reserve, resident_weights, mode, measured)
-                 for k in choices]
+        plans = [plan(shape, tokens, devices, k, weight_dtype, chunk, reserve, resident_weights, mode,
+                      attention_kernel if k == "fp8" else "default" if attention_kernel == "default" else "fa3",
+                      measured) for k in choices]
         return next((p for p in plans if p.fits), plans[-1])
     sequence = mode == "sequence" and len(devices) > 1
     per_device_layers = [shape.layers] + [0] * (len(devices) - 1) if sequence else split_layers(shape.layers, len(devices))
     weight_bytes = WEIGHT_ELEMENT_BYTES[weight_dtype]
-    embed_bytes = shape.vocab * shape.hidden * weight_bytes
+    embed_bytes = shape.vocab * shape.hidden * max(weight_bytes, 2)  # fp8 weights: embeddings and head stay bf16
     per_token_all = shape.layers * shape.kv_bytes_per_token_layer(kv_dtype)
     capacity, rooms, device_plans = math.inf, [], []
     last = len(devices) - 1 if not sequence else 0
@@ -284,9 +309,12 @@ def plan(shape: ModelShape, tokens: int, devices: list[Device], kv_dtype: str = 
                   f"with {kv_dtype} KV")
     name = devices[0].name
     kv_total = per_token_all * tokens
-    all_weights = sum(resident_weights) if resident_weights is not None else shape.params() * weight_bytes
+    all_weights = sum(resident_weights) if resident_weights is not None else \
+        shape.layers * shape.layer_params() * weight_bytes + embed_bytes * (1 if shape.tied_embeddings else 2)
     spread = len(devices) if sequence else 1  # sequence mode reads the KV on every GPU at once
-    decode_rate = estimate_decode_tokens_per_s(name, all_weights, kv_total / spread, kv_dtype)
+    decode_kernel = attention_kernel if tokens >= FA3_DECODE_MIN_TOKENS else "default"
+    decode_rate = estimate_decode_tokens_per_s(name, all_weights, kv_total / spread, kv_dtype, decode_kernel,
+                                               weight_dtype)
     prefill = estimate_prefill_seconds(shape, tokens, name, attention_devices=spread, attention_kernel=attention_kernel,
                                        measured=measured)
     return Plan(tokens, kv_dtype, weight_dtype, fits, max(max_tokens, 0), shape.window, prefill, decode_rate,
@@ -315,6 +343,6 @@ def local_devices() -> list[Device]:
 def parse_gpus(spec: str) -> list[Device]:
     """'4x80' -> four 80 GiB GPUs (named H100 for the time estimate); '2x141' -> two H200-sized GPUs."""
     count, _, size = spec.lower().partition("x")
-    gib = float(size) * GiB
+    gib = H200_BYTES if float(size) == 141 else float(size) * GiB  # "141": an H200 as CUDA reports it
     name = "H200 (planned)" if float(size) > 100 else "H100 (planned)"
     return [Device(name, int(gib), int(gib)) for _ in range(int(count))]

@@ -45,6 +45,7 @@ class LoadStats:
     saved: object = None  # app.store.library.SaveResult of the save after a prefill (None: no disk cache or nothing new)
     estimated_s: float = 0.0  # what the estimate said before the run
     stop_requested: bool = False  # Cancel came, but the load finished before it could stop
+    attention: str = ""  # the attention kernels that read this corpus's cache (and why not fp8, when asked for)
 
     @property
     def read_tokens(self) -> int:
@@ -64,6 +65,7 @@ class AnswerStats:
     reread_tokens: int = 0  # prompt tokens this answer ran through the model (the question, any uncached turns)
     reread_s: float = 0.0  # how long running them took (part of ttft_s)
     reused_tokens: int = 0  # tokens of earlier turns taken from the cache, not read again
+    attention: str = ""  # the attention kernels this answer ran (local engine; "" from a server)
 
 
 FINISH_MESSAGES = {

@@ -62,6 +62,7 @@ class RemoteEngine:
 
     name = "openai"
     store = None  # the server keeps its own prefix cache; nothing is saved on this machine
+    attention = "server"  # the server chooses its own attention kernels
 
     def __init__(self, base_url: str | None, *, api_key_env: str | None = None, served_model: str | None = None,
                  max_model_len: int | None = None, timeout: float = 3600.0, connect_timeout: float = 10.0,

@@ -14,7 +14,7 @@ import triton
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from app.engine import attention  # noqa: E402
+from app.engine import attention, attention_backend  # noqa: E402
 from app.engine.attention import omnibus_attention  # noqa: E402
 from app.engine.decode_kernel import cached_attention  # noqa: E402
 from app.engine.kv_cache import KVCache  # noqa: E402
@@ -49,14 +49,14 @@ def main() -> int:
             cache.pending = t
             layer.write(depth, k_new, k_new)  # the chunk's own keys, as transformers' update() leaves them
             for kernel in ("fa3", "flex/flash"):
-                attention._fa3 = None if kernel == "fa3" else False
+                attention_backend._fa3 = None if kernel == "fa3" else False
                 if kernel == "fa3" and attention.fa3_kernel() is None:
                     print("  FlashAttention-3 not available here", flush=True)
                     continue
                 ms = bench(lambda: omnibus_attention(module, q, k_new, k_new, None, scale, kv_cache=cache))
                 print(f"prefill chunk {t} at depth {depth:,} {storage}, {kernel}: {ms:.1f} ms, "
                       f"{flops / ms / 1e9:.0f} TFLOP/s", flush=True)
-            attention._fa3 = None
+            attention_backend._fa3 = None
             if storage == "bf16":
                 grouped = q.reshape(1, HKV, (HQ // HKV) * t, D)
                 k_past, v_past = layer.keys[:, :, :depth], layer.values[:, :, :depth]

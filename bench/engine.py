@@ -141,7 +141,7 @@ def end_to_end(engine: Engine, n: int, kv: str, decode_tokens: int) -> dict:
     attention_flops = planner.ModelShape.prefill_flops(engine.shape, stats.tokens)[1]
     row = {"tokens": stats.tokens, "kv": stats.kv_dtype, "prefill_s": stats.seconds,
            "tokens_per_s": stats.tokens_per_s, "attention_tflops_effective": attention_flops / stats.seconds / 1e12,
-           "peak_gib_prefill": peak_gib()}
+           "peak_gib_prefill": peak_gib(), "attention": stats.attention}
     row.update(follow_up(engine, decode_tokens))
     row["peak_gib"] = peak_gib()
     return row
@@ -166,8 +166,11 @@ def fill_synthetic(engine: Engine, depth: int, kv: str) -> None:
         if layer.fp8:
             layer.key_scales.fill_(0.01)
             layer.value_scales.fill_(0.01)
-    engine.cache.length = len(prefix)
+    engine.cache.adopt(len(prefix))  # as a disk load would: uniform fp8 scales read as quantised per head
     engine.corpus_ids, engine.cached_ids = corpus, prefix
+    from app.engine import attention_backend
+
+    attention_backend.assign(engine.cache, engine.attention)
 
 
 def synthetic(engine: Engine, depth: int, kv: str, decode_tokens: int, chunk_repeats: int = 2) -> dict:
@@ -191,7 +194,8 @@ def synthetic(engine: Engine, depth: int, kv: str, decode_tokens: int, chunk_rep
         times.append(time.perf_counter() - started)
         engine.cache.truncate(base)
     times = [t for t in times if t == t] or [float("nan")]
-    row = {"depth": base, "kv": kv, "chunk_tokens": len(chunk), "chunk_s": min(times)}
+    row = {"depth": base, "kv": kv, "chunk_tokens": len(chunk), "chunk_s": min(times),
+           "attention": engine.cache.backend.describe()}
     qd = engine.shape.q_heads * engine.shape.head_dim
     chunk_attention = 4.0 * len(chunk) * (base + len(chunk) / 2) * qd * engine.shape.layers
     row["chunk_attention_tflops_effective"] = chunk_attention / row["chunk_s"] / 1e12
@@ -232,6 +236,7 @@ def main() -> int:
     parser.add_argument("--chunk-tokens", type=int, default=16_384)
     parser.add_argument("--chunk-repeats", type=int, default=2, help="prefill chunks timed at each depth (0: none)")
     parser.add_argument("--weight-dtype", default="bf16", choices=["bf16", "fp8"])
+    parser.add_argument("--attention", default="bf16", choices=["bf16", "fp8"])
     parser.add_argument("--model", default="ultralong-1m",
                         help="whose config the random weights take (ultralong-2m: a window past 1,048,576 tokens)")
     parser.add_argument("--out", default="")
@@ -249,13 +254,15 @@ def main() -> int:
     results["model_load_s"] = time.perf_counter() - started
     results["weight_dtype"] = args.weight_dtype
     results["weights_gib"] = torch.cuda.memory_allocated() / GiB
-    engine = Engine(model, llama3_tokenizer(), chunk_tokens=args.chunk_tokens, model_name="random-8B")
+    engine = Engine(model, llama3_tokenizer(), chunk_tokens=args.chunk_tokens, model_name="random-8B",
+                    attention=args.attention)
     results["warm_up_s"] = engine.warm_up_seconds  # part of loading the model: kernels loaded and compiled
     results["model_load_s"] += engine.warm_up_seconds
     results["parallel"] = engine.parallel
     from app.engine import attention
 
     results["prefill_attention"] = "FlashAttention-3" if attention.fa3_kernel() else "FlexAttention/SDPA flash"
+    results["attention"] = args.attention
     log("model load", round(results["model_load_s"], 1), "s; prefill attention:", results["prefill_attention"])
     log("engine", engine.parallel, "over", torch.cuda.device_count(), "GPU(s)")
     engine.stop_ids = set()  # random weights: decode the full count

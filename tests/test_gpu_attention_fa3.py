@@ -13,9 +13,9 @@ HQ, HKV, D = 32, 8, 128
 
 
 def _fa3_or_skip():
-    from app.engine import attention
+    from app.engine import attention, attention_backend
 
-    attention._fa3 = None
+    attention_backend._fa3 = None
     if attention.fa3_kernel() is None:
         pytest.skip("FlashAttention-3 (fa3-fwd on a Hopper GPU) is not available here")
     return attention

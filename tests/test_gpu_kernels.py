@@ -107,7 +107,7 @@ def test_decode_kernel_reads_its_length_from_the_device(storage):
 def test_flex_attention_cached_part_matches_fp32_attention(storage, monkeypatch):
     """A prefill chunk's rows (more than the Triton kernel takes) against the cache, in blocks merged by their
     log-sum-exp, through FlexAttention (bf16/fp32 storage) or the fp8 block path; and the SDPA flash path."""
-    from app.engine import attention
+    from app.engine import attention, attention_backend
 
     length, tokens = 3000, 512  # 4 groups x 512 tokens = 2,048 rows per KV head: over FEW_ROWS
     assert GROUPS * tokens > attention.FEW_ROWS
@@ -116,7 +116,7 @@ def test_flex_attention_cached_part_matches_fp32_attention(storage, monkeypatch)
     scale = HEAD_DIM ** -0.5
     monkeypatch.setenv("OMNIBUS_FLEX", "1")
     monkeypatch.setenv("OMNIBUS_FA3", "0")  # FlashAttention-3, where installed, would take these rows first
-    monkeypatch.setattr(attention, "_fa3", None)
+    monkeypatch.setattr(attention_backend, "_fa3", None)
     out, lse = attention.attend_cached(query, layer, length, scale, block=1024)  # 1024 + 1024 + 952 keys
     torch.cuda.synchronize()
     assert attention._flex, "FlexAttention did not compile or fell back to SDPA (see the log)"

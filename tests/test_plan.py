@@ -146,7 +146,7 @@ def test_launch_plan_json_schema():
 
 
 def test_plan_cli_refusal_exit_code_and_text(capsys):
-    code = cli_main(["plan", "--tokens", str(MILLION), "--gpus", "1x80", "--kv-dtype", "fp8"])
+    code = cli_main(["plan", "--tokens", str(MILLION), "--gpus", "1x80", "--kv-dtype", "fp8", "--weight-dtype", "bf16"])
     out = capsys.readouterr().out
     assert code == 1
     assert "does NOT fit" in out and f"{MILLION:,}" in out and "H100 (planned): 32 layers" in out

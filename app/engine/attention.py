@@ -15,6 +15,10 @@ bf16 cache is ONE kernel call: the chunk's keys are already in the cache, so its
 cache[0 : L+T] with FlashAttention-3's bottom-right-aligned causal mask and native GQA — no merge, no copy.
 Over an fp8 cache the chunk's own keys (exact bf16) and the dequantised cached blocks go to the same kernel and
 merge by log-sum-exp. Without the package (or off Hopper) the FlexAttention / SDPA flash path serves.
+
+With fp8 attention chosen (`app.engine.attention_backend`, kept on the cache as `cache.backend`), prefill chunks
+and decode steps over an fp8 cache quantised per head run FlashAttention-3's fp8 kernels (`app.engine.fa3_fp8`);
+a failure there is logged with its cause and the cache falls back to the kernels above.
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ import os
 
 import torch
 from transformers import AttentionInterface
+
+from app.engine import attention_backend, fa3_fp8
+from app.engine.attention_backend import fa3_kernel  # noqa: F401 (the engine and benchmarks ask it here)
 
 log = logging.getLogger(__name__)
 
@@ -56,27 +63,6 @@ def _flex_unmasked(q, k, v, scale: float):
         _flex = False
         return None
     return out, lse
-
-
-_fa3 = None  # FlashAttention-3's flash_attn_func, imported on first use; False where it cannot run
-
-
-def fa3_kernel():
-    """FlashAttention-3's `flash_attn_func` (package `fa3-fwd`) on a Hopper GPU, else None.
-
-    OMNIBUS_FA3=0 turns it off (the FlexAttention / SDPA flash path then serves)."""
-    global _fa3
-    if _fa3 is None:
-        _fa3 = False
-        if os.environ.get("OMNIBUS_FA3", "1") == "1" and torch.cuda.is_available() \
-                and torch.cuda.get_device_capability() == (9, 0):
-            try:
-                from fa3_fwd_interface import flash_attn_func
-
-                _fa3 = flash_attn_func
-            except Exception as err:  # not installed, or built for another torch/CUDA: the other path serves
-                log.info("FlashAttention-3 unavailable (%s); using FlexAttention / SDPA flash", err)
-    return _fa3 or None
 
 
 def _fa3_usable(query, layer) -> bool:
@@ -206,6 +192,17 @@ def omnibus_attention(module, query, key, value, attention_mask, scaling=None, d
         return out.transpose(1, 2).contiguous(), None
     length = kv_cache.length
     layer = kv_cache.layers[module.layer_idx]
+    backend = kv_cache.backend or attention_backend.assign(kv_cache, "bf16")
+    fp8_rows = (query.shape[1] // key.shape[1]) * query.shape[2] > FEW_ROWS
+    if backend.decode == "fa3-fp8" and query.shape[2] == 1 or backend.prefill == "fa3-fp8" and fp8_rows:
+        try:
+            if query.shape[2] == 1:
+                return fa3_fp8.decode(query, layer, kv_cache.decode_slots[query.device][1], scale), None
+            return fa3_fp8.prefill(query, layer, length, scale), None
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as err:  # logged with its cause; this cache is read with the bf16 kernels from now on
+            attention_backend.fall_back(kv_cache, "decode" if query.shape[2] == 1 else "prefill", err)
     if query.shape[2] == 1:  # decode: the new key is already in the cache, so one pass over all of it
         if query.is_cuda and not kv_cache.sharded:
             from app.engine.decode_kernel import decode_attention

@@ -2,7 +2,7 @@
 
 The step's token and position live in device tensors that each replay refills, so every step has the same
 shapes and addresses. A graph belongs to one cache as it was when captured (`captured_for`): a cache that was
-reallocated or grown since needs a new capture.
+reallocated or grown since, or is now read with other attention kernels or quantised otherwise, needs a new capture.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ class DecodeGraph:
     """One token through `model` after `cache`'s committed sequence, as a CUDA graph on `device`."""
 
     def __init__(self, model, cache: KVCache, device: torch.device):
-        self.key = (id(cache), cache.version)
+        self.key = self._key(cache)
         self.ids = torch.zeros(1, 1, dtype=torch.long, device=device)
         self.positions = torch.full((1, 1), cache.length, dtype=torch.long, device=device)
 
@@ -37,9 +37,13 @@ class DecodeGraph:
                 self.logits = step()  # [1, 1, V]
         cache.truncate(length)  # the warm-up wrote only past the committed sequence
 
+    @staticmethod
+    def _key(cache: KVCache):
+        return id(cache), cache.version, cache.backend, cache.head_scaled
+
     def captured_for(self, cache: KVCache) -> bool:
-        """Whether this graph runs on `cache` as it is now (the same buffers it was captured with)."""
-        return self.key == (id(cache), cache.version)
+        """Whether this graph runs on `cache` as it is now (the same buffers, kernels and quantisation)."""
+        return self.key == self._key(cache)
 
     def replay(self, cache: KVCache, token: int) -> torch.Tensor:
         """Run `token` at `cache.length` and commit it; returns its logits [V]."""

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from app import calibration, planner
-from app.engine import attention
+from app.engine import attention, attention_backend
 from app.engine.decode_graph import DecodeGraph
 from app.engine.fp8_linear import Fp8Linear
 from app.engine.generation import RepetitionGuard, StreamDecoder, sample, stop_ids
@@ -64,8 +64,12 @@ class Engine:
     base_url = ""  # nothing leaves this machine
 
     def __init__(self, model, tokenizer, *, kv_dtype: str = "auto", chunk_tokens: int | None = None,
-                 model_name: str = "", store=None, parallel: str = "auto", warm_up: bool = True):
+                 model_name: str = "", store=None, parallel: str = "auto", warm_up: bool = True,
+                 attention: str = "bf16"):
+        """attention: "bf16" (default) or "fp8": FlashAttention-3's fp8 kernels read an fp8 KV cache quantised per
+        head in prefill and decode (Hopper with fa3-fwd; elsewhere the bf16 kernels serve, and the stats say so)."""
         self.model, self.tokenizer = model, tokenizer
+        self.attention = attention_backend.check_setting(attention)
         self.model_name = model_name or getattr(model.config, "_name_or_path", "model")
         self.shape = planner.ModelShape.from_config(model.config)
         self.window = self.shape.window
@@ -116,7 +120,10 @@ class Engine:
             self.cache, self.cached_ids, self.conversation_ids, self._graph = None, [], [], None
             ids = [i % self.shape.vocab for i in range(1000, 1000 + tokens)]
             self._ensure_cache(tokens + 64, self.plan(tokens))
-            self._forward(ids, want_logits=False)
+            self.cache.quantise_per_head(self.attention == "fp8")
+            attention_backend.assign(self.cache, self.attention)
+            self._forward(ids[:tokens // 2], want_logits=False)
+            self._forward(ids[tokens // 2:], want_logits=False)  # a chunk after cached keys: the merges compile
             logits = self._forward(ids[:16], want_logits=True)  # a question's few rows
             self._decode(int(logits.argmax()))
             _synchronize(True)
@@ -147,6 +154,8 @@ class Engine:
         kv = kv_dtype or self.kv_dtype_setting
         if kv == "auto" and not self.on_gpu:
             kv = "fp32" if self.dtype == torch.float32 else "bf16"
+        if kv == "auto" and self.attention == "fp8":  # fp8 attention reads an fp8 cache
+            kv = "fp8"
         devices = self.devices()
         resident = [0] * len(devices)
         indexes = [d.index for d in devices]
@@ -159,10 +168,23 @@ class Engine:
         for chunk in (self.chunk_tokens, self.chunk_tokens // 2, self.chunk_tokens // 4):  # smaller chunks, less workspace
             result = planner.plan(self.shape, tokens, devices, kv, self.weight_dtype, chunk, self.reserve,
                                   resident_weights=resident, mode=self.parallel, measured=measured,
-                                  attention_kernel="fa3" if self.on_gpu and attention.fa3_kernel() else "default")
+                                  attention_kernel=self.attention_kernel(kv))
             if result.fits:
                 break
         return result
+
+    def attention_kernel(self, kv_dtype: str = "fp8") -> str:
+        """The prefill attention the planner times: "fa3-fp8", "fa3" (FlashAttention-3 bf16) or "default"."""
+        if not self.on_gpu or attention.fa3_kernel() is None:
+            return "default"
+        return "fa3-fp8" if self.attention == "fp8" and kv_dtype == "fp8" and self.parallel != "sequence" else "fa3"
+
+    def set_attention(self, attention: str) -> None:
+        """Choose "bf16" or "fp8" attention: fp8 applies to corpora loaded from now on (their cache is quantised
+        per head); a corpus already cached is read with the kernels its cache allows (the stats name them)."""
+        self.attention = attention_backend.check_setting(attention)
+        if self.cache is not None:
+            attention_backend.assign(self.cache, self.attention)
 
     # -- speed (app/calibration.py) --
     def rates(self) -> calibration.Rates:
@@ -171,7 +193,10 @@ class Engine:
         GPUs: the planner's measured FLOP/s constants."""
         if self.on_gpu:
             spread = torch.cuda.device_count() if self.parallel == "sequence" else 1
-            return calibration.planned_rates(self.shape, torch.cuda.get_device_name(self.layer_devices[0]), spread)
+            return calibration.planned_rates(self.shape, torch.cuda.get_device_name(self.layer_devices[0]), spread,
+                                             attention_kernel=self.attention_kernel(self.kv_dtype_setting
+                                                                                    if self.cache is None
+                                                                                    else self.cache.storage))
         if self.calibration is None:
             key = calibration.machine_key(self.model_name, str(self.dtype))
             self.calibration = calibration.Calibration(key, self.store.root if self.store is not None else None)
@@ -357,6 +382,8 @@ class Engine:
                 self.conversation_ids = []  # the same corpus keeps its conversation cached after it
             self.corpus_ids, self.corpus_sources, self.prefix_length = corpus_ids, list(sources), len(prefix)
             self.cache.truncate(reused + len(self.conversation_ids))
+            if self.cache.length == 0:  # a new sequence: quantised per head for fp8 attention
+                self.cache.quantise_per_head(self.attention == "fp8")
             self.cached_ids = prefix[:reused]
             self.counters.corpus_loads += 1
             store = self.store
@@ -366,6 +393,7 @@ class Engine:
                 self.cache.adopt(disk.tokens)
                 self.cached_ids = prefix[:disk.tokens]
             reused = len(self.cached_ids)
+            attention_backend.assign(self.cache, self.attention)
             source = "disk" if disk and disk.tokens else ("memory" if reused else "prefill")
             checkpoint = store.checkpointer(self, label) if store is not None else None
             # The one estimate: the measured rates, scaled by how the recent chunks ran (app/calibration.py).
@@ -403,6 +431,7 @@ class Engine:
                     checkpoint.after_chunk()
             _synchronize(self.on_gpu)
             seconds = time.perf_counter() - started
+            attention_backend.assign(self.cache, self.attention)  # the kernels for the loaded length (decode)
             fresh = len(prefix) - reused
             if not self.on_gpu and seconds >= 1.0:  # this load's chunks are the newest measure of the speed
                 self.calibration.update(calibration.fit(live.passes, live.rates))
@@ -410,7 +439,8 @@ class Engine:
             source += "+prefill" if fresh and source != "prefill" else ""
             return LoadStats(len(prefix), reused, seconds, fresh / seconds if fresh else 0.0, plan.kv_dtype,
                              source, disk.seconds if disk else 0.0, saved, estimated_s=estimated,
-                             stop_requested=cancel is not None and cancel.is_set())
+                             stop_requested=cancel is not None and cancel.is_set(),
+                             attention=self.cache.backend.describe())
 
     def load(self, corpus, *, system_prompt: str | None = None, progress=None, cancel=None) -> LoadStats:
         """Load an ingested corpus (`ingest.Corpus`, tokenized with this engine's tokenizer)."""
@@ -434,6 +464,7 @@ class Engine:
             if self.cache is None or not self.cached_ids or len(self.cached_ids) < self.prefix_length:
                 raise NoCorpus("no corpus is loaded (or its loading was stopped): load it before asking")
             corpus_end = len(self.cached_ids)
+            attention_backend.assign(self.cache, self.attention)
             history, dropped, suffix = self._fit_turns(question, list(history), settings.max_new_tokens)
             started = time.perf_counter()
             # Reuse what the cache holds of this prompt; at least the last token runs again, for its logits.
@@ -506,7 +537,8 @@ class Engine:
             n = len(decoder.ids)
             yield AnswerStats(corpus_end + len(suffix), corpus_end + reused, n, first - started,
                               (n - 1) / decode_s if n > 1 and decode_s > 0 else 0.0, reason, dropped,
-                              reread_tokens=position - reused, reread_s=reread_s, reused_tokens=reused)
+                              reread_tokens=position - reused, reread_s=reread_s, reused_tokens=reused,
+                              attention=self.cache.backend.describe())
 
     @property
     def conversation_tokens(self) -> int:

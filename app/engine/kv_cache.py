@@ -1,7 +1,11 @@
 """A preallocated KV cache for one long sequence: the corpus prefix, then one question at a time.
 
 Each layer's buffers are allocated once, on that layer's device, and never grow by concatenation.
-Storage is bf16, or fp8 (e4m3) with one bf16 scale per token and KV head.
+Storage is bf16, or fp8 (e4m3) with one bf16 scale per token and KV head. An fp8 sequence can instead be
+quantised with one scale per KV head (`per_head`, set before its first chunk): its scale is fixed from that first
+chunk with room to spare, every later token uses it, and the per-token scale rows all hold it, so every reader
+of the per-token scales still works while FlashAttention-3's fp8 kernels read the cache as it is (their
+descales are per KV head).
 
 A forward pass writes its keys and values at `length` through `update`; `commit` makes them part of the
 sequence afterwards. A pass that fails or is cancelled before `commit` leaves the committed sequence as it
@@ -25,6 +29,21 @@ def quantize_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return values, scale
 
 
+HEAD_SCALE_HEADROOM = 4.0  # a per-head scale holds values up to 4x the first chunk's largest before they clip
+
+
+def head_scale(x: torch.Tensor) -> torch.Tensor:
+    """One bf16 scale per KV head for x [1, H, T, D]: the largest |x| maps to 448 / HEAD_SCALE_HEADROOM."""
+    amax = x.abs().amax(dim=(0, 2, 3)).float().clamp(min=1e-8)
+    return (amax * HEAD_SCALE_HEADROOM / FP8_MAX).to(torch.bfloat16)  # [H]
+
+
+def quantize_fp8_per_head(x: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [1, H, T, D] with one bf16 scale per head [H] -> (values [1, H, T, D], per-token scales [1, H, T])."""
+    values = (x.float() / scale.float()[None, :, None, None]).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+    return values, scale[None, :, None].expand(x.shape[:3]).contiguous()
+
+
 def dequantize_fp8(values: torch.Tensor, scale: torch.Tensor, dtype=torch.bfloat16) -> torch.Tensor:
     """Inverse of `quantize_fp8`: values [B, H, T, D], scale [B, H, T] -> [B, H, T, D] in `dtype`.
 
@@ -38,20 +57,44 @@ class LayerKV:
 
     def __init__(self, kv_heads: int, head_dim: int, capacity: int, storage: str, device, compute_dtype):
         dtype = STORAGE_DTYPES[storage]
-        self.keys = torch.empty(1, kv_heads, capacity, head_dim, dtype=dtype, device=device)
-        self.values = torch.empty_like(self.keys)
+        # zeros, not empty: FA3's fp8 decode loads whole tiles past the sequence's end and masks their scores, so
+        # a NaN bit pattern left there in V (0 x NaN) would poison the output
+        self.keys = torch.zeros(1, kv_heads, capacity, head_dim, dtype=dtype, device=device)
+        self.values = torch.zeros_like(self.keys)
         self.fp8 = storage == "fp8"
         if self.fp8:
             self.key_scales = torch.empty(1, kv_heads, capacity, dtype=torch.bfloat16, device=device)
             self.value_scales = torch.empty_like(self.key_scales)
+            # per-head quantisation: the scales of K and V [2, H] (bf16) and as FA3 descales [2, 1, H] (fp32),
+            # allocated once so that a captured decode step keeps reading the current ones
+            self.head_scales = torch.ones(2, kv_heads, dtype=torch.bfloat16, device=device)
+            self.descales = torch.ones(2, 1, kv_heads, dtype=torch.float32, device=device)
+        self.per_head = False  # quantise the next sequence (written from position 0) with one scale per head
+        self.head_scaled = False  # the stored sequence is quantised per head (FA3 fp8 reads it directly)
         self.compute_dtype = compute_dtype
+
+    def _set_head_scales(self, key_scale: torch.Tensor, value_scale: torch.Tensor) -> None:
+        self.head_scales[0].copy_(key_scale)
+        self.head_scales[1].copy_(value_scale)
+        self.descales.copy_(self.head_scales.float().unsqueeze(1))
+        self.head_scaled = True
+
+    def _quantize(self, k: torch.Tensor, v: torch.Tensor):
+        if self.head_scaled:
+            return quantize_fp8_per_head(k, self.head_scales[0]), quantize_fp8_per_head(v, self.head_scales[1])
+        return quantize_fp8(k), quantize_fp8(v)
 
     def write(self, start: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """Store k, v ([1, H_kv, T, D]) at positions start..start+T."""
         end = start + k.shape[2]
         if self.fp8:
-            self.keys[:, :, start:end], self.key_scales[:, :, start:end] = quantize_fp8(k)
-            self.values[:, :, start:end], self.value_scales[:, :, start:end] = quantize_fp8(v)
+            if start == 0:  # a new sequence: its first chunk fixes the per-head scales
+                self.head_scaled = False
+                if self.per_head:
+                    self._set_head_scales(head_scale(k), head_scale(v))
+            (kq, ks), (vq, vs) = self._quantize(k, v)
+            self.keys[:, :, start:end], self.key_scales[:, :, start:end] = kq, ks
+            self.values[:, :, start:end], self.value_scales[:, :, start:end] = vq, vs
         else:
             self.keys[:, :, start:end] = k
             self.values[:, :, start:end] = v
@@ -59,7 +102,7 @@ class LayerKV:
     def write_at(self, position: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """Store one token's k, v ([1, H_kv, 1, D]) at a position held in a device tensor (CUDA-graph safe)."""
         if self.fp8:  # index_copy_ has no fp8 kernel: move the bytes as uint8
-            (kq, ks), (vq, vs) = quantize_fp8(k), quantize_fp8(v)
+            (kq, ks), (vq, vs) = self._quantize(k, v)
             self.keys.view(torch.uint8).index_copy_(2, position, kq.view(torch.uint8))
             self.values.view(torch.uint8).index_copy_(2, position, vq.view(torch.uint8))
             self.key_scales.index_copy_(2, position, ks)
@@ -85,6 +128,18 @@ class LayerKV:
         if self.fp8:
             self.key_scales[:, :, :length] = other.key_scales[:, :, :length]
             self.value_scales[:, :, :length] = other.value_scales[:, :, :length]
+            self.head_scales.copy_(other.head_scales)
+            self.descales.copy_(other.descales)
+        self.per_head, self.head_scaled = other.per_head, other.head_scaled
+
+    def adopt_scales(self, length: int) -> None:
+        """The first `length` positions were filled from outside (a disk load): quantised per head if every
+        token's scale equals its head's first, which is how a per-head sequence is stored."""
+        self.head_scaled = False
+        if self.fp8 and length:
+            k, v = self.key_scales[0, :, :length], self.value_scales[0, :, :length]
+            if bool((k == k[:, :1]).all()) and bool((v == v[:, :1]).all()):
+                self._set_head_scales(k[:, 0], v[:, 0])
 
     def nbytes(self) -> int:
         tensors = [self.keys, self.values] + ([self.key_scales, self.value_scales] if self.fp8 else [])
@@ -146,6 +201,7 @@ class KVCache:
             self.capacity = capacity
             self.layers = [LayerKV(kv_heads, head_dim, capacity, storage, d, compute_dtype) for d in layer_devices]
         self.version = 0  # bumped when buffers move (grow), so captured CUDA graphs know they are stale
+        self.backend = None  # app.engine.attention_backend.AttentionBackend: the kernels that read this cache
         self.length = 0  # committed tokens
         self.pending = 0  # tokens written by the pass in flight, not yet committed
         # On GPUs a decode step reads its position from device tensors, so its shapes never change and it
@@ -194,6 +250,39 @@ class KVCache:
         if not 0 <= length <= self.capacity:
             raise ValueError(f"a {self.capacity:,}-token cache cannot hold {length:,} loaded tokens")
         self.length, self.pending = length, 0
+        for layer in self.layers:
+            if not self.sharded:
+                layer.adopt_scales(length)
+
+    def quantise_per_head(self, per_head: bool) -> None:
+        """How the next sequence written from position 0 is quantised (fp8 storage): one scale per KV head, or
+        one per token and head. A sequence already stored keeps its own. (Sequence-sharded caches: per token.)"""
+        for layer in self.layers:
+            if not self.sharded:
+                layer.per_head = per_head and self.storage == "fp8"
+
+    @property
+    def device_type(self) -> str:
+        first = self.layers[0].shards[0] if self.sharded else self.layers[0]
+        return first.keys.device.type
+
+    @property
+    def compute_dtype_name(self) -> str:
+        return {torch.bfloat16: "bf16", torch.float32: "fp32"}.get(self.compute_dtype, str(self.compute_dtype))
+
+    @property
+    def per_head_sequence(self) -> bool:
+        """The sequence is fp8 quantised per KV head, or is empty and will be (`quantise_per_head`)."""
+        if self.sharded or self.storage != "fp8":
+            return False
+        if self.length + self.pending == 0:
+            return all(layer.per_head for layer in self.layers)
+        return self.head_scaled
+
+    @property
+    def head_scaled(self) -> bool:
+        """Every layer's stored sequence is fp8 quantised per KV head (what FA3's fp8 kernels read directly)."""
+        return not self.sharded and self.storage == "fp8" and all(layer.head_scaled for layer in self.layers)
 
     def grow(self, capacity: int) -> None:
         """Reallocate for `capacity` tokens, keeping the committed prefix (one layer at a time)."""

@@ -75,7 +75,7 @@ class Service:
         """The loaded model first, then one id per saved corpus (OpenAI's model objects, plus our fields)."""
         window = self.engine.window
         out = [{"id": self.engine.model_name, "object": "model", "created": self.started, "owned_by": "omnibus",
-                "max_model_len": window}]
+                "max_model_len": window, "attention": self.engine.attention}]
         for entry in catalog(self.engine):
             out.append({"id": model_id(entry), "object": "model", "created": int(entry.meta.get("created", 0)),
                         "owned_by": "omnibus", "name": entry.name, "documents": entry.documents,

@@ -56,6 +56,7 @@ def wire(workbench: Workbench, p: Page, uploads: Uploads | None = None) -> None:
                         api_name="exclude_secrets").then(**after)
     p.system_prompt.change(on.instructions, [p.session, p.system_prompt], [p.meter, p.load_status], api_name=False)
     p.cite_box.input(on.toggle_citations, [p.cite_box, p.system_prompt], p.system_prompt, api_name=False)
+    p.attention.input(on.attention, p.attention, p.attention, api_name=False)
 
     p.load_btn.click(on.busy("load"), p.session, p.buttons, **quick).then(
         on.load, [p.session, p.system_prompt], p.load_status, api_name="load", show_progress="hidden",

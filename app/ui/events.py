@@ -327,6 +327,16 @@ class Events:
         yield from self.answering(session, question, lambda report: self.workbench.regenerate(
             session, settings, system_prompt, report), status or gr.update(), earlier=session.exchanges[:-1])
 
+    def attention(self, value: str) -> str:
+        """Settings' attention precision: "bf16", or "fp8" (FlashAttention-3's fp8 kernels) for documents loaded
+        from now on. Returns the setting now in force."""
+        try:
+            self.backend.set_attention(value)
+        except AttributeError:  # a server's model, or this machine's still loading: it keeps its own setting
+            gr.Warning("Attention precision applies to a model on this computer once it has loaded.")
+            return getattr(self.backend, "attention", "bf16")
+        return value
+
     def stop(self, session):
         self.workbench.stop(session)
 

@@ -140,6 +140,10 @@ def layout(workbench: Workbench, max_upload_mb: int = 500) -> tuple[gr.Blocks, P
                                           label="Longest answer (tokens)")
                     p.temperature = gr.Slider(0.0, 1.5, value=defaults.temperature, step=0.05,
                                               label="Temperature (0 = always the same answer; higher = more varied)")
+                    p.attention = gr.Radio(["bf16", "fp8"], value=getattr(backend, "attention", "bf16"),
+                                           elem_id="attention",
+                                           label="Attention precision (fp8: long documents load faster on H100/H200 "
+                                                 "GPUs, a little less exactly; applies to documents loaded next)")
                     start_prompt = backend.system_prompt
                     p.system_prompt = gr.Textbox(start_prompt, lines=4, elem_id="instructions",
                                                  label="Instructions to the model (changing them means the "

@@ -133,6 +133,8 @@ def test_planted_images_in_an_answer_are_never_fetched(listener, tmp_path):
         page.locator("#ask").click()
         chat = page.locator("#chat")
         expect(chat).to_contain_text("The answer is 42", timeout=60_000)
+        page.wait_for_timeout(1500)  # time for any fetch to arrive
+        assert listener.paths == [], f"the browser fetched {listener.paths}"
         expect(chat.locator(f"a[href^='{listener.base}/answer/md.png']")).to_have_count(1)  # shown as a plain link
         assert chat.locator("img[src^='http']").count() == 0
         page.screenshot(path=str(ARTIFACTS / "hostile-answer.png"))
@@ -162,6 +164,8 @@ def test_planted_images_in_an_imported_conversation_are_never_fetched(listener, 
         chat = page.locator("#chat")
         expect(chat).to_contain_text("Imported answer", timeout=120_000)
         expect(chat).to_contain_text("Imported question")
+        page.wait_for_timeout(1500)
+        assert listener.paths == [], f"the browser fetched {listener.paths}"
         assert chat.locator("img[src^='http']").count() == 0
         page.emulate_media(color_scheme="dark")
         page.screenshot(path=str(ARTIFACTS / "hostile-import-dark.png"))

@@ -17,11 +17,14 @@ from app.errors import OmnibusError
 from app.prompt import default_system_prompt
 from app.protocol import Settings
 from app.server.access import Gate
+from app.server.chat import ApiError
 from app.server.openai_api import error_response
+from app.server.request_guard import check_request, read_body, replay
 from app.server.service import Service, Usage
 from app.ui.handlers import Workbench
 from app.ui.session import Session
 
+MCP_BODY_BYTES = 8 * 2**20  # a tool call: paths and a question, never a corpus
 INSTRUCTIONS = ("Omnibus answers questions over whole documents, books and codebases held in one long context. "
                 "Use list_corpora to see the corpora saved on the server, then load one (or add_files, then "
                 "load) and ask. Follow-up questions reuse the loaded documents and are fast.")
@@ -149,9 +152,16 @@ class McpEndpoint:
             await asyncio.Event().wait()  # for as long as the server runs
 
     async def __call__(self, scope, receive, send) -> None:
-        if (err := self.gate.check(Headers(scope=scope))) is not None:
+        headers = Headers(scope=scope)
+        if (err := self.gate.check(headers) or check_request(headers, scope.get("method", ""))) is not None:
             await error_response(err)(scope, receive, send)
             return
+        if scope.get("method") == "POST":  # read here, with its cap, then handed to the MCP transport
+            try:
+                receive = replay(await read_body(receive, headers, MCP_BODY_BYTES), receive)
+            except ApiError as err:
+                await error_response(err)(scope, receive, send)
+                return
         if self._task is None:
             self._ready = asyncio.Event()
             self._task = asyncio.get_running_loop().create_task(self._hold())

@@ -18,11 +18,11 @@ from app.errors import Cancelled, CorpusTooLarge, NoCorpus, OmnibusError, OutOfM
 from app.protocol import Settings
 from app.server.access import Gate
 from app.server.chat import ApiError, chunk, completion, new_id, parse_chat_request
+from app.server.request_guard import body_limit, chars_limit, check_request, read_body
 from app.server.service import ContextTooLong, Service, UnknownModel, Usage
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 512 * 2**20  # a request body (a corpus sent inline: ~4 MB per million tokens of text)
 POLL_S = 0.5  # how often a waiting request checks that its client is still there
 _END = object()
 
@@ -107,12 +107,12 @@ class OpenAIApi:
                 Route("/v1/chat/completions", self.chat_completions, methods=["POST"])]
 
     async def models(self, request: Request) -> Response:
-        if (err := self.gate.check(request.headers)) is not None:
+        if (err := self.gate.check(request.headers) or check_request(request.headers, "GET")) is not None:
             return error_response(err)
         return JSONResponse({"object": "list", "data": await run_in_threadpool(self.service.models)})
 
     async def model(self, request: Request) -> Response:
-        if (err := self.gate.check(request.headers)) is not None:
+        if (err := self.gate.check(request.headers) or check_request(request.headers, "GET")) is not None:
             return error_response(err)
         name = request.path_params["model"]
         for entry in await run_in_threadpool(self.service.models):
@@ -150,15 +150,23 @@ class OpenAIApi:
         return JSONResponse(completion(ident, chat.model, "".join(text), item))
 
     async def _prepare(self, request: Request):
-        if (err := self.gate.check(request.headers)) is not None:
+        if (err := self.gate.check(request.headers) or check_request(request.headers, "POST")) is not None:
             raise err
-        if int(request.headers.get("content-length") or 0) > MAX_BODY_BYTES:
-            raise ApiError(413, f"the request is over {MAX_BODY_BYTES // 2**20:,} MB")
+        window = self.service.engine.window
+        raw = await read_body(request.receive, request.headers, body_limit(window))  # refused while it is read
         try:
-            body = json.loads(await request.body())
+            body = json.loads(raw)
         except ValueError as err:
             raise ApiError(400, f"the body is not valid JSON: {err}") from err
+        except RecursionError:
+            raise ApiError(400, "the body's JSON is nested too deeply") from None
+        del raw
         chat = parse_chat_request(body)
+        chars = sum(map(len, [chat.system or "", *chat.users, *chat.assistants]))
+        if chars > chars_limit(window):  # surely over the window: refused before any tokenizing
+            raise ApiError(400, f"this model's maximum context length is {window:,} tokens; the messages are "
+                                f"{chars:,} characters, more than that many tokens can hold", param="messages",
+                           code="context_length_exceeded")
         service = self.service
 
         def build():

@@ -284,10 +284,10 @@ class ModelSlot:
         current = self._current
         return current.default_settings() if current is not None else Settings()
 
-    def load_cost(self, corpus, system_prompt: str | None = None) -> LoadCost | None:
+    def load_cost(self, corpus, system_prompt: str | None = None, reuse_limit: int | None = None) -> LoadCost | None:
         """The current model's estimate; None before one is ready."""
         current = self._current
-        return current.load_cost(corpus, system_prompt=system_prompt) if current is not None else None
+        return current.load_cost(corpus, system_prompt, reuse_limit) if current is not None else None
 
     def __getattr__(self, attribute: str):
         # What only some backends have (store, base_url, prompt_prefix, system_prompt, reserve): the current one's.

@@ -50,6 +50,7 @@ def run_case(root: Path, name: str, send) -> dict:
                                    env={**os.environ, "OMNIBUS_NO_BOOTSTRAP": "1"})
         try:
             wait_until_serving(process, f"http://127.0.0.1:{port}/v1/models", 240, "serve", log_path, poll=1)
+            Path(f"/proc/{process.pid}/clear_refs").write_text("5")  # the peak so far (the model's load) is reset
             base = rss_kb(process.pid, "VmRSS")
             started = time.perf_counter()
             status, text = send(port)

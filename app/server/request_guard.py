@@ -29,17 +29,22 @@ def chars_limit(window: int, longest_token: int = CHARS_PER_TOKEN_MOST) -> int:
     return window * longest_token
 
 
+def foreign_origin(headers) -> str | None:
+    """The web page of another origin that sent this request (its `Origin`, or "another site"), else None."""
+    origin = headers.get("origin")
+    if origin is not None:
+        parts = urlsplit(origin)
+        if origin == "null" or parts.scheme not in ("http", "https") or \
+                parts.netloc.lower() != headers.get("host", "").lower():
+            return origin[:100]
+    return "another site" if headers.get("sec-fetch-site") == "cross-site" else None
+
+
 def check_request(scope_headers, method: str) -> ApiError | None:
     """None when a request may go on; else why not: a web page of another origin, or a body that is not JSON."""
-    origin = scope_headers.get("origin")
-    if origin is not None:
-        host = scope_headers.get("host", "")
-        parts = urlsplit(origin)
-        if origin == "null" or parts.scheme not in ("http", "https") or parts.netloc.lower() != host.lower():
-            return ApiError(403, f"requests from web pages are refused, unless from this app's own page "
-                                 f"(this one came from {origin[:100]})", type="permission_error", code="forbidden")
-    if scope_headers.get("sec-fetch-site") == "cross-site":
-        return ApiError(403, "requests from other web sites are refused", type="permission_error", code="forbidden")
+    if (origin := foreign_origin(scope_headers)) is not None:
+        return ApiError(403, f"requests from web pages are refused, unless from this app's own page "
+                             f"(this one came from {origin})", type="permission_error", code="forbidden")
     if method == "POST":
         kind = scope_headers.get("content-type", "").partition(";")[0].strip().lower()
         if kind != "application/json":

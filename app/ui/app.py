@@ -23,7 +23,7 @@ from app.ui.auth import Access, AuthError, ClientAddress, LocalHostOnly, LoginGu
 from app.ui.events import Events, say
 from app.ui.handlers import Workbench
 from app.ui.layout import CSS, THEME, Page, layout
-from app.ui.page_policy import ContentSecurityPolicy
+from app.ui.page_policy import ContentSecurityPolicy, SameOriginPosts
 from app.ui.uploads import UploadGate, Uploads
 
 
@@ -145,6 +145,7 @@ def start(args: argparse.Namespace, backend, access: Access) -> gr.Blocks:
     demo = build(Workbench(backend, args.max_upload_files), args.max_upload_mb, uploads)
     demo.queue(default_concurrency_limit=1)
     middleware = [Middleware(ContentSecurityPolicy),  # the page fetches from its own origin only
+                  Middleware(SameOriginPosts),  # no page elsewhere may upload or post
                   Middleware(ClientAddress),  # the caller's address, for LoginGuard
                   Middleware(LoginNotice),  # the login page shows a lock-out's message
                   Middleware(UploadGate, uploads=uploads)]  # each upload to a private folder of its own

@@ -23,7 +23,8 @@ from ingest.secret_scan import scan_corpus
 from app.prompt import DEFAULT_SYSTEM_PROMPT, Turn
 from app.ui.inputs import MAX_QUESTION_CHARS
 from app.ui.session import Exchange, Session
-from app.ui.saved import BadRecord, Library, corpus_from_record, corpus_record, exchanges_from_record
+from app.ui.saved import (BadRecord, Library, corpus_from_record, corpus_record, exchanges_from_record,
+                          read_import)
 from app.ui.views import instructions_tag
 from ingest import build_corpus
 
@@ -358,9 +359,7 @@ class Workbench:
     def import_conversation(self, session: Session, path) -> Session:
         """Put an exported JSON conversation (`export(..., "json")`), documents and all, into this session."""
         try:
-            record = json.loads(Path(path).read_text(encoding="utf-8"))
-            if not isinstance(record, dict) or "corpus" not in record:
-                raise BadRecord("it is not a conversation exported as JSON by Omnibus")
+            record = read_import(path)  # capped in size and exchanges before any work
             corpus = corpus_from_record(record["corpus"], self.backend.tokenizer)
             pairs = exchanges_from_record(record)
         except (OSError, UnicodeDecodeError, ValueError) as err:

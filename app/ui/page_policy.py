@@ -3,11 +3,19 @@ browser fetches images, scripts, fonts, media and connections from the app's own
 and `blob:` images, which fetch nothing). `app.ui.markup` keeps remote images out of the chat; this header is
 the wall behind it, for anything that slips through.
 
+`SameOriginPosts` refuses what a page elsewhere may send without asking first (a form post, a multipart
+upload): any POST whose `Origin` is not the app's own.
+
 Gradio's page needs inline scripts (its config) and inline styles, so those stay allowed; no script may come
 from elsewhere, and no page elsewhere may frame the app.
 """
 
 from __future__ import annotations
+
+from starlette.datastructures import Headers
+from starlette.responses import PlainTextResponse
+
+from app.server.request_guard import foreign_origin
 
 POLICY = "; ".join([
     "default-src 'self'",
@@ -45,3 +53,20 @@ class ContentSecurityPolicy:
             await send(message)
 
         return await self.app(scope, receive, with_policy)
+
+
+class SameOriginPosts:
+    """ASGI middleware: refuses POSTs from web pages of another origin (403) before they reach Gradio, so no
+    page elsewhere can upload files into its temporary folder or start work in the person's browser."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope.get("type") == "http" and scope.get("method") == "POST":
+            origin = foreign_origin(Headers(scope=scope))
+            if origin is not None:
+                refusal = PlainTextResponse(f"refused: this request came from {origin}, not from this app's page",
+                                            status_code=403)
+                return await refusal(scope, receive, send)
+        return await self.app(scope, receive, send)

@@ -295,7 +295,9 @@ class ModelSlot:
         if current is None:
             if attribute in self.__dict__.get("_before_ready", {}):
                 return self._before_ready[attribute]
-            raise AttributeError(attribute)
+            if attribute.startswith("_") or "_thread" not in self.__dict__:
+                raise AttributeError(attribute)
+            self._need(wait=False)  # a switch under way: ModelLoading says so (the API answers 503), not a bare 500
         return getattr(current, attribute)
 
 

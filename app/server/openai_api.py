@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from app.errors import Cancelled, CorpusTooLarge, NoCorpus, OmnibusError, OutOfMemory
+from app.errors import Cancelled, CorpusTooLarge, ModelLoadError, NoCorpus, OmnibusError, OutOfMemory
 from app.protocol import Settings
 from app.server.access import Gate
 from app.server.chat import ApiError, chunk, completion, new_id, parse_chat_request
@@ -35,6 +35,8 @@ def api_error(err: OmnibusError | Exception) -> ApiError:
         return ApiError(404, str(err), param="model", code="model_not_found")
     if isinstance(err, (ContextTooLong, CorpusTooLarge)):
         return ApiError(400, str(err), param="messages", code="context_length_exceeded")
+    if isinstance(err, ModelLoadError):  # the model is being switched or opened: try again shortly
+        return ApiError(503, str(err), type="server_error", code="model_loading")
     if isinstance(err, OutOfMemory):
         return ApiError(503, str(err), type="server_error", code="out_of_memory")
     if isinstance(err, NoCorpus):
@@ -46,7 +48,8 @@ def api_error(err: OmnibusError | Exception) -> ApiError:
 
 
 def error_response(err: ApiError) -> JSONResponse:
-    return JSONResponse(err.body(), status_code=err.status)
+    retry = {"Retry-After": "10"} if err.status == 503 else None  # a model being opened is ready in a while
+    return JSONResponse(err.body(), status_code=err.status, headers=retry)
 
 
 class ClientGone(Exception):

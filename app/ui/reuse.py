@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from app.errors import OmnibusError
+
 
 def common_length(a: np.ndarray, b: np.ndarray) -> int:
     """How many leading ids `a` and `b` share."""
@@ -65,5 +67,7 @@ class OwnPrefix:
 
 def _loads(backend) -> int | None:
     """The model's count of corpus loads (None for a remote server, whose cache is its own)."""
-    counters = getattr(backend, "counters", None)
-    return counters.corpus_loads if counters is not None else None
+    try:
+        return backend.counters.corpus_loads
+    except (AttributeError, OmnibusError):  # a remote server, or a model still opening
+        return None

@@ -43,9 +43,11 @@ class Desk:
 class Tools:
     """The MCP tools over one Service. add_files reads only under `files_root`, else anywhere when `any_path`."""
 
-    def __init__(self, service: Service, files_root: str | None = None, any_path: bool = True):
+    def __init__(self, service: Service, files_root: str | None = None, any_path: bool = True, private=()):
         self.service, self.any_path = service, any_path
         self.files_root = Path(files_root).resolve() if files_root else None
+        store = service.engine.store  # the app's own saved corpora and conversations: never read as documents
+        self.private = [Path(p).expanduser().resolve() for p in [*private, *([store.root] if store else [])]]
         self.workbench = Workbench(service.engine)  # only its ingestion: loading and asking go through service
         self.desks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self.server = FastMCP("omnibus", instructions=INSTRUCTIONS, stateless_http=False,
@@ -65,7 +67,6 @@ class Tools:
     async def add_files(self, paths: list[str], ctx: Context) -> str:
         """Add files, folders or .zip/.tar.gz archives (paths on the server's disk) after the documents added
         so far. Returns the documents with their token counts, the files left out and why."""
-        desk = self._desk(ctx)
         if self.files_root is None and not self.any_path:
             raise ValueError("this server listens on the network and was given no --files-root: add_files reads "
                              "no files (start it with --files-root DIR to allow a folder)")
@@ -73,6 +74,9 @@ class Tools:
             resolved = Path(path).expanduser().resolve()
             if self.files_root is not None and not resolved.is_relative_to(self.files_root):
                 raise ValueError(f"{path} is outside {self.files_root}, the folder this server reads files from")
+            if any(resolved.is_relative_to(p) or p.is_relative_to(resolved) for p in self.private):
+                raise ValueError(f"{path} holds Omnibus's own saved corpora or logins; add_files does not read them")
+        desk = self._desk(ctx)
         await anyio.to_thread.run_sync(self._ingest, desk, paths)
         desk.saved, desk.questions, desk.answers = None, [], []
         corpus = desk.session.corpus

@@ -162,7 +162,7 @@ def test_planted_images_in_an_imported_conversation_are_never_fetched(listener, 
             page.locator("#import").click()
         chooser.value.set_files([str(imported)])
         chat = page.locator("#chat")
-        expect(chat).to_contain_text("Imported answer", timeout=120_000)
+        expect(chat).to_contain_text("Imported answer", timeout=300_000)  # the demo model opens first
         expect(chat).to_contain_text("Imported question")
         page.wait_for_timeout(1500)
         assert listener.paths == [], f"the browser fetched {listener.paths}"

@@ -314,10 +314,10 @@ class ModelSlot:
         current = self._current
         return current.default_settings() if current is not None else Settings()
 
-    def load_cost(self, corpus, system_prompt: str | None = None) -> LoadCost | None:
+    def load_cost(self, corpus, system_prompt: str | None = None, reuse_limit: int | None = None) -> LoadCost | None:
         """The current model's estimate; None before one is ready."""
         current = self._current
-        return current.load_cost(corpus, system_prompt=system_prompt) if current is not None else None
+        return current.load_cost(corpus, system_prompt, reuse_limit) if current is not None else None
 
     def __getattr__(self, attribute: str):
         # What only some backends have (store, base_url, prompt_prefix, system_prompt, reserve): the current one's.
@@ -325,7 +325,9 @@ class ModelSlot:
         if current is None:
             if attribute in self.__dict__.get("_before_ready", {}):
                 return self._before_ready[attribute]
-            raise AttributeError(attribute)
+            if attribute.startswith("_") or "_thread" not in self.__dict__:
+                raise AttributeError(attribute)
+            self._need(wait=False)  # a switch under way: ModelLoading says so (the API answers 503), not a bare 500
         return getattr(current, attribute)
 
 

@@ -18,6 +18,7 @@ import importlib.util
 import json
 import logging
 import os
+import shlex
 import shutil
 import sys
 import threading
@@ -254,6 +255,7 @@ def _licence_of(folder: Path) -> str:
 # -- getting it --
 def how_to_get(name: str) -> str:
     """The plain instructions for a model that is not on disk and cannot be fetched now."""
+    name = shlex.quote(name)  # pasted into a shell: a hostile id like `x/y;rm -rf ~` stays one argument
     return (f"On a computer with internet access run `omnibus pull {name}` (or `python3 launch.py pull {name}`), "
             f"then copy its Hugging Face cache folder ({hub_cache()}) here, or set HF_HOME to where it is; "
             "or pass --model /path/to/a/model/folder. Unset HF_HUB_OFFLINE to let Omnibus download it.")

@@ -112,8 +112,10 @@ class Backend(Protocol):
         """Whether a prompt prefix (system prompt and corpus) of `tokens` fits, with the numbers."""
         ...
 
-    def load(self, corpus, *, system_prompt: str | None = None, progress=None, cancel=None) -> LoadStats:
-        """Make the corpus the cached prefix of every question (prefill it, or reopen it)."""
+    def load(self, corpus, *, system_prompt: str | None = None, progress=None, cancel=None,
+             reuse_limit: int | None = None) -> LoadStats:
+        """Make the corpus the cached prefix of every question (prefill it, or reopen it). `reuse_limit`: reuse
+        at most this many cached or saved tokens (those the caller loaded itself; a remote server decides alone)."""
         ...
 
     def ask(self, question: str, history=(), settings: Settings | None = None, cancel=None) -> Iterator:
@@ -124,6 +126,6 @@ class Backend(Protocol):
         """The answer settings this model starts from (the demo model answers shorter)."""
         ...
 
-    def load_cost(self, corpus, system_prompt: str | None = None) -> LoadCost | None:
+    def load_cost(self, corpus, system_prompt: str | None = None, reuse_limit: int | None = None) -> LoadCost | None:
         """What loading `corpus` with these instructions would cost now, or None when the backend cannot say."""
         ...

@@ -195,12 +195,13 @@ class RemoteEngine:
         """The defaults: the server's model is not one whose answers we shorten."""
         return Settings()
 
-    def load_cost(self, corpus, system_prompt: str | None = None) -> LoadCost | None:
+    def load_cost(self, corpus, system_prompt: str | None = None, reuse_limit: int | None = None) -> LoadCost | None:
         """None: what the server has cached, and how fast it reads, it does not say."""
         return None
 
     # -- loading --
-    def load(self, corpus, *, system_prompt: str | None = None, progress=None, cancel=None) -> LoadStats:
+    def load(self, corpus, *, system_prompt: str | None = None, progress=None, cancel=None,
+             reuse_limit: int | None = None) -> LoadStats:
         """Check the corpus against the window, then have the server prefill and cache it.
 
         The warm-up asks for one token with the corpus and an empty question; its prompt shares
@@ -232,6 +233,8 @@ class RemoteEngine:
         usage = reply.get("usage") or {}
         tokens = int(usage.get("prompt_tokens") or estimate)
         reused = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
+        if reuse_limit is not None:  # the server's cache is shared: say only what this caller loaded itself
+            reused = min(reused, reuse_limit)
         self.corpus_text, self.corpus_tokens = corpus.text, tokens
         if progress is not None:
             progress(PrefillProgress(tokens, tokens, (tokens - reused) / max(seconds, 1e-9), 0.0))

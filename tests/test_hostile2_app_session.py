@@ -83,7 +83,11 @@ def test_already_loaded_counts_only_what_this_session_loaded(workbench, tmp_path
     workbench.add_files(second, [*documents, tmp_path / "extra.txt"])  # starts with the first one's corpus
     stats = workbench.load(second)
     assert stats.reused == 0 and "already loaded" not in views.load_done(stats)
-    workbench.add_files(first, [tmp_path / "extra.txt"])  # its own earlier load may be reported
+    workbench.add_files(first, [tmp_path / "extra.txt"])  # another load came since: all is read again
+    again = workbench.load(first)
+    assert again.reused == 0 and "already loaded" not in views.load_done(again)
+    (tmp_path / "more.txt").write_text("The ferry leaves at noon.\n")
+    workbench.add_files(first, [tmp_path / "more.txt"])  # its own load just before may be reported
     own = workbench.load(first)
     assert 0 < own.reused < own.tokens and "already loaded" in views.load_done(own)
 

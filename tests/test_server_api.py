@@ -115,7 +115,8 @@ def test_errors_come_in_openai_shape_before_any_work(client, server):
     assert bad.value.param == "temperature"
     with pytest.raises(openai.BadRequestError, match="start and end with a user message"):
         client.chat.completions.create(model="demo", messages=[{"role": "assistant", "content": "hi"}])
-    response = httpx.post(server.url + "/chat/completions", content=b"{not json", timeout=30)
+    response = httpx.post(server.url + "/chat/completions", content=b"{not json", timeout=30,
+                          headers={"Content-Type": "application/json"})
     assert response.status_code == 400 and "not valid JSON" in response.json()["error"]["message"]
 
 

@@ -240,13 +240,15 @@ class Engine:
         """Settings for this model: the demo answers up to 256 tokens (its long answers drift), others 512."""
         return Settings(max_new_tokens=DEMO_ANSWER_TOKENS if self.model_name in SMALL_MODELS else 512)
 
-    def load_cost(self, corpus, system_prompt: str | None = None) -> LoadCost:
+    def load_cost(self, corpus, system_prompt: str | None = None, reuse_limit: int | None = None) -> LoadCost:
         """What loading `corpus` (an ingest.Corpus or its token ids) with these instructions would cost, worked
-        out before anything runs: how much is cached, what must be read again and how long that takes."""
+        out before anything runs: how much is cached, what must be read again and how long that takes.
+        `reuse_limit`: as for `load_corpus`."""
         corpus_ids = list(corpus.token_ids()) if hasattr(corpus, "token_ids") else list(corpus)
         prefix = self.prompt_prefix(corpus_ids, system_prompt)
-        cached = _common_prefix(self.cached_ids, prefix)
-        from_disk = self._saved_prefix(prefix, beyond=cached)
+        reusable = prefix if reuse_limit is None else prefix[:reuse_limit]
+        cached = _common_prefix(self.cached_ids, reusable)
+        from_disk = self._saved_prefix(reusable, beyond=cached)
         start = max(cached, from_disk)
         head = len(prefix) - len(corpus_ids)  # where the documents start (after the system prompt and template)
         documents_reread = start < len(prefix) and start < head + len(self.corpus_ids) and bool(self.corpus_ids)
@@ -357,11 +359,15 @@ class Engine:
             torch.cuda.empty_cache()
 
     def load_corpus(self, corpus_ids, *, system_prompt: str | None = None, progress=None,
-                    cancel: threading.Event | None = None, label: str | None = None, sources=()) -> LoadStats:
+                    cancel: threading.Event | None = None, label: str | None = None, sources=(),
+                    reuse_limit: int | None = None, save: bool = True) -> LoadStats:
         """Prefill system prompt + corpus into the cache, reusing whatever prefix is already there.
 
         With a disk store, the longest saved prefix is loaded from disk first, checkpoints are saved during
         the prefill, and the result is saved after it (named `label`, else after its first `sources`).
+        `reuse_limit`: reuse at most this many tokens from memory or disk (what the caller loaded itself; the
+        rest is read again, so neither the stats nor the time tell what others loaded). `save=False`: neither
+        read from nor write to the disk store (a chat client's messages stay in memory).
 
         Raises CorpusTooLarge before running anything if the plan says it cannot fit, and Cancelled if
         `cancel` is set (what was prefilled so far stays cached and is reused by the next call).
@@ -374,7 +380,8 @@ class Engine:
                 raise CorpusTooLarge(plan.reason + ". " + planner.fit_advice(plan, self.reserve))
             if system_prompt is not None:
                 self.system_prompt = system_prompt
-            reused = _common_prefix(self.cached_ids, prefix)
+            reusable = prefix if reuse_limit is None else prefix[:reuse_limit]
+            reused = _common_prefix(self.cached_ids, reusable)
             same = reused == len(prefix) == len(self.cached_ids)
             self._ensure_cache(len(prefix), plan)
             reused = min(reused, len(self.cached_ids))  # a reallocated cache starts empty
@@ -386,9 +393,9 @@ class Engine:
                 self.cache.quantise_per_head(self.attention == "fp8")
             self.cached_ids = prefix[:reused]
             self.counters.corpus_loads += 1
-            store = self.store
-            disk = store.restore(self, prefix, plan.kv_dtype, beyond=reused) \
-                if store is not None and reused < len(prefix) else None
+            store = self.store if save else None
+            disk = store.restore(self, reusable, plan.kv_dtype, beyond=reused) \
+                if store is not None and reused < len(reusable) else None
             if disk is not None and (disk.tokens or disk.clobbered):  # the cache's buffers now hold what it read
                 self.cache.adopt(disk.tokens)
                 self.cached_ids = prefix[:disk.tokens]
@@ -442,10 +449,11 @@ class Engine:
                              stop_requested=cancel is not None and cancel.is_set(),
                              attention=self.cache.backend.describe())
 
-    def load(self, corpus, *, system_prompt: str | None = None, progress=None, cancel=None) -> LoadStats:
+    def load(self, corpus, *, system_prompt: str | None = None, progress=None, cancel=None,
+             reuse_limit: int | None = None) -> LoadStats:
         """Load an ingested corpus (`ingest.Corpus`, tokenized with this engine's tokenizer)."""
         return self.load_corpus(corpus.token_ids(), system_prompt=system_prompt, progress=progress, cancel=cancel,
-                                sources=[document.source for document in corpus.documents])
+                                sources=[document.source for document in corpus.documents], reuse_limit=reuse_limit)
 
     def ask(self, question: str, history=(), settings: Settings | None = None,
             cancel: threading.Event | None = None):

@@ -17,11 +17,14 @@ from app.errors import OmnibusError
 from app.prompt import default_system_prompt
 from app.protocol import Settings
 from app.server.access import Gate
+from app.server.chat import ApiError
 from app.server.openai_api import error_response
+from app.server.request_guard import check_request, read_body, replay
 from app.server.service import Service, Usage
 from app.ui.handlers import Workbench
 from app.ui.session import Session
 
+MCP_BODY_BYTES = 8 * 2**20  # a tool call: paths and a question, never a corpus
 INSTRUCTIONS = ("Omnibus answers questions over whole documents, books and codebases held in one long context. "
                 "Use list_corpora to see the corpora saved on the server, then load one (or add_files, then "
                 "load) and ask. Follow-up questions reuse the loaded documents and are fast.")
@@ -40,9 +43,11 @@ class Desk:
 class Tools:
     """The MCP tools over one Service. add_files reads only under `files_root`, else anywhere when `any_path`."""
 
-    def __init__(self, service: Service, files_root: str | None = None, any_path: bool = True):
+    def __init__(self, service: Service, files_root: str | None = None, any_path: bool = True, private=()):
         self.service, self.any_path = service, any_path
         self.files_root = Path(files_root).resolve() if files_root else None
+        store = service.engine.store  # the app's own saved corpora and conversations: never read as documents
+        self.private = [Path(p).expanduser().resolve() for p in [*private, *([store.root] if store else [])]]
         self.workbench = Workbench(service.engine)  # only its ingestion: loading and asking go through service
         self.desks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self.server = FastMCP("omnibus", instructions=INSTRUCTIONS, stateless_http=False,
@@ -62,7 +67,6 @@ class Tools:
     async def add_files(self, paths: list[str], ctx: Context) -> str:
         """Add files, folders or .zip/.tar.gz archives (paths on the server's disk) after the documents added
         so far. Returns the documents with their token counts, the files left out and why."""
-        desk = self._desk(ctx)
         if self.files_root is None and not self.any_path:
             raise ValueError("this server listens on the network and was given no --files-root: add_files reads "
                              "no files (start it with --files-root DIR to allow a folder)")
@@ -70,6 +74,9 @@ class Tools:
             resolved = Path(path).expanduser().resolve()
             if self.files_root is not None and not resolved.is_relative_to(self.files_root):
                 raise ValueError(f"{path} is outside {self.files_root}, the folder this server reads files from")
+            if any(resolved.is_relative_to(p) or p.is_relative_to(resolved) for p in self.private):
+                raise ValueError(f"{path} holds Omnibus's own saved corpora or logins; add_files does not read them")
+        desk = self._desk(ctx)
         await anyio.to_thread.run_sync(self._ingest, desk, paths)
         desk.saved, desk.questions, desk.answers = None, [], []
         corpus = desk.session.corpus
@@ -149,9 +156,16 @@ class McpEndpoint:
             await asyncio.Event().wait()  # for as long as the server runs
 
     async def __call__(self, scope, receive, send) -> None:
-        if (err := self.gate.check(Headers(scope=scope))) is not None:
+        headers = Headers(scope=scope)
+        if (err := self.gate.check(headers) or check_request(headers, scope.get("method", ""))) is not None:
             await error_response(err)(scope, receive, send)
             return
+        if scope.get("method") == "POST":  # read here, with its cap, then handed to the MCP transport
+            try:
+                receive = replay(await read_body(receive, headers, MCP_BODY_BYTES), receive)
+            except ApiError as err:
+                await error_response(err)(scope, receive, send)
+                return
         if self._task is None:
             self._ready = asyncio.Event()
             self._task = asyncio.get_running_loop().create_task(self._hold())

@@ -14,15 +14,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from app.errors import Cancelled, CorpusTooLarge, NoCorpus, OmnibusError, OutOfMemory
+from app.errors import Cancelled, CorpusTooLarge, ModelLoadError, NoCorpus, OmnibusError, OutOfMemory
 from app.protocol import Settings
 from app.server.access import Gate
 from app.server.chat import ApiError, chunk, completion, new_id, parse_chat_request
+from app.server.request_guard import body_limit, chars_limit, check_request, read_body
 from app.server.service import ContextTooLong, Service, UnknownModel, Usage
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 512 * 2**20  # a request body (a corpus sent inline: ~4 MB per million tokens of text)
 POLL_S = 0.5  # how often a waiting request checks that its client is still there
 _END = object()
 
@@ -35,6 +35,8 @@ def api_error(err: OmnibusError | Exception) -> ApiError:
         return ApiError(404, str(err), param="model", code="model_not_found")
     if isinstance(err, (ContextTooLong, CorpusTooLarge)):
         return ApiError(400, str(err), param="messages", code="context_length_exceeded")
+    if isinstance(err, ModelLoadError):  # the model is being switched or opened: try again shortly
+        return ApiError(503, str(err), type="server_error", code="model_loading")
     if isinstance(err, OutOfMemory):
         return ApiError(503, str(err), type="server_error", code="out_of_memory")
     if isinstance(err, NoCorpus):
@@ -46,7 +48,8 @@ def api_error(err: OmnibusError | Exception) -> ApiError:
 
 
 def error_response(err: ApiError) -> JSONResponse:
-    return JSONResponse(err.body(), status_code=err.status)
+    retry = {"Retry-After": "10"} if err.status == 503 else None  # a model being opened is ready in a while
+    return JSONResponse(err.body(), status_code=err.status, headers=retry)
 
 
 class ClientGone(Exception):
@@ -107,12 +110,12 @@ class OpenAIApi:
                 Route("/v1/chat/completions", self.chat_completions, methods=["POST"])]
 
     async def models(self, request: Request) -> Response:
-        if (err := self.gate.check(request.headers)) is not None:
+        if (err := self.gate.check(request.headers) or check_request(request.headers, "GET")) is not None:
             return error_response(err)
         return JSONResponse({"object": "list", "data": await run_in_threadpool(self.service.models)})
 
     async def model(self, request: Request) -> Response:
-        if (err := self.gate.check(request.headers)) is not None:
+        if (err := self.gate.check(request.headers) or check_request(request.headers, "GET")) is not None:
             return error_response(err)
         name = request.path_params["model"]
         for entry in await run_in_threadpool(self.service.models):
@@ -150,15 +153,23 @@ class OpenAIApi:
         return JSONResponse(completion(ident, chat.model, "".join(text), item))
 
     async def _prepare(self, request: Request):
-        if (err := self.gate.check(request.headers)) is not None:
+        if (err := self.gate.check(request.headers) or check_request(request.headers, "POST")) is not None:
             raise err
-        if int(request.headers.get("content-length") or 0) > MAX_BODY_BYTES:
-            raise ApiError(413, f"the request is over {MAX_BODY_BYTES // 2**20:,} MB")
+        window = self.service.engine.window
+        raw = await read_body(request.receive, request.headers, body_limit(window))  # refused while it is read
         try:
-            body = json.loads(await request.body())
+            body = json.loads(raw)
         except ValueError as err:
             raise ApiError(400, f"the body is not valid JSON: {err}") from err
+        except RecursionError:
+            raise ApiError(400, "the body's JSON is nested too deeply") from None
+        del raw
         chat = parse_chat_request(body)
+        chars = sum(map(len, [chat.system or "", *chat.users, *chat.assistants]))
+        if chars > chars_limit(window):  # surely over the window: refused before any tokenizing
+            raise ApiError(400, f"this model's maximum context length is {window:,} tokens; the messages are "
+                                f"{chars:,} characters, more than that many tokens can hold", param="messages",
+                           code="context_length_exceeded")
         service = self.service
 
         def build():

@@ -30,11 +30,11 @@ def _say(message: str) -> None:
 
 
 def routes(engine, rule: KeyRule, turnstile: Turnstile | None = None, files_root: str | None = None,
-           exposed: bool = False) -> list:
+           exposed: bool = False, private=()) -> list:
     """`/v1/...` and `/mcp` over `engine`, behind `rule`'s key. MCP's add_files reads only under `files_root`;
-    without one, any path when not `exposed`, and none when it is."""
+    without one, any path when not `exposed`, and none when it is; never the `private` files (the logins)."""
     service, gate = Service(engine, turnstile), Gate(rule)
-    tools = Tools(service, files_root, any_path=not exposed)
+    tools = Tools(service, files_root, any_path=not exposed, private=private)
     return OpenAIApi(service, gate).routes() + [Route("/mcp", McpEndpoint(tools, gate))]
 
 
@@ -43,13 +43,21 @@ def shared(backend):
     return SharedBackend(backend, Turnstile()) if backend.name == "local" else backend
 
 
+def api_exposed(args) -> bool:
+    """Whether the API beside the page needs a key: when the page is reachable beyond this computer, and when
+    it has logins (else any local program would read every login's saved corpora through /v1)."""
+    logins = bool(getattr(args, "auth", None) or getattr(args, "auth_file", None)) and not args.no_auth
+    return bool(args.listen or args.share or logins)
+
+
 def mount(demo, backend, args) -> None:
     """Serve `/v1` and `/mcp` from the app's own server, over the page's engine (a `shared` backend)."""
     if not isinstance(backend, SharedBackend):
         return  # a remote backend: its server is the API
-    exposed = args.listen or args.share
+    exposed = api_exposed(args)
     rule = decide_key(getattr(args, "api_key_env", None), exposed=exposed)
-    for route in reversed(routes(backend.engine, rule, backend.turnstile, exposed=exposed)):
+    private = [args.auth_file] if getattr(args, "auth_file", None) else []
+    for route in reversed(routes(backend.engine, rule, backend.turnstile, exposed=exposed, private=private)):
         demo.app.router.routes.insert(0, route)  # before the page's catch-all routes
     _say(f"omnibus: OpenAI API at http://127.0.0.1:{args.port}/v1 and MCP at http://127.0.0.1:{args.port}/mcp")
     if rule.notice:

@@ -182,13 +182,8 @@ class Service:
         stay in memory, so it does not fill the disk with every conversation."""
         engine = self.engine
         store = engine.store
-        if not prompt.on_disk:
-            engine.store = None
-        try:
-            stats = engine.load_corpus(prompt.corpus_ids, system_prompt=prompt.system_prompt, cancel=cancel,
-                                       sources=prompt.sources)
-        finally:
-            engine.store = store
+        stats = engine.load_corpus(prompt.corpus_ids, system_prompt=prompt.system_prompt, cancel=cancel,
+                                   sources=prompt.sources, save=prompt.on_disk)
         if prompt.on_disk and store is not None and stats.source == "memory":
             stats.saved = store.save(engine)  # cached by a request that was not saved ("exists" if it was)
         return stats

@@ -73,16 +73,17 @@ class SharedBackend:
         """The engine's."""
         return self.engine.default_settings()
 
-    def load_cost(self, corpus, system_prompt: str | None = None) -> LoadCost | None:
+    def load_cost(self, corpus, system_prompt: str | None = None, reuse_limit: int | None = None) -> LoadCost | None:
         """The engine's estimate, without waiting a turn (it only reads what is cached)."""
-        return self.engine.load_cost(corpus, system_prompt=system_prompt)
+        return self.engine.load_cost(corpus, system_prompt, reuse_limit)
 
-    def load(self, corpus, *, system_prompt: str | None = None, progress=None, cancel=None):
+    def load(self, corpus, *, system_prompt: str | None = None, progress=None, cancel=None, reuse_limit=None):
         with self.turnstile.turn(cancel):
-            return self._load(corpus, system_prompt, progress, cancel)
+            return self._load(corpus, system_prompt, progress, cancel, reuse_limit)
 
-    def _load(self, corpus, system_prompt, progress, cancel):
-        stats = self.engine.load(corpus, system_prompt=system_prompt, progress=progress, cancel=cancel)
+    def _load(self, corpus, system_prompt, progress, cancel, reuse_limit=None):
+        stats = self.engine.load(corpus, system_prompt=system_prompt, progress=progress, cancel=cancel,
+                                 reuse_limit=reuse_limit)
         self._last_load = (corpus, system_prompt, self.engine.counters.corpus_loads)
         return stats
 
@@ -91,7 +92,7 @@ class SharedBackend:
         try:
             last = self._last_load
             if last is not None and last[2] != self.engine.counters.corpus_loads:  # another client's corpus
-                self._load(last[0], last[1], None, cancel)
+                self._load(last[0], last[1], None, cancel, reuse_limit=0)  # read again: others' cache is theirs
             yield from self.engine.ask(question, history, settings, cancel)
         finally:
             self.turnstile.release(ticket)

@@ -23,6 +23,8 @@ from app.ui.auth import Access, AuthError, ClientAddress, LocalHostOnly, LoginGu
 from app.ui.events import Events, say
 from app.ui.handlers import Workbench
 from app.ui.layout import CSS, THEME, Page, layout
+from app.ui.model_picker import Owner
+from app.ui.page_policy import ContentSecurityPolicy, SameOriginPosts
 from app.ui.uploads import UploadGate, Uploads
 
 
@@ -89,9 +91,11 @@ def wire(workbench: Workbench, p: Page, uploads: Uploads | None = None) -> None:
                         api_name="import_conversation").then(**citations)
 
 
-def build(workbench: Workbench, max_upload_mb: int = 500, uploads: Uploads | None = None) -> gr.Blocks:
-    """The page, wired to `workbench`. With `uploads`, a browser may add only files it uploaded itself."""
-    demo, page = layout(workbench, max_upload_mb)
+def build(workbench: Workbench, max_upload_mb: int = 500, uploads: Uploads | None = None,
+          owner: Owner | None = None) -> gr.Blocks:
+    """The page, wired to `workbench`. With `uploads`, a browser may add only files it uploaded itself; only
+    `owner` may change the model."""
+    demo, page = layout(workbench, max_upload_mb, owner)
     page.demo = demo
     with demo:
         wire(workbench, page, uploads)
@@ -117,6 +121,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--listen", action="store_true", help="serve on the local network (login required)")
     parser.add_argument("--auth", metavar="USER:PASSWORD", help="the login to require")
     parser.add_argument("--auth-file", metavar="FILE", help="logins to accept, one user:password a line")
+    parser.add_argument("--admin", metavar="USER",
+                        help="the login that may change the model for everyone (default: only this computer, "
+                             "with no login)")
     parser.add_argument("--no-auth", action="store_true", help="no login even with --share or --listen (unsafe)")
     parser.add_argument("--max-upload-mb", type=int, default=500, help="largest file one may upload (default 500)")
     parser.add_argument("--max-upload-files", type=int, default=2000,
@@ -142,9 +149,12 @@ def start(args: argparse.Namespace, backend, access: Access) -> gr.Blocks:
 
     backend = serve.shared(backend)  # the page takes its turns on the model with the API's requests
     uploads = Uploads(get_upload_folder())
-    demo = build(Workbench(backend, args.max_upload_files), args.max_upload_mb, uploads)
+    owner = Owner(args.admin, loopback_trusted=not args.share)
+    demo = build(Workbench(backend, args.max_upload_files), args.max_upload_mb, uploads, owner)
     demo.queue(default_concurrency_limit=1)
-    middleware = [Middleware(ClientAddress),  # the caller's address, for LoginGuard
+    middleware = [Middleware(ContentSecurityPolicy),  # the page fetches from its own origin only
+                  Middleware(SameOriginPosts),  # no page elsewhere may upload or post
+                  Middleware(ClientAddress),  # the caller's address, for LoginGuard
                   Middleware(LoginNotice),  # the login page shows a lock-out's message
                   Middleware(UploadGate, uploads=uploads)]  # each upload to a private folder of its own
     if not (args.listen or args.share or access.credentials):

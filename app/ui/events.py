@@ -22,6 +22,7 @@ from app.ui.inputs import settings_from
 from app.ui.handlers import Workbench
 from app.ui.session import Session
 from app.ui.layout import Page
+from app.ui.markup import inert
 from app.ui.uploads import Uploads
 from ingest.secret_scan import warning as secrets_warning
 
@@ -96,7 +97,8 @@ class Events:
         for n, (question, answer) in enumerate(pairs):
             done = pending is None or n < len(pairs) - 1
             mark = f"\n\n<span class='demo-mark'>⚠ {views.DEMO_MARK}</span>" if demo and done else ""
-            out += [{"role": "user", "content": question}, {"role": "assistant", "content": (answer or "…") + mark}]
+            out += [{"role": "user", "content": inert(question)},  # untrusted text: nothing in it may fetch
+                    {"role": "assistant", "content": inert(answer or "…") + mark}]
         return out
 
     def buttons(self, session: Session, busy: str = "") -> dict:

@@ -7,7 +7,6 @@ browser shares; each browser has its own `Session` (its corpus, its conversation
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import threading
@@ -24,7 +23,8 @@ from ingest.secret_scan import scan_corpus
 from app.prompt import DEFAULT_SYSTEM_PROMPT, Turn
 from app.ui.inputs import MAX_QUESTION_CHARS
 from app.ui.session import Exchange, Session
-from app.ui.saved import BadRecord, Library, corpus_from_record, corpus_record, exchanges_from_record
+from app.ui.saved import (BadRecord, Library, corpus_from_record, corpus_record, exchanges_from_record,
+                          read_import)
 from app.ui.views import instructions_tag
 from ingest import build_corpus
 
@@ -123,7 +123,9 @@ class Workbench:
         backend cannot say (a remote server) or there is no corpus."""
         if session.corpus is None:
             return None
-        return self.backend.load_cost(session.corpus, system_prompt=system_prompt or DEFAULT_SYSTEM_PROMPT)
+        system_prompt = system_prompt or DEFAULT_SYSTEM_PROMPT
+        return self.backend.load_cost(session.corpus, system_prompt,
+                                      session.own.limit(self.backend, session.corpus, system_prompt))
 
     def instructions_changed(self, session: Session, system_prompt: str) -> bool:
         """Whether the session's loaded corpus was read with other instructions than these."""
@@ -155,27 +157,35 @@ class Workbench:
         session.cancel = threading.Event()
         session.loaded_tokens = 0
         system_prompt = system_prompt or DEFAULT_SYSTEM_PROMPT
-        own = session.prefix_tokens
+        # The model's cache is shared: reuse only what this session loaded itself (app/ui/reuse.py), so that
+        # neither "already loaded" nor the time the load takes tells anything about other sessions.
+        corpus, limit = session.corpus, session.own.limit(self.backend, session.corpus, system_prompt)
+        reached = limit
 
         def report(p):  # a stopped load still counts as this session's own, as far as it got
+            nonlocal reached
             session.prefix_tokens = max(session.prefix_tokens, p.done)
+            reached = max(reached, p.done)
             if progress is not None:
                 progress(p)
 
         session.busy = "load"
         try:
-            stats = self.backend.load(session.corpus, system_prompt=system_prompt, progress=report,
-                                      cancel=session.cancel)
+            stats = self.backend.load(corpus, system_prompt=system_prompt, progress=report, cancel=session.cancel,
+                                      reuse_limit=limit)
+        except Cancelled as err:
+            session.own.record(self.backend, corpus, system_prompt, max(reached, err.done))
+            raise
+        except BaseException:
+            session.own.forget()  # what the cache holds now is unknown: read it all again next time
+            raise
         finally:
             session.busy = ""
+        session.own.record(self.backend, corpus, system_prompt, stats.tokens)
         if session.cancel.is_set() and not stats.stop_requested:
             stats.stop_requested = True  # Cancel came, but the load finished first
         session.loaded_tokens = session.corpus.total_tokens
         session.prefix_tokens = stats.tokens
-        # The model's cache is shared: tokens it already held may come from another browser's documents.
-        # Say only what this session itself loaded before, so "already loaded" tells nothing about others.
-        if stats.reused > own:
-            stats = dataclasses.replace(stats, reused=own)
         session.system_prompt, session.last_load = system_prompt, stats
         self.save_conversation(session, with_corpus=True, stats=stats)
         return stats
@@ -343,14 +353,13 @@ class Workbench:
         self._replace(session, corpus, pairs, record.meta.get("system_prompt"))
         session.record_id = record.id
         session.prefix_tokens = int(record.meta.get("prefix_tokens") or 0)  # this login's own load, saved with it
+        session.own.opened(corpus, record.meta.get("system_prompt"), session.prefix_tokens)
         return session
 
     def import_conversation(self, session: Session, path) -> Session:
         """Put an exported JSON conversation (`export(..., "json")`), documents and all, into this session."""
         try:
-            record = json.loads(Path(path).read_text(encoding="utf-8"))
-            if not isinstance(record, dict) or "corpus" not in record:
-                raise BadRecord("it is not a conversation exported as JSON by Omnibus")
+            record = read_import(path)  # capped in size and exchanges before any work
             corpus = corpus_from_record(record["corpus"], self.backend.tokenizer)
             pairs = exchanges_from_record(record)
         except (OSError, UnicodeDecodeError, ValueError) as err:

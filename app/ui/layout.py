@@ -73,7 +73,7 @@ def model_slot(backend) -> ModelSlot | None:
     return inner if isinstance(inner, ModelSlot) else None
 
 
-def layout(workbench: Workbench, max_upload_mb: int = 500) -> tuple[gr.Blocks, Page]:
+def layout(workbench: Workbench, max_upload_mb: int = 500, owner=None) -> tuple[gr.Blocks, Page]:
     """The page: its components, laid out; no events."""
     backend = workbench.backend
     defaults = workbench.default_settings()
@@ -86,7 +86,7 @@ def layout(workbench: Workbench, max_upload_mb: int = 500) -> tuple[gr.Blocks, P
         gr.Markdown(views.banner(backend), elem_classes=["banner"] if backend.model_name == "demo" else None)
         slot = model_slot(backend)
         if slot is not None:
-            model_picker.build(slot)
+            model_picker.build(slot, owner)  # owner: who may change it (model_picker.Owner)
         with gr.Row(equal_height=False):
             with gr.Column(scale=5):
                 gr.Markdown("### 1 · Your documents")

@@ -17,6 +17,23 @@ from app.errors import OmnibusError
 from app.models_catalog import REGISTRY
 
 REFRESH_S = 1.0
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+class Owner:
+    """Who may change the model for everyone: the login named `admin` (`--admin USER`), else only the person at
+    this computer with no login (a request from loopback; never through a --share tunnel, whose traffic comes
+    from loopback too). Every other session sees the model read-only."""
+
+    def __init__(self, admin: str | None = None, loopback_trusted: bool = True):
+        self.admin, self.loopback_trusted = admin or None, loopback_trusted
+
+    def allows(self, request) -> bool:
+        user = getattr(request, "username", None) or None
+        if self.admin is not None:
+            return user == self.admin
+        client = getattr(getattr(request, "client", None), "host", "")
+        return user is None and self.loopback_trusted and client in LOOPBACK
 
 
 def status_text(state: SlotState) -> str:
@@ -40,8 +57,9 @@ def rows(slot: ModelSlot) -> list[list]:
     return [card.row() for card in model_hub.catalogue([slot.state.model])]
 
 
-def build(slot: ModelSlot) -> None:
-    """The panel, wired to `slot`. Call inside `gr.Blocks`."""
+def build(slot: ModelSlot, owner: Owner | None = None) -> None:
+    """The panel, wired to `slot`; only `owner` may change the model. Call inside `gr.Blocks`."""
+    owner = owner or Owner()
 
     def refresh():
         state = slot.state
@@ -49,7 +67,10 @@ def build(slot: ModelSlot) -> None:
         table = gr.update() if busy else rows(slot)
         return status_text(state), table, gr.Timer(active=busy)
 
-    def use(name: str):
+    def use(name: str, request: gr.Request):
+        if not owner.allows(request):
+            raise gr.Error("Only the person who started Omnibus may change the model (on this computer, or as "
+                           "the login named with --admin). The model stays as it is.")
         name = (name or "").strip()
         if not name:
             raise gr.Error("Choose a model, or type a Hugging Face id or a folder.")

@@ -30,6 +30,8 @@ from ingest.tokens import TokenCounter
 
 RECORDS = ".conversations"  # a dot folder: the KV library (app.store) skips it
 FORMAT = 1
+MAX_IMPORT_BYTES = 5 * 2**20  # an imported conversation file (a few books of text, with its exchanges)
+MAX_IMPORT_EXCHANGES = 2_000
 
 
 class BadRecord(ValueError):
@@ -111,6 +113,26 @@ def corpus_from_record(record: dict, tokenizer) -> Corpus:
     ids = counter.encode_many([d.text for d in documents])
     documents = [replace(d, token_ids=i, tokens=int(len(i))) for d, i in zip(documents, ids)]
     return Corpus(documents, skipped, counter, bool(record.get("line_numbers")))
+
+
+def read_import(path) -> dict:
+    """An exported conversation read back from `path`, refused with the numbers before any work when the file
+    or its exchanges are more than an import takes (`MAX_IMPORT_BYTES`, `MAX_IMPORT_EXCHANGES`)."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size > MAX_IMPORT_BYTES:
+        raise BadRecord(f"the file is {size / 2**20:,.1f} MB; at most {MAX_IMPORT_BYTES / 2**20:,.0f} MB can be "
+                        "imported (add large documents as files instead)")
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError:
+        raise BadRecord("its JSON is nested too deeply") from None
+    if not isinstance(record, dict) or "corpus" not in record:
+        raise BadRecord("it is not a conversation exported as JSON by Omnibus")
+    exchanges = record.get("exchanges")
+    if isinstance(exchanges, list) and len(exchanges) > MAX_IMPORT_EXCHANGES:
+        raise BadRecord(f"it holds {len(exchanges):,} exchanges; at most {MAX_IMPORT_EXCHANGES:,} can be imported")
+    return record
 
 
 def exchanges_from_record(record: dict) -> list[tuple[str, str]]:

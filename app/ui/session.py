@@ -10,6 +10,7 @@ import uuid
 from dataclasses import dataclass
 
 from app.protocol import AnswerStats
+from app.ui.reuse import OwnPrefix
 
 
 @dataclass
@@ -41,7 +42,8 @@ class Session:
         self.secrets: dict = {}  # source -> [ingest.secret_scan.Finding]: likely secrets in this corpus
         self.exchanges: list[Exchange] = []
         self.loaded_tokens = 0  # corpus tokens this session last loaded into the model (0: not loaded)
-        self.prefix_tokens = 0  # prompt prefix tokens of this session's last load (what it may hear was reused)
+        self.prefix_tokens = 0  # prompt prefix tokens of this session's last load (saved with its record)
+        self.own = OwnPrefix()  # what of the model's cache it may reuse: only what it loaded itself
         self.cancel = threading.Event()
         self.verifier = None  # app.citations.check.Verifier of this corpus, built when an answer is first checked
         self.restored_prompt = None  # the instructions of a reopened or imported conversation, for the page's box

@@ -259,7 +259,7 @@ def test_new_instructions_are_warned_about_and_the_timing_line_counts_the_re_rea
     assert workbench.instructions_changed(session, other)
     plan = workbench.plan(session, other)
     warning = views.instructions_warning(workbench.load_cost(session, other), plan.tokens,
-                                         views.load_estimate(plan, workbench.load_cost(session, other)))
+                                         views.estimate_words(plan, workbench.load_cost(session, other)))
     assert "read again" in warning and "tokens" in warning
     list(workbench.ask(session, QUESTION, SHORT, system_prompt=other))
     exchange = session.exchanges[-1]

@@ -126,7 +126,7 @@ class Events:
     def instructions_warning(self, session: Session, system_prompt: str) -> str:
         cost = self.workbench.load_cost(session, system_prompt)
         plan = self.workbench.plan(session, system_prompt)
-        return views.instructions_warning(cost, plan.tokens, views.load_estimate(plan, cost))
+        return views.instructions_warning(cost, plan.tokens, views.estimate_words(plan, cost))
 
     def corpus_view(self, session: Session, system_prompt: str) -> tuple:
         """(session, summary, table, skipped, remove menu, meter, status): the API's corpus outputs."""
@@ -154,7 +154,8 @@ class Events:
                 **self.saved_view(request), **self.buttons(session, session.busy)}
 
     def answer_line(self, exchange) -> str:
-        return views.answer_line(exchange.stats, exchange.reload, exchange.stop_late) if exchange else ""
+        return views.answer_line(exchange.stats, exchange.reload, exchange.stop_late, exchange.reload_why) \
+            if exchange else ""
 
     def chips(self, session: Session) -> str:
         prompt = session.system_prompt or ""
@@ -236,7 +237,7 @@ class Events:
             return ""
         reused = cost.tokens - cost.to_read if cost is not None else 0
         return views.load_starting(cost.tokens if cost is not None else plan.tokens, reused,
-                                   views.load_estimate(plan, cost))
+                                   views.estimate_words(plan, cost))
 
     def load(self, session, system_prompt):
         """Stream the load's progress into the status line; end with what happened."""

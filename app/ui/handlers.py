@@ -153,6 +153,7 @@ class Workbench:
         if not plan.fits:  # the same check the backend makes, before anything runs
             raise CorpusTooLarge(f"{plan.reason}. {fit_advice(plan, self.backend.reserve)}")
         session.cancel = threading.Event()
+        session.load_why = self.load_reason(session, system_prompt)
         session.loaded_tokens = 0
         system_prompt = system_prompt or DEFAULT_SYSTEM_PROMPT
         own = session.prefix_tokens
@@ -179,6 +180,16 @@ class Workbench:
         session.system_prompt, session.last_load = system_prompt, stats
         self.save_conversation(session, with_corpus=True, stats=stats)
         return stats
+
+    def load_reason(self, session: Session, system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> str:
+        """Why loading this session now has documents to read, in a few words (said with the answer's timing)."""
+        if session.system_prompt is None:
+            return "they had not been loaded yet"
+        if (system_prompt or DEFAULT_SYSTEM_PROMPT) != session.system_prompt:
+            return "the instructions changed"
+        if session.corpus is not None and session.loaded_tokens != session.corpus.total_tokens:
+            return "files were added or removed since the last load"
+        return "another conversation used the model meanwhile"
 
     def check_question(self, session: Session, question: str, system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> str:
         """The question, stripped, if it fits beside this session's documents; else NoCorpus/CorpusTooLarge.
@@ -226,7 +237,8 @@ class Workbench:
         earlier = session.exchanges[:-1] if replace_last else session.exchanges
         history = [Turn(e.question, e.answer) for e in earlier]
         read_again = reload is not None and reload.tokens > reload.reused
-        exchange = Exchange(question, "", reload=reload if read_again else None)
+        exchange = Exchange(question, "", reload=reload if read_again else None,
+                            reload_why=session.load_why if read_again else "")
         session.busy, session.partial = "answer", (question, "")
         failed = True
         pieces = self.backend.ask(question, history, settings or Settings(), cancel=session.cancel)

@@ -20,6 +20,7 @@ class Exchange:
     answer: str
     stats: AnswerStats | None = None
     reload: object = None  # LoadStats of a load that read documents again just before this answer (else None)
+    reload_why: str = ""  # why that load had to read them ("the instructions changed", ...)
     stop_late: bool = False  # Stop was pressed, but the answer had already finished
 
 
@@ -37,6 +38,7 @@ class Session:
         self.busy = ""  # "load" or "answer" while one runs
         self.partial = None  # (question, answer so far) while an answer streams
         self.last_load = None  # LoadStats of its last load
+        self.load_why = ""  # why its last load had work to do (Workbench.load_reason)
         self.corpus = None  # ingest.Corpus, or None before the first file
         self.secrets: dict = {}  # source -> [ingest.secret_scan.Finding]: likely secrets in this corpus
         self.exchanges: list[Exchange] = []

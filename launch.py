@@ -41,6 +41,39 @@ def _stamp(dev: bool) -> str:
     return digest.hexdigest()
 
 
+def _pins(path: Path) -> list[str]:
+    """The `name==version` lines of a requirements file (comments, extras and `-r` lines left out)."""
+    pins = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if "==" in line and not line.startswith("-"):
+            name, _, pinned = line.partition("==")
+            pins.append(f"{name.split('[')[0].strip()}=={pinned.strip()}")
+    return pins
+
+
+_CHECK = """import sys, importlib.metadata as m
+for spec in sys.argv[1:]:
+    name, version = spec.split("==")
+    try:
+        ok = m.version(name).split("+")[0] == version  # 2.13.0+cpu is 2.13.0
+    except m.PackageNotFoundError:
+        ok = False
+    if not ok:
+        print(spec)
+"""
+
+
+def _missing(paths: list[Path]) -> list[str]:
+    """The pins of `paths` that .venv does not hold at that version (all of them if the check cannot run)."""
+    pins = [pin for path in paths for pin in _pins(path)]
+    try:
+        done = subprocess.run([str(PYTHON), "-c", _CHECK, *pins], capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired):
+        return pins
+    return done.stdout.split() if done.returncode == 0 else pins
+
+
 def ensure_environment(dev: bool) -> None:
     """Make .venv and install what is needed once; then re-run this command inside it."""
     stamp_file = VENV / (".omnibus-dev" if dev else ".omnibus-run")
@@ -53,13 +86,17 @@ def ensure_environment(dev: bool) -> None:
         print("omnibus: creating a virtual environment in .venv (first run only)", file=sys.stderr)
         subprocess.check_call([sys.executable, "-m", "venv", str(VENV)])
     if not (stamp_file.exists() and stamp_file.read_text() == _stamp(dev)):
-        print("omnibus: installing requirements (first run only; a few minutes)", file=sys.stderr)
-        pip = [str(PYTHON), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-        subprocess.check_call(pip + ["-r", str(_requirements(dev)[-2])])
-        subprocess.check_call(pip + ["--no-deps", "-r", str(NO_DEPS)])
-        if _nvidia_linux():  # the optional GPU kernels: a failure only means the slower attention path serves
-            if subprocess.call(pip + ["--no-deps", "-r", str(GPU_EXTRAS)]) != 0:
-                print("omnibus: FlashAttention-3 (fa3-fwd) did not install; using FlexAttention", file=sys.stderr)
+        missing = _missing(_requirements(dev) + ([GPU_EXTRAS] if _nvidia_linux() else []))
+        if missing:  # said only when something is installed (an environment already complete is only checked)
+            names = ", ".join(m.split("==")[0] for m in missing[:4]) + (" and more" if len(missing) > 4 else "")
+            print(f"omnibus: installing {len(missing)} requirement(s): {names} (first run only; a few minutes)",
+                  file=sys.stderr)
+            pip = [str(PYTHON), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+            subprocess.check_call(pip + ["-r", str(_requirements(dev)[-2])])
+            subprocess.check_call(pip + ["--no-deps", "-r", str(NO_DEPS)])
+            if _nvidia_linux():  # the optional GPU kernels: a failure only means the slower attention path serves
+                if subprocess.call(pip + ["--no-deps", "-r", str(GPU_EXTRAS)]) != 0:
+                    print("omnibus: FlashAttention-3 (fa3-fwd) did not install; using FlexAttention", file=sys.stderr)
         stamp_file.write_text(_stamp(dev))
     if not inside:
         os.execv(str(PYTHON), [str(PYTHON), str(Path(__file__).resolve()), *sys.argv[1:]])

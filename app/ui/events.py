@@ -32,12 +32,13 @@ def say(message: str) -> None:
 
 
 def user_message(err: OmnibusError) -> str:
-    """An error meant for the user, as a sentence; logged as one line where the app was started."""
-    if isinstance(err, Cancelled):
-        text = f"Stopped: {err}."
-    else:
-        text = str(err)[:1].upper() + str(err)[1:]
-    say(f"omnibus: {type(err).__name__}: {text}")
+    """An error meant for the user, as a sentence; logged as one line where the app was started (no class
+    name, no word said twice)."""
+    text = str(err)
+    if isinstance(err, Cancelled) and not text.lower().startswith("stopped"):
+        text = f"stopped: {text}"
+    text = text[:1].upper() + text[1:]
+    say(f"omnibus: {text}")
     return text
 
 

@@ -67,3 +67,20 @@ def test_a_complete_environment_is_checked_not_said_to_be_installing(tmp_path, m
     pins = tmp_path / "more.txt"
     pins.write_text("pytest==0.0.1  # a version that is not installed\n-r requirements.txt\n")
     assert launch._missing([pins]) == ["pytest==0.0.1"]
+
+
+def test_how_to_log_in_is_printed_before_the_server_can_answer(monkeypatch, capsys):
+    from app import backend
+    from app.ui import app
+
+    said_when_serving = []
+
+    def start(args, backend_, access):  # the moment the server would begin to accept connections
+        said_when_serving.append(capsys.readouterr().err)
+        raise OSError("stopped here by the test")
+
+    monkeypatch.setattr(app, "start", start)
+    monkeypatch.setattr(backend, "open_in_background", lambda args, on_change=None: object())
+    assert app.main(["--listen", "--port", "7999"]) == 1
+    [said] = said_when_serving
+    assert re.search(r"omnibus: Login required\. user: \S+  password: \S+", said), said

@@ -16,7 +16,7 @@ from pathlib import Path
 import gradio as gr
 
 from app.citations.form import CITATION_FORMAT
-from app.errors import Cancelled, OmnibusError
+from app.errors import Cancelled, CorpusTooLarge, OmnibusError
 from app.ui import views
 from app.ui.inputs import settings_from
 from app.ui.handlers import Workbench
@@ -86,6 +86,7 @@ class Events:
     def __init__(self, workbench: Workbench, page: Page, uploads: Uploads | None = None):
         self.workbench, self.p, self.uploads = workbench, page, uploads
         self.backend = workbench.backend
+        self._export_folders: dict[str, Path] = {}  # session id -> its export buttons' folder
 
     # -- what the page shows for a session --
     def messages(self, session: Session, pending: tuple[str, str] | None = None, exchanges=None) -> list[dict]:
@@ -97,23 +98,45 @@ class Events:
         for n, (question, answer) in enumerate(pairs):
             done = pending is None or n < len(pairs) - 1
             mark = f"\n\n<span class='demo-mark'>⚠ {views.DEMO_MARK}</span>" if demo and done else ""
-            out += [{"role": "user", "content": question}, {"role": "assistant", "content": (answer or "…") + mark}]
+            out += [{"role": "user", "content": views.as_typed(question)},
+                    {"role": "assistant", "content": (answer or "…") + mark}]
         return out
 
     def buttons(self, session: Session, busy: str = "") -> dict:
         """Each button enabled only when it can act."""
         p, docs, chat, idle = self.p, session.corpus is not None, bool(session.exchanges), not busy
-        on = {p.load_btn: docs and idle, p.cancel_btn: busy == "load", p.send_btn: docs and idle,
+        fits = docs and self.workbench.plan(session, session.system_prompt or session.restored_prompt or "").fits
+        on = {p.load_btn: fits and idle, p.cancel_btn: busy == "load", p.send_btn: fits and idle,
               p.stop_btn: busy == "answer", p.regen_btn: chat and idle, p.clear_btn: chat and idle,
-              p.export_md_btn: chat, p.export_json_btn: chat, p.remove_btn: docs and idle, p.new_btn: docs and idle}
-        return {button: gr.update(interactive=bool(state)) for button, state in on.items()}
+              p.remove_btn: docs and idle, p.new_btn: docs and idle}
+        return {**{button: gr.update(interactive=bool(state)) for button, state in on.items()},
+                **self.downloads(session, busy)}
+
+    def downloads(self, session: Session, busy: str = "") -> dict:
+        """The two export buttons: one click downloads the conversation. Their files are written whenever the
+        page goes idle (while an answer runs, they keep the conversation as it was before it)."""
+        p, chat = self.p, bool(session.exchanges)
+        buttons = {"md": p.export_md_btn, "json": p.export_json_btn}
+        if not chat:
+            return {button: gr.update(value=None, interactive=False) for button in buttons.values()}
+        if busy:
+            return {button: gr.update(interactive=True) for button in buttons.values()}
+        folder = self._export_folders.get(session.id)
+        if folder is None:
+            folder = self._export_folders[session.id] = Path(tempfile.mkdtemp(prefix="omnibus-export-"))
+        for old in folder.iterdir():  # the names follow the documents and the day: one file of each kind
+            old.unlink(missing_ok=True)
+        return {button: gr.update(value=str(self.workbench.export(session, folder, kind)), interactive=True)
+                for kind, button in buttons.items()}
 
     def meter(self, session: Session, system_prompt: str) -> str:
         corpus = session.corpus
         loaded = session.is_loaded and not self.workbench.instructions_changed(session, system_prompt)
-        return views.context_meter(self.backend, self.workbench.plan(session, system_prompt),
-                                   corpus.total_tokens if corpus else None,
-                                   cost=self.workbench.load_cost(session, system_prompt), loaded=loaded)
+        plan = self.workbench.plan(session, system_prompt)
+        refusal = self.workbench.too_large(session, plan) if plan is not None and not plan.fits else ""
+        return views.context_meter(self.backend, plan, corpus.total_tokens if corpus else None,
+                                   cost=self.workbench.load_cost(session, system_prompt), loaded=loaded,
+                                   refusal=refusal)
 
     def status(self, session: Session, system_prompt: str) -> str:
         if session.corpus is None:
@@ -258,9 +281,11 @@ class Events:
         if isinstance(err, Cancelled) and load:
             user_message(err)
             return views.load_stopped(err)
+        if isinstance(err, CorpusTooLarge):  # said once, in the context meter and here; no pop-up as well
+            return f"**{user_message(err)}**"
         if isinstance(err, OmnibusError):
             text = user_message(err)
-            gr.Warning(text)
+            gr.Warning(text.replace("`", ""))  # a pop-up shows plain text: no Markdown marks
             return f"**{text}**"
         raise err
 
@@ -358,8 +383,8 @@ class Events:
             if not session.exchanges:
                 gr.Warning("There is no conversation to export yet.")
                 return gr.update(visible=False)
-            folder = Path(tempfile.mkdtemp(prefix="omnibus-export-"))
-            return gr.update(value=str(self.workbench.export(session, folder, kind)), visible=True)
+            folder = Path(tempfile.mkdtemp(prefix="omnibus-export-"))  # for the API: the page's buttons download
+            return gr.update(value=str(self.workbench.export(session, folder, kind)), visible=False)
 
         return run
 

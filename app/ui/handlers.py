@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import threading
 import time
 import uuid
@@ -25,7 +26,7 @@ from app.prompt import DEFAULT_SYSTEM_PROMPT, Turn
 from app.ui.inputs import MAX_QUESTION_CHARS
 from app.ui.session import Exchange, Session
 from app.ui.saved import BadRecord, Library, corpus_from_record, corpus_record, exchanges_from_record
-from app.ui.views import instructions_tag
+from app.ui.views import FINISH_WORDS, instructions_tag
 from ingest import build_corpus
 
 KEPT_SESSIONS = 200  # browser sessions a page reload can get back (the least recently used beyond go)
@@ -151,7 +152,7 @@ class Workbench:
             raise NoCorpus("there are no documents yet: add some files first")
         plan = self.plan(session, system_prompt)
         if not plan.fits:  # the same check the backend makes, before anything runs
-            raise CorpusTooLarge(f"{plan.reason}. {fit_advice(plan, self.backend.reserve)}")
+            raise CorpusTooLarge(self.too_large(session, plan))
         session.cancel = threading.Event()
         session.load_why = self.load_reason(session, system_prompt)
         session.loaded_tokens = 0
@@ -181,6 +182,14 @@ class Workbench:
         self.save_conversation(session, with_corpus=True, stats=stats)
         return stats
 
+    def too_large(self, session: Session, plan, most: int = 3) -> str:
+        """Why these documents cannot be loaded and what to remove: the one wording (page, pop-up, API)."""
+        overhead = self.prompt_overhead(session.system_prompt or DEFAULT_SYSTEM_PROMPT)
+        largest = sorted(session.corpus.documents, key=lambda d: d.tokens, reverse=True)[:most]
+        names = ", ".join(f"{d.source} ({d.tokens:,} tokens)" for d in largest)
+        return (f"{plan.reason}. {fit_advice(plan, self.backend.reserve, overhead)} The largest documents: "
+                f"{names}")
+
     def load_reason(self, session: Session, system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> str:
         """Why loading this session now has documents to read, in a few words (said with the answer's timing)."""
         if session.system_prompt is None:
@@ -201,15 +210,18 @@ class Workbench:
             raise NoCorpus("type a question first")
         if len(question) > MAX_QUESTION_CHARS:
             raise CorpusTooLarge(f"the question is {len(question):,} characters; at most {MAX_QUESTION_CHARS:,} "
-                                 "are accepted (add long text as a document instead)")
+                                 "are accepted. Shorten it, or add the text as a file")
         window = self.backend.window or 0
         if window and session.corpus is not None:
+            plan = self.plan(session, system_prompt)
+            if not plan.fits:  # the documents themselves do not fit: say so, not that the question is too long
+                raise CorpusTooLarge(self.too_large(session, plan))
             tokens = len(self.backend.tokenizer.encode(question, add_special_tokens=False))
             room = window - session.corpus.total_tokens - self.prompt_overhead(system_prompt)
             if tokens > room:
                 raise CorpusTooLarge(f"the question is {tokens:,} tokens; beside the documents "
                                      f"({session.corpus.total_tokens:,} tokens) only {max(room, 0):,} are left in "
-                                     f"the model's {window:,}-token window")
+                                     f"the model's {window:,}-token window. Shorten it, or add the text as a file")
         return question
 
     def ask(self, session: Session, question: str, settings: Settings | None = None,
@@ -283,9 +295,11 @@ class Workbench:
         session.cancel.set()
 
     def clear_chat(self, session: Session) -> Session:
-        """Forget the conversation; the documents stay loaded."""
+        """Start a new conversation about the same documents (they stay loaded). The cleared one stays in the
+        saved corpora as it was; the new one is saved there from its first answer."""
+        if session.exchanges:
+            session.record_id = uuid.uuid4().hex
         session.exchanges = []
-        self.save_conversation(session)
         return session
 
     # -- saved corpora and their conversations (app/ui/saved.py, next to app/store's KV caches) --
@@ -301,13 +315,17 @@ class Workbench:
         library = self.library
         if library is None or session.corpus is None or session.system_prompt is None:
             return
-        saved = getattr(stats, "saved", None)
+        new = not (library.folder(session.owner) / session.record_id / "corpus.json").exists()
+        if new and not with_corpus and not session.exchanges:
+            return  # a cleared chat: its record begins with its first answer
+        saved = getattr(stats if stats is not None else session.last_load, "saved", None)
         kv_id = saved.entry.id if saved is not None and getattr(saved, "entry", None) is not None else None
         if kv_id is None:
             try:
                 kv_id = library.find(session.owner, session.record_id).kv_id
             except BadRecord:
                 kv_id = None
+        with_corpus = with_corpus or new
         library.save(session.owner, session.record_id, corpus=session.corpus if with_corpus else None,
                      conversation={**self._summary(session), "kv_id": kv_id, "prefix_tokens": session.prefix_tokens,
                                    "exchanges": [{"question": e.question, "answer": e.answer}
@@ -415,16 +433,25 @@ class Workbench:
                 "corpus": corpus_record(session.corpus) if session.corpus else None}
 
     def export(self, session: Session, folder: Path, kind: str) -> Path:
-        """Write the conversation as Markdown ("md") or JSON ("json") into `folder`; return the file."""
+        """Write the conversation as Markdown ("md") or JSON ("json") into `folder`, named after its documents
+        and the day (`omnibus-harbour-report-and-2-more-2026-12-04.md`); return the file."""
         record = self.conversation(session)
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        path = folder / f"omnibus-conversation.{kind}"
+        path = folder / f"{export_name(session.sources)}.{kind}"
         text = json.dumps(record, indent=2, ensure_ascii=False) + "\n" if kind == "json" else markdown(record)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # readable by this user only
         os.fchmod(fd, 0o600)
         with open(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
         return path
+
+
+def export_name(sources: list[str], day: str | None = None) -> str:
+    """A file name for a conversation: its first document's name, how many more, and the day."""
+    first = sources[0].rstrip("/").rsplit("/", 1)[-1].rsplit(".", 1)[0] if sources else "conversation"
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "-", first).strip("-_")[:40] or "documents"
+    more = f"-and-{len(sources) - 1}-more" if len(sources) > 1 else ""
+    return f"omnibus-{stem}{more}-{day or time.strftime('%Y-%m-%d')}"
 
 
 def markdown(record: dict) -> str:
@@ -438,6 +465,7 @@ def markdown(record: dict) -> str:
         lines += [f"## Q: {e['question']}", "", e["answer"].strip(), ""]
         if "stats" in e:
             s = e["stats"]
+            ended = FINISH_WORDS.get(s["finish_reason"], "")
             lines += [f"*First word after {s['time_to_first_token_s']:.2f} s; {s['new_tokens']} tokens at "
-                      f"{s['tokens_per_s']:.1f} tokens/s.*", ""]
+                      f"{s['tokens_per_s']:.1f} tokens/s{'; ' + ended if ended else ''}.*", ""]
     return "\n".join(lines)

@@ -123,7 +123,8 @@ def layout(workbench: Workbench, max_upload_mb: int = 500) -> tuple[gr.Blocks, P
                                     placeholder="Load your documents, then ask a question about them.")
                 with gr.Row():
                     p.question = gr.Textbox(placeholder="Ask a question about your documents",
-                                            show_label=False, scale=6, elem_id="question", lines=1)
+                                            show_label=False, scale=6, elem_id="question", lines=1,
+                                            max_lines=6)  # a pasted book scrolls inside: the answer line stays in view
                     p.send_btn = gr.Button("Ask", variant="primary", scale=1, elem_id="ask", interactive=False)
                     p.stop_btn = gr.Button("Stop", variant="stop", scale=1, elem_id="stop", interactive=False)
                 p.answer_info = gr.Markdown(elem_id="answer-info")
@@ -132,8 +133,10 @@ def layout(workbench: Workbench, max_upload_mb: int = 500) -> tuple[gr.Blocks, P
                 with gr.Row():
                     p.regen_btn = gr.Button("Regenerate last answer", size="sm", interactive=False)
                     p.clear_btn = gr.Button("Clear chat (keep documents)", size="sm", interactive=False)
-                    p.export_md_btn = gr.Button("Export as Markdown", size="sm", interactive=False)
-                    p.export_json_btn = gr.Button("Export as JSON", size="sm", interactive=False)
+                    p.export_md_btn = gr.DownloadButton("Export as Markdown", size="sm", interactive=False,
+                                                        elem_id="export-md")
+                    p.export_json_btn = gr.DownloadButton("Export as JSON", size="sm", interactive=False,
+                                                          elem_id="export-json")
                 p.export_file = gr.File(label="Your export", visible=False, interactive=False, elem_id="export")
                 with gr.Accordion("Settings", open=False):
                     p.max_new = gr.Slider(16, 4096, value=defaults.max_new_tokens, step=16,

@@ -6,6 +6,7 @@ heard of a token or a KV cache. No gradio here.
 
 from __future__ import annotations
 
+import re
 import time
 from html import escape
 
@@ -76,11 +77,13 @@ def _memory_line(plan) -> str:
     return hardware
 
 
-def context_meter(backend, plan, corpus_tokens: int | None = None, *, cost=None, loaded: bool = False) -> str:
+def context_meter(backend, plan, corpus_tokens: int | None = None, *, cost=None, loaded: bool = False,
+                  refusal: str = "") -> str:
     """HTML: the documents' tokens against the model window and what the hardware holds, and load time.
 
     `cost` (the engine's `LoadCost`) gives the load time of what is not cached yet; `loaded`: nothing is left
-    to read."""
+    to read; `refusal`: why documents that do not fit cannot be loaded, and what to remove (the one place the
+    page says it)."""
     if plan is None:
         return ("<div class='meter'><b>Context meter.</b> Once you add documents, this shows how much of the "
                 f"model's reading capacity they use ({TOKEN_HINT}).</div>")
@@ -116,10 +119,23 @@ def context_meter(backend, plan, corpus_tokens: int | None = None, *, cost=None,
                      "follow-up questions reuse it.")
         verdict = ""
     else:
-        verdict = (f"<div class='refusal'><b>This is too much to load.</b> {escape(plan.reason[:1].upper() + plan.reason[1:])}.<br>"
-                   f"{escape(fit_advice(plan, reserve))}</div>")
+        why = refusal or f"{plan.reason}. {fit_advice(plan, reserve)}"
+        verdict = (f"<div class='refusal' id='refusal'><b>This is too much to load</b> (Load and Ask stay off until it "
+                   f"fits). {_code(escape(why[:1].upper() + why[1:]))}.</div>")
     items = "".join(f"<li>{line}</li>" for line in lines)
     return f"<div class='meter'><b>Context meter</b>{bar}<ul>{items}</ul>{verdict}</div>"
+
+
+def as_typed(text: str) -> str:
+    """Markdown that shows `text` exactly as typed: every ASCII punctuation mark escaped (so `__init__.py` is not
+    bold and `<b>` is not a tag), and each line break kept."""
+    escaped = re.sub(r"([!-/:-@\[-`{-~])", r"\\\1", text)
+    return escaped.replace("\n", "  \n")
+
+
+def _code(html: str) -> str:
+    """`--model x` in escaped text as <code>--model x</code>: Markdown's inline code, rendered."""
+    return re.sub(r"`([^`<>]+)`", r"<code>\1</code>", html)
 
 
 def load_estimate(plan, cost=None) -> float:
@@ -194,7 +210,8 @@ def instructions_warning(cost, tokens: int, estimate: str) -> str:
             f"{estimate}) at the next load or question. Change them back to keep the loaded copy.")
 
 
-FINISH_WORDS = {"length": "cut off at the answer-length limit (raise it in Settings)",
+FINISH_WORDS = {"cancelled": "stopped by you",
+                "length": "cut off at the answer-length limit (raise it in Settings)",
                 "repetition": "stopped: the model was repeating itself",
                 "full": "stopped: the model's window is full (Clear chat to make room)"}
 
@@ -220,7 +237,7 @@ def answer_line(stats, reload=None, stop_late: bool = False, why: str = "") -> s
         parts.append(f"{reread:,} tokens of question and earlier exchanges were read first")
     parts.insert(1, f"{stats.new_tokens} tokens at {stats.tokens_per_s:.1f} tokens/s")
     if stats.finish_reason == "cancelled":
-        parts.append(f"stopped by you after {stats.new_tokens:,} tokens")
+        parts.append(f"{FINISH_WORDS['cancelled']} after {stats.new_tokens:,} tokens")
     elif stats.finish_reason in FINISH_WORDS:
         parts.append(FINISH_WORDS[stats.finish_reason])
     if stop_late:

@@ -293,7 +293,7 @@ def test_left_out_spreadsheets_and_demo_citations_say_what_to_do(workbench, tmp_
 def test_the_markdown_export_says_how_each_answer_ended_and_is_named_after_the_documents(workbench, documents,
                                                                                       tmp_path):
     from app.protocol import AnswerStats
-    from app.ui.handlers import export_name
+    from app.ui.export import export_name
     from app.ui.session import Exchange
 
     session = Session()

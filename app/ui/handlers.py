@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import re
 import threading
-import time
 import uuid
 from collections import OrderedDict
 from pathlib import Path
@@ -25,8 +22,9 @@ from ingest.secret_scan import scan_corpus
 from app.prompt import DEFAULT_SYSTEM_PROMPT, Turn
 from app.ui.inputs import MAX_QUESTION_CHARS
 from app.ui.session import Exchange, Session
-from app.ui.saved import BadRecord, Library, corpus_from_record, corpus_record, exchanges_from_record
-from app.ui.views import FINISH_WORDS, instructions_tag
+from app.ui.saved import BadRecord, Library, corpus_from_record, exchanges_from_record
+from app.ui import export
+from app.ui.views import instructions_tag
 from ingest import build_corpus
 
 KEPT_SESSIONS = 200  # browser sessions a page reload can get back (the least recently used beyond go)
@@ -416,56 +414,12 @@ class Workbench:
             return None, None
         return checks[number], passage(session.verifier, checks[number])
 
-    # -- export --
+    # -- export (app/ui/export.py) --
     def conversation(self, session: Session) -> dict:
         """The conversation as one JSON-ready record: model, documents, exchanges with their timings."""
-        documents = [doc.to_json() for doc in session.corpus.documents] if session.corpus else []
-        exchanges = []
-        for e in session.exchanges:
-            record = {"question": e.question, "answer": e.answer}
-            if e.stats is not None:
-                record["stats"] = {"time_to_first_token_s": round(e.stats.ttft_s, 3),
-                                   "tokens_per_s": round(e.stats.tokens_per_s, 1),
-                                   "new_tokens": e.stats.new_tokens, "finish_reason": e.stats.finish_reason}
-            exchanges.append(record)
-        return {"model": self.backend.model_name, "exported": time.strftime("%Y-%m-%d %H:%M:%S"),
-                "documents": documents, "exchanges": exchanges, "system_prompt": session.system_prompt or session.restored_prompt,
-                "corpus": corpus_record(session.corpus) if session.corpus else None}
+        return export.record(self.backend.model_name, session)
 
     def export(self, session: Session, folder: Path, kind: str) -> Path:
         """Write the conversation as Markdown ("md") or JSON ("json") into `folder`, named after its documents
         and the day (`omnibus-harbour-report-and-2-more-2026-12-04.md`); return the file."""
-        record = self.conversation(session)
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        path = folder / f"{export_name(session.sources)}.{kind}"
-        text = json.dumps(record, indent=2, ensure_ascii=False) + "\n" if kind == "json" else markdown(record)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # readable by this user only
-        os.fchmod(fd, 0o600)
-        with open(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        return path
-
-
-def export_name(sources: list[str], day: str | None = None) -> str:
-    """A file name for a conversation: its first document's name, how many more, and the day."""
-    first = sources[0].rstrip("/").rsplit("/", 1)[-1].rsplit(".", 1)[0] if sources else "conversation"
-    stem = re.sub(r"[^A-Za-z0-9_-]+", "-", first).strip("-_")[:40] or "documents"
-    more = f"-and-{len(sources) - 1}-more" if len(sources) > 1 else ""
-    return f"omnibus-{stem}{more}-{day or time.strftime('%Y-%m-%d')}"
-
-
-def markdown(record: dict) -> str:
-    """A conversation record (`Workbench.conversation`) as a Markdown document."""
-    lines = ["# Omnibus conversation", "", f"Model: {record['model']}  ", f"Exported: {record['exported']}", ""]
-    if record["documents"]:
-        lines += ["## Documents", ""]
-        lines += [f"- {d['source']} ({d['kind']}, {d['tokens']:,} tokens)" for d in record["documents"]]
-        lines.append("")
-    for e in record["exchanges"]:
-        lines += [f"## Q: {e['question']}", "", e["answer"].strip(), ""]
-        if "stats" in e:
-            s = e["stats"]
-            ended = FINISH_WORDS.get(s["finish_reason"], "")
-            lines += [f"*First word after {s['time_to_first_token_s']:.2f} s; {s['new_tokens']} tokens at "
-                      f"{s['tokens_per_s']:.1f} tokens/s{'; ' + ended if ended else ''}.*", ""]
-    return "\n".join(lines)
+        return export.write(self.conversation(session), session.sources, folder, kind)

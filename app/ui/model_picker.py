@@ -81,7 +81,7 @@ def build(slot: ModelSlot) -> None:
             switch = gr.Button("Use this model", scale=1, elem_id="model-use")
         gr.Markdown(f"Downloads go to the Hugging Face cache ({model_hub.hub_cache()}; set `HF_HOME` to move it). "
                     "Changing the model closes the one in use; load your documents again afterwards.")
-        timer = gr.Timer(REFRESH_S, active=True)
+    timer = gr.Timer(REFRESH_S, active=True)  # outside the panel: a closed panel's contents are not on the page
     timer.tick(refresh, None, [status, table, timer, panel], api_name=False, show_progress="hidden",
                concurrency_limit=None)
     switch.click(use, choice, [status, timer], api_name="switch_model", concurrency_id="model",

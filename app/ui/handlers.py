@@ -113,7 +113,7 @@ class Workbench:
         What was saved stays in Saved corpora; the next load starts a new saved conversation.
         """
         session.corpus, session.exchanges, session.loaded_tokens = None, [], 0
-        session.secrets, session.last_load = {}, None
+        session.secrets, session.last_load, session.kv_id = {}, None, None
         session.record_id = uuid.uuid4().hex
         return session
 
@@ -321,8 +321,9 @@ class Workbench:
         if kv_id is None:
             try:
                 kv_id = library.find(session.owner, session.record_id).kv_id
-            except BadRecord:
-                kv_id = None
+            except BadRecord:  # a new record (after Clear chat): the documents' saved cache is still theirs
+                kv_id = session.kv_id
+        session.kv_id = kv_id
         with_corpus = with_corpus or new
         library.save(session.owner, session.record_id, corpus=session.corpus if with_corpus else None,
                      conversation={**self._summary(session), "kv_id": kv_id, "prefix_tokens": session.prefix_tokens,

@@ -98,6 +98,7 @@ def test_first_screen_chat_export_and_a_corpus_that_cannot_fit(app_url, tmp_path
             refusal = page.locator("#refusal")
             expect(refusal).to_contain_text("almanac.txt", timeout=120_000)
             expect(refusal).to_contain_text("remove files")
+            expect(page.locator("#load-status")).to_contain_text("do not fit")
             expect(page.locator("#load")).to_be_disabled()
             expect(page.locator("#ask")).to_be_disabled()
             page.screenshot(path=str(artifacts / "truth-too-big.png"), full_page=True)
@@ -105,6 +106,7 @@ def test_first_screen_chat_export_and_a_corpus_that_cannot_fit(app_url, tmp_path
             page.reload()
             expect(page.locator("#refusal")).to_contain_text("almanac.txt", timeout=60_000)
             expect(page.locator("#chat .user").first).to_contain_text(question)
+            expect(panel).to_contain_text("(ready", timeout=30_000)
             page.screenshot(path=str(artifacts / "truth-too-big-dark.png"), full_page=True)
         except BaseException:
             page.screenshot(path=str(artifacts / "truth-failed.png"), full_page=True)

@@ -145,6 +145,8 @@ class Events:
             return self.instructions_warning(session, system_prompt)
         if session.is_loaded:
             return "**Ready:** the documents are loaded. Ask away."
+        if not self.workbench.plan(session, system_prompt).fits:
+            return "Not loaded: the documents do not fit (see the context meter above)."
         return "Not loaded yet: press **Load into the model**."
 
     def instructions_warning(self, session: Session, system_prompt: str) -> str:

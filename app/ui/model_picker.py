@@ -69,8 +69,9 @@ def build(slot: ModelSlot) -> None:
             raise gr.Error(str(err)[:1].upper() + str(err)[1:]) from err
         return status_text(state), gr.Timer(active=True)
 
-    # Closed at first; the first tick (a second after the page opens) opens it if the model is not ready.
-    with gr.Accordion(panel_label(slot.state), open=False, elem_id="model-panel") as panel:
+    # Closed at first; the first tick (a second after the page opens) names the model's state in the title and
+    # opens the panel if the model is not ready. (Built once at start: a state named here would go stale.)
+    with gr.Accordion("Model", open=False, elem_id="model-panel") as panel:
         status = gr.Markdown(status_text(slot.state), elem_id="model-status")
         table = gr.Dataframe(headers=model_hub.CARD_HEADERS, value=rows(slot), interactive=False, wrap=True,
                              elem_id="models")

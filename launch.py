@@ -32,6 +32,7 @@ LLAMA_CPP_FLAGS = " ".join([
                                       "AMX_TILE", "AMX_INT8", "AMX_BF16")),
     "-DLLAVA_BUILD=OFF",  # the multimodal library: the text-only server never loads it
 ])
+LLAMA_CPP_MARKER = ".omnibus-llama-cpp"  # in .venv: the key of the build installed there
 LLAMA_CPP_WHEELS = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "omnibus" / "wheels"
 
 
@@ -65,13 +66,24 @@ def _llama_cpp_requirement() -> str:
     raise SystemExit(f"omnibus: requirements-dev.txt has no {LLAMA_CPP}==VERSION line")
 
 
-def install_llama_cpp(pip: list[str]) -> Path:
-    """Compile llama-cpp-python with LLAMA_CPP_FLAGS (once per pin, platform and flags) and install that wheel."""
+def _llama_cpp_key() -> str:
+    """What the tests' llama.cpp build depends on: the pin, the platform and the flags, as a short hash."""
     import platform
 
-    requirement = _llama_cpp_requirement()
-    key = f"{requirement} {sys.platform} {platform.machine()} {LLAMA_CPP_FLAGS}"
-    folder = LLAMA_CPP_WHEELS / hashlib.sha256(key.encode()).hexdigest()[:16]
+    key = f"{_llama_cpp_requirement()} {sys.platform} {platform.machine()} {LLAMA_CPP_FLAGS}"
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _installed_llama_cpp() -> str:
+    """The key of the llama.cpp build installed in .venv by `install_llama_cpp` ("" if none was)."""
+    marker = VENV / LLAMA_CPP_MARKER
+    return marker.read_text().strip() if marker.exists() else ""
+
+
+def install_llama_cpp(pip: list[str]) -> Path:
+    """Compile llama-cpp-python with LLAMA_CPP_FLAGS (once per pin, platform and flags) and install that wheel."""
+    requirement, key = _llama_cpp_requirement(), _llama_cpp_key()
+    folder = LLAMA_CPP_WHEELS / key
     if not list(folder.glob("*.whl")):
         print(f"omnibus: compiling {requirement} for the tests' server (once; about 8 CPU-minutes)", file=sys.stderr)
         building = folder.with_name(folder.name + f".building-{os.getpid()}")
@@ -80,8 +92,42 @@ def install_llama_cpp(pip: list[str]) -> Path:
                                requirement], env=dict(os.environ, CMAKE_ARGS=LLAMA_CPP_FLAGS))
         building.replace(folder)
     wheel = sorted(folder.glob("*.whl"))[-1]
-    subprocess.check_call(pip + ["--no-deps", "--force-reinstall", str(wheel)])
+    subprocess.check_call(pip + ["--no-deps", "--force-reinstall", str(wheel)], stdout=sys.stderr)
+    (VENV / LLAMA_CPP_MARKER).write_text(key)
     return wheel
+
+
+def _pins(path: Path) -> list[str]:
+    """The `name==version` lines of a requirements file (comments, extras and `-r` lines left out)."""
+    pins = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if "==" in line and not line.startswith("-"):
+            name, _, pinned = line.partition("==")
+            pins.append(f"{name.split('[')[0].strip()}=={pinned.strip()}")
+    return pins
+
+
+_CHECK = """import sys, importlib.metadata as m
+for spec in sys.argv[1:]:
+    name, version = spec.split("==")
+    try:
+        ok = m.version(name).split("+")[0] == version  # 2.13.0+cpu is 2.13.0
+    except m.PackageNotFoundError:
+        ok = False
+    if not ok:
+        print(spec)
+"""
+
+
+def _missing(paths: list[Path]) -> list[str]:
+    """The pins of `paths` that .venv does not hold at that version (all of them if the check cannot run)."""
+    pins = [pin for path in paths for pin in _pins(path)]
+    try:
+        done = subprocess.run([str(PYTHON), "-c", _CHECK, *pins], capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired):
+        return pins
+    return done.stdout.split() if done.returncode == 0 else pins
 
 
 def ensure_environment(dev: bool) -> None:
@@ -94,17 +140,23 @@ def ensure_environment(dev: bool) -> None:
         return
     if not PYTHON.exists():
         print("omnibus: creating a virtual environment in .venv (first run only)", file=sys.stderr)
-        subprocess.check_call([sys.executable, "-m", "venv", str(VENV)])
+        subprocess.check_call([sys.executable, "-m", "venv", str(VENV)], stdout=sys.stderr)
     if not (stamp_file.exists() and stamp_file.read_text() == _stamp(dev)):
-        print("omnibus: installing requirements (first run only; a few minutes)", file=sys.stderr)
-        pip = [str(PYTHON), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-        if dev:  # before the requirements, which it then satisfies: pip would build its own, natively
-            install_llama_cpp(pip)
-        subprocess.check_call(pip + ["-r", str(_requirements(dev)[-2])])
-        subprocess.check_call(pip + ["--no-deps", "-r", str(NO_DEPS)])
-        if _nvidia_linux():  # the optional GPU kernels: a failure only means the slower attention path serves
-            if subprocess.call(pip + ["--no-deps", "-r", str(GPU_EXTRAS)]) != 0:
-                print("omnibus: FlashAttention-3 (fa3-fwd) did not install; using FlexAttention", file=sys.stderr)
+        missing = _missing(_requirements(dev) + ([GPU_EXTRAS] if _nvidia_linux() else []))
+        llama_ready = not dev or _installed_llama_cpp() == _llama_cpp_key()
+        if missing or not llama_ready:  # said only when something is installed; a complete one is only checked
+            names = ", ".join(m.split("==")[0] for m in missing[:4]) + (" and more" if len(missing) > 4 else "")
+            print(f"omnibus: installing {len(missing) or 1} requirement(s): {names or LLAMA_CPP} "
+                  "(first run only; a few minutes)", file=sys.stderr)
+            pip = [str(PYTHON), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+            if not llama_ready:  # before the requirements, which it then satisfies: pip would build its own, natively
+                install_llama_cpp(pip)
+            # pip's output goes to stderr: stdout is the protocol's alone under `launch.py mcp`
+            subprocess.check_call(pip + ["-r", str(_requirements(dev)[-2])], stdout=sys.stderr)
+            subprocess.check_call(pip + ["--no-deps", "-r", str(NO_DEPS)], stdout=sys.stderr)
+            if _nvidia_linux():  # the optional GPU kernels: a failure only means the slower attention path serves
+                if subprocess.call(pip + ["--no-deps", "-r", str(GPU_EXTRAS)], stdout=sys.stderr) != 0:
+                    print("omnibus: FlashAttention-3 (fa3-fwd) did not install; using FlexAttention", file=sys.stderr)
         stamp_file.write_text(_stamp(dev))
     if not inside:
         os.execv(str(PYTHON), [str(PYTHON), str(Path(__file__).resolve()), *sys.argv[1:]])

@@ -8,15 +8,22 @@ The time of one prefill pass of `n` tokens written after `depth` cached tokens i
 grows with the depth it attends over; `per_pass` is the fixed cost of one forward (Python, kernel launches).
 The first estimate comes from three timed passes on a scratch cache (a few hundred ms on a quiet machine);
 each load refits the three numbers from its own chunks and keeps them in `calibration.json` beside the saved
-corpora, so the next estimate starts from the speed this machine showed last. During a load, `LiveEstimate`
-scales the model by how the recent chunks actually ran, so a busy machine's estimate corrects itself within
-a few chunks.
+corpora. One measurement made while the machine was busy must not stick: the rates in use are the newest
+measurement's shape, scaled to a recency-weighted (geometric) mean of the last few measurements' speeds, and
+how far those measurements disagree is the estimate's range (`Rates.low`/`high`), which the app and the CLI show
+as "about X (A to B)" when the machine is noisy. During a load, `LiveEstimate` scales the model by how the
+chunks actually ran, so a busy machine's estimate corrects itself within a few chunks.
+
+A decoded token costs one one-token pass plus `per_decode` (the LM head, sampling, streaming the text): measured
+with the calibration, then refitted from every answer's measured speed (`Calibration.record_decode`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import math
 import os
 import platform
 import time
@@ -29,6 +36,10 @@ log = logging.getLogger(__name__)
 FILE_NAME = "calibration.json"
 CHUNK_TARGET_S = 0.4  # a CPU prefill chunk should take about this long: progress shows at least every ~0.5 s
 MIN_CHUNK, MAX_CHUNK = 32, 2048
+REFERENCE_TOKENS = 4096  # measurements are compared by the time each predicts for a load of this size
+KEPT_MEASUREMENTS = 6  # the speeds of the last few measurements, newest weighted most
+RECENCY = 0.5  # each older measurement weighs this much less than the one after it
+NOISY = 1.3  # measurements that disagree by more than this factor: the estimate is said with a range
 
 
 @dataclass
@@ -40,6 +51,19 @@ class Rates:
     per_pass: float
     source: str = "calibration"  # "calibration" (timed passes) or "loads" (refitted from a load's chunks)
     measured: float = 0.0  # time.time() of the measurement
+    per_decode: float = 0.0  # a decoded token's cost beyond a one-token pass: LM head, sampling, streaming
+    low: float = 1.0  # the range of recent measurements, as factors of these rates' time (1.0, 1.0: no range)
+    high: float = 1.0
+
+    @property
+    def noisy(self) -> bool:
+        """Whether recent measurements disagree enough that an estimate is better said with a range."""
+        return self.high / max(self.low, 1e-9) > NOISY
+
+    def decode_tokens_per_s(self, depth: int) -> float:
+        """Tokens per second decoding after `depth` cached tokens: one one-token pass and the decode overhead each."""
+        step = self.pass_seconds(1, depth) + self.per_decode
+        return 1.0 / step if step > 0 else 0.0
 
     def pass_seconds(self, tokens: int, depth: int) -> float:
         """One pass of `tokens` tokens after `depth` cached ones."""
@@ -62,7 +86,11 @@ class Rates:
 
     def scaled(self, factor: float) -> "Rates":
         return Rates(self.per_token * factor, self.per_token_depth * factor, self.per_pass * factor,
-                     self.source, self.measured)
+                     self.source, self.measured, self.per_decode * factor, self.low, self.high)
+
+    def reference_seconds(self) -> float:
+        """The time these rates predict for a REFERENCE_TOKENS load: one number to compare measurements by."""
+        return self.seconds(REFERENCE_TOKENS, 0, 512)
 
 
 def fit(passes: list[tuple[int, int, float]], prior: Rates) -> Rates:
@@ -82,7 +110,7 @@ def fit(passes: list[tuple[int, int, float]], prior: Rates) -> Rates:
         solution, *_ = np.linalg.lstsq(rows, seconds, rcond=None)
         per_pass, per_token, per_token_depth = (float(x) for x in solution)
         if per_token > 0 and per_token_depth >= 0 and per_pass >= 0:
-            return Rates(per_token, per_token_depth, per_pass, "loads", time.time())
+            return Rates(per_token, per_token_depth, per_pass, "loads", time.time(), prior.per_decode)
     predicted = sum(prior.pass_seconds(n, d) for n, d, _ in passes)
     scaled = prior.scaled(float(seconds.sum()) / predicted if predicted > 0 else 1.0)
     scaled.source, scaled.measured = "loads", time.time()
@@ -121,6 +149,12 @@ class LiveEstimate:
         self.measured += seconds
         self.predicted += predicted
 
+    def trust(self) -> None:
+        """Give the rates half a chunk's worth of predicted seconds of trust against this load's own chunks, so
+        the estimate follows what the machine does now within the first few chunks (a quarter when recent
+        measurements disagreed: the rates are then known to be rough)."""
+        self.prior_s = CHUNK_TARGET_S * (0.25 if self.rates.noisy else 0.5)
+
     def remaining(self, done: int, total: int, chunk: int | None = None) -> float:
         return self.slowdown * self.rates.seconds(total, done, chunk)
 
@@ -143,29 +177,57 @@ def machine_key(model_name: str, dtype: str) -> str:
 
 class Calibration:
     """Rates for one model on this machine, kept in `folder/calibration.json` (without a folder: for this
-    process only, shared by its engines)."""
+    process only, shared by its engines), with the speeds of the last few measurements."""
 
-    _in_memory: dict[str, Rates] = {}
+    _in_memory: dict[str, tuple[Rates, list[float]]] = {}
 
     def __init__(self, key: str, folder: Path | str | None = None):
         self.key = key
         self.path = Path(folder) / FILE_NAME if folder is not None else None
-        self.rates: Rates | None = self._read() if self.path is not None else self._in_memory.get(key)
+        self.rates, self.recent = self._read() if self.path is not None else self._in_memory.get(key, (None, []))
 
-    def _read(self) -> Rates | None:
+    def _read(self) -> tuple[Rates | None, list[float]]:
         if self.path is None:
-            return None
+            return None, []
         try:
-            record = json.loads(self.path.read_text(encoding="utf-8")).get(self.key)
-            return Rates(**record) if record else None
+            record = dict(json.loads(self.path.read_text(encoding="utf-8")).get(self.key) or {})
+            recent = [float(x) for x in record.pop("recent", [])]
+            return (Rates(**record) if record else None), recent
         except (OSError, ValueError, TypeError, AttributeError):
-            return None
+            return None, []
 
-    def update(self, rates: Rates) -> None:
-        """Keep `rates` as this machine's speed (written atomically; a failed write only logs)."""
+    def update(self, measured: Rates) -> None:
+        """Add a measurement of this machine's speed and keep the rates to use from now on (written atomically;
+        a failed write only logs).
+
+        The rates kept have the shape of `measured` (how time splits between tokens, depth and passes), scaled
+        to the recency-weighted geometric mean of the last KEPT_MEASUREMENTS speeds, so one measurement taken
+        while the machine was busy (or idle) moves the estimate only part of the way. How far those speeds
+        spread becomes the rates' `low`/`high` range."""
+        reference = measured.reference_seconds()
+        if not reference > 0:
+            return
+        self.recent = (self.recent + [reference])[-KEPT_MEASUREMENTS:]
+        weights = [RECENCY ** age for age in range(len(self.recent) - 1, -1, -1)]
+        blended = math.exp(sum(w * math.log(r) for w, r in zip(weights, self.recent)) / sum(weights))
+        rates = measured.scaled(blended / reference)
+        rates.low, rates.high = min(self.recent) / blended, max(self.recent) / blended
+        self._keep(rates)
+
+    def record_decode(self, seconds_per_token: float, depth: int) -> None:
+        """An answer decoded at `seconds_per_token` after `depth` cached tokens: refit the decode overhead
+        (the mean of the last estimate and this measurement, so one slow answer moves it halfway)."""
+        if self.rates is None or not seconds_per_token > 0:
+            return
+        overhead = max(seconds_per_token - self.rates.pass_seconds(1, depth), 0.0)
+        rates = dataclasses.replace(self.rates, per_decode=(self.rates.per_decode + overhead) / 2
+                                    if self.rates.per_decode else overhead)
+        self._keep(rates)
+
+    def _keep(self, rates: Rates) -> None:
         self.rates = rates
         if self.path is None:
-            self._in_memory[self.key] = rates
+            self._in_memory[self.key] = (rates, list(self.recent))
             return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -173,7 +235,7 @@ class Calibration:
                 records = json.loads(self.path.read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 records = {}
-            records[self.key] = asdict(rates)
+            records[self.key] = {**asdict(rates), "recent": self.recent}
             temp = self.path.with_name(f".{FILE_NAME}.{os.getpid()}")
             temp.write_text(json.dumps(records, indent=1) + "\n", encoding="utf-8")
             os.replace(temp, self.path)
@@ -181,19 +243,27 @@ class Calibration:
             log.warning("could not keep the speed calibration in %s: %s", self.path, err)
 
 
-def measure(run_pass, depth: int = 2048, tokens: int = 32) -> Rates:
-    """Time three passes through `run_pass(tokens, depth) -> seconds` and solve for the three rates.
+def measure(run_pass, depth: int = 2048, tokens: int = 32, repeats: int = 3) -> Rates:
+    """Time passes through `run_pass(tokens, depth, decode=False) -> seconds` and solve for the rates.
 
-    A one-token pass at depth 0 gives `per_pass`; `tokens` at depth 0 and at `depth` give the other two.
+    A one-token pass at depth 0 gives `per_pass`; `tokens` at depth 0 and at `depth` give the other two; a
+    one-token pass with the LM head and sampling (`decode=True`) gives `per_decode`. Each pass is timed
+    `repeats` times and the median kept, so one burst of another program's work does not set the speed.
     """
     run_pass(8, 0)  # warm-up: first-call allocations
-    one = run_pass(1, 0)
-    flat = run_pass(tokens, 0)
-    deep = run_pass(tokens, depth)
+    run_pass(1, 0, decode=True)
+
+    def typical(n: int, d: int, decode: bool = False) -> float:
+        return sorted(run_pass(n, d, decode=decode) for _ in range(repeats))[repeats // 2]
+
+    one = typical(1, 0)
+    flat = typical(tokens, 0)
+    deep = typical(tokens, depth)
+    step = typical(1, 0, decode=True)
     per_token_depth = max((deep - flat) / (tokens * depth), 0.0)
     per_token = max((flat - one - per_token_depth * tokens**2 / 2) / (tokens - 1), 1e-6)
     per_pass = max(one - per_token, 0.0)
-    return Rates(per_token, per_token_depth, per_pass, "calibration", time.time())
+    return Rates(per_token, per_token_depth, per_pass, "calibration", time.time(), max(step - one, 0.0))
 
 
 def planned_rates(shape, device_name: str, attention_devices: int = 1, attention_kernel: str = "default") -> Rates:

@@ -4,7 +4,8 @@
 comes from `--log-level`, else `$OMNIBUS_LOG_LEVEL`, else "info". Omnibus's own loggers (`app.*`, `ingest.*`) log at
 that level; the libraries underneath (transformers, httpx, gradio, huggingface_hub) only from "warning" up, unless
 the level asked for is "debug". A message or traceback that spans lines is folded into one line (` | `), so a log
-can be read with `grep`.
+can be read with `grep`. Libraries' progress bars (tqdm: "Converting and de-quantizing GGUF tensors", "Loading
+weights") are switched off below "debug" (Omnibus reports its own progress), and Python warnings become log records.
 """
 
 from __future__ import annotations
@@ -64,7 +65,23 @@ def configure(requested: str | None = None, stream=None) -> str:
     for logger in OURS:
         logging.getLogger(logger).setLevel(level)
     _library_handlers_off()
+    logging.captureWarnings(True)  # warnings.warn(...) from a library: one line through the handler above
+    _progress_bars(on=level <= logging.DEBUG)
     return name
+
+
+def _progress_bars(on: bool) -> None:
+    """Library progress bars on or off: tqdm reads TQDM_DISABLE when it is imported, and a class already
+    imported gets the same default here."""
+    os.environ["TQDM_DISABLE"] = "0" if on else "1"
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "0" if on else "1"
+    std = sys.modules.get("tqdm.std")
+    if std is not None:
+        import functools
+
+        init = getattr(std.tqdm, "_omnibus_init", std.tqdm.__init__)
+        std.tqdm._omnibus_init = init
+        std.tqdm.__init__ = init if on else functools.partialmethod(init, disable=True)
 
 
 def _library_handlers_off() -> None:

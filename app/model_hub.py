@@ -139,8 +139,41 @@ def hub_cache() -> Path:
 
 
 def offline() -> bool:
-    """True when $HF_HUB_OFFLINE asks for no network at all."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    """True when $HF_HUB_OFFLINE asks for no network at all, or the hub was found unreachable in this session."""
+    return _unreachable is not None or \
+        os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+_unreachable: str | None = None  # why the hub could not be reached, once found so: offline for the session
+_probe_lock = threading.Lock()
+PROBE_TIMEOUT_S = 5.0
+
+
+def hub_reachable() -> bool:
+    """Whether the hub answers at all (any HTTP answer counts), asked once with one short request and no retries.
+
+    When it does not, the rest of this session works offline (huggingface_hub and transformers too), said in one
+    line, so no later call spends its retries (5 of them, ~23 s for each file) before using the copy on disk."""
+    global _unreachable
+    if offline():
+        return False
+    with _probe_lock:
+        if _unreachable is not None:
+            return False
+        import httpx
+
+        url = (_endpoint() or "https://huggingface.co").rstrip("/") + "/"
+        try:
+            httpx.head(url, timeout=PROBE_TIMEOUT_S)
+            return True
+        except httpx.TransportError as err:
+            _unreachable = f"{type(err).__name__}: {_first_line(err)}"
+        from huggingface_hub import constants
+
+        constants.HF_HUB_OFFLINE = True  # what huggingface_hub and transformers ask before any request
+        log.warning("the Hugging Face hub (%s) cannot be reached (%s): working offline for this session, with "
+                    "the models on this computer only", url, _unreachable)
+        return False
 
 
 def _endpoint() -> str | None:
@@ -258,7 +291,8 @@ def how_to_get(name: str) -> str:
     name = shlex.quote(name)  # pasted into a shell: a hostile id like `x/y;rm -rf ~` stays one argument
     return (f"On a computer with internet access run `omnibus pull {name}` (or `python3 launch.py pull {name}`), "
             f"then copy its Hugging Face cache folder ({hub_cache()}) here, or set HF_HOME to where it is; "
-            "or pass --model /path/to/a/model/folder. Unset HF_HUB_OFFLINE to let Omnibus download it.")
+            "or pass --model /path/to/a/model/folder."
+            + (" Unset HF_HUB_OFFLINE to let Omnibus download it." if _unreachable is None and offline() else ""))
 
 
 def free_bytes(folder: Path) -> int:
@@ -315,11 +349,11 @@ def download(repo: str, *, name: str | None = None, progress: Callable[[Download
     name = name or repo
     cached = on_disk(repo)
     log.debug("%s (%s) in %s: %s", name, repo, hub_cache(), "on disk" if cached else "not on disk")
-    if offline():
+    if offline() or not hub_reachable():
         if cached:
             return cached
-        raise ModelNotAvailable(f"{name} ({repo}) is not on this computer and HF_HUB_OFFLINE is set. "
-                                + how_to_get(name))
+        why = f"the Hugging Face hub cannot be reached ({_unreachable})" if _unreachable else "HF_HUB_OFFLINE is set"
+        raise ModelNotAvailable(f"{name} ({repo}) is not on this computer and {why}. " + how_to_get(name))
     common = dict(cache_dir=str(hub_cache()), endpoint=_endpoint(), ignore_patterns=IGNORE)
     try:
         try:

@@ -135,6 +135,7 @@ class Plan:
     chunk_tokens: int = 16_384  # prefill chunk the plan was made for
     mode: str = "layers"  # "layers" or "sequence" (see plan())
     shard_tokens: list[int] = field(default_factory=list)  # sequence mode: tokens of KV on each device
+    prefill_range_s: tuple[float, float] | None = None  # (low, high) when this machine's measured speed is noisy
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -145,8 +146,11 @@ class Plan:
         if self.mode == "sequence":
             mem += " (KV split by position over the GPUs; attention runs on all at once)"
         verdict = "fits" if self.fits else "does NOT fit"
+        prefill = format_seconds(self.prefill_seconds)
+        if self.prefill_range_s:
+            prefill += f" ({format_range(*self.prefill_range_s)}: this machine's speed varies)"
         return (f"{self.tokens:,} tokens {verdict} ({self.kv_dtype} KV, up to {self.max_tokens:,}); {mem}; "
-                f"prefill ≈ {format_seconds(self.prefill_seconds)}, decode ≈ {self.decode_tokens_per_s:.0f} tokens/s")
+                f"prefill ≈ {prefill}, decode ≈ {self.decode_tokens_per_s:.{0 if self.decode_tokens_per_s >= 100 else 1}f} tokens/s")
 
 
 def question_reserve(window: int) -> int:
@@ -199,6 +203,11 @@ def format_seconds(seconds: float) -> str:
     if seconds < 5400:
         return f"{seconds / 60:.1f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+def format_range(low: float, high: float) -> str:
+    """`40 s to 1.5 min`: a span of seconds, each end in its own unit."""
+    return f"{format_seconds(low)} to {format_seconds(high)}"
 
 
 def split_layers(layers: int, devices: int) -> list[int]:
@@ -313,12 +322,13 @@ def plan(shape: ModelShape, tokens: int, devices: list[Device], kv_dtype: str = 
         shape.layers * shape.layer_params() * weight_bytes + embed_bytes * (1 if shape.tied_embeddings else 2)
     spread = len(devices) if sequence else 1  # sequence mode reads the KV on every GPU at once
     decode_kernel = attention_kernel if tokens >= FA3_DECODE_MIN_TOKENS else "default"
-    decode_rate = estimate_decode_tokens_per_s(name, all_weights, kv_total / spread, kv_dtype, decode_kernel,
-                                               weight_dtype)
+    decode_rate = measured.decode_tokens_per_s(tokens) if measured is not None else \
+        estimate_decode_tokens_per_s(name, all_weights, kv_total / spread, kv_dtype, decode_kernel, weight_dtype)
     prefill = estimate_prefill_seconds(shape, tokens, name, attention_devices=spread, attention_kernel=attention_kernel,
                                        measured=measured)
+    spread_s = (prefill * measured.low, prefill * measured.high) if measured is not None and measured.noisy else None
     return Plan(tokens, kv_dtype, weight_dtype, fits, max(max_tokens, 0), shape.window, prefill, decode_rate,
-                device_plans, reason, chunk, "sequence" if sequence else "layers", shard_tokens)
+                device_plans, reason, chunk, "sequence" if sequence else "layers", shard_tokens, spread_s)
 
 
 def local_devices() -> list[Device]:

@@ -88,6 +88,7 @@ class LoadCost:
     to_read: int  # tokens the model has to read (prefill)
     estimated_s: float  # time to read them, from the rates measured on this machine
     documents_reread: bool  # the documents themselves are read again (not only the instructions or new files)
+    range_s: tuple[float, float] | None = None  # (low, high) seconds when recent measurements of the speed disagree
 
 
 @runtime_checkable

@@ -53,11 +53,16 @@ def measure_load(engine: Engine, ids: list[int], label: str) -> None:
         return None, None
 
     first_at = reports[0][0] if reports else None
+    planned_decode = engine.plan(stats.tokens).decode_tokens_per_s  # the plan line's decode rate (issue 28)
+    answer = [p for p in engine.ask("Summarise the text above.", (), Settings(max_new_tokens=48))
+              if not isinstance(p, str)][-1]
     chunks = [b.done - a.done for (_, a), (_, b) in zip(reports, reports[1:])]
     emit(part="estimate", machine=label, tokens=stats.tokens, actual_s=round(actual, 2),
          estimate_before_s=round(before, 2), ratio_before=round(before / actual, 2),
          **{f"estimate_at_{int(f * 100)}pct": dict(zip(("total_s", "at_s"), corrected(f))) for f in (0.1, 0.25, 0.5)},
          ratio_at_25pct=round((corrected(0.25)[0] or 0) / actual, 2),
+         decode_planned=round(planned_decode, 1), decode_measured=round(answer.tokens_per_s, 1),
+         decode_ratio=round(planned_decode / answer.tokens_per_s, 2) if answer.tokens_per_s else None,
          first_progress_s=round(first_at, 3) if first_at is not None else None,
          chunks=f"{min(chunks)}-{max(chunks)} tokens" if chunks else "", longest_gap_s=round(max(
              b - a for (a, _), (b, _) in zip(reports, reports[1:])), 2) if len(reports) > 1 else None)

@@ -143,7 +143,10 @@ def build_corpus(paths, tokenizer=None, line_numbers: bool = False,
                 skipped.append(Skipped(entry.source, budget.reason()))
                 continue
             extracted = _load(entry, limits, skipped)
-            if extracted is not None:
+            if extracted is not None and not extracted.body.strip():
+                skipped.append(Skipped(entry.source, "empty file" if extracted.kind != "docx" and
+                                       extracted.kind != "pdf" else "no text in it"))
+            elif extracted is not None:
                 loaded.append((entry.source, entry.root, entry.in_tree, extracted))
                 budget.add(extracted.body)
     finally:
@@ -219,8 +222,8 @@ class _TokenBudget:
         return self.tokens > self.max_tokens
 
     def reason(self) -> str:
-        return (f"not read: the files before it already hold {self.tokens:,} tokens, over the "
-                f"{self.max_tokens:,}-token window of the model")
+        return (f"not read: the files before it already hold more than the model's {self.max_tokens:,}-token "
+                "window")
 
 
 def _load(entry, limits: Limits, skipped: list[Skipped]) -> Extracted | None:

@@ -18,6 +18,7 @@ filling the memory cap.
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import subprocess
 import sys
@@ -30,6 +31,8 @@ from pathlib import Path
 from . import formats
 from .document import Extracted
 from .errors import FileRejected, human_size
+
+log = logging.getLogger(__name__)
 
 ISOLATED = frozenset({"pdf", "docx"})
 START_TIMEOUT_S = 60.0
@@ -121,7 +124,7 @@ class ParserWorker:
         deadline = time.monotonic() + limits.parse_timeout_s  # sending the file counts against its clock
         try:
             self.process.connection.send((name, data, limits))
-            status, value = _receive(self.process.connection, max(deadline - time.monotonic(), 0.0))
+            status, value, notes = _receive(self.process.connection, max(deadline - time.monotonic(), 0.0))
         except TimeoutError:
             self.close()
             raise FileRejected(f"the parser took longer than {limits.parse_timeout_s:g} s "
@@ -131,6 +134,8 @@ class ParserWorker:
             how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
             raise FileRejected(f"the parser crashed or ran past its {human_size(self.memory_bytes)} memory cap "
                                f"({how}; the file may be damaged or hostile)") from None
+        for note in notes:  # what the parsers logged (pypdf's "EOF marker not found"): one line each, in our log
+            log.info("%s: %s", name, note)
         if status == "ok":
             return value
         if status == "rejected":
@@ -202,13 +207,17 @@ def serve() -> None:
         except (ValueError, OSError):
             pass
     os.dup2(2, 1)  # anything a native library prints goes to stderr
+    notes = _Notes()  # what the parsers log goes back to the parent with each answer, never to stderr
+    logging.getLogger().addHandler(notes)
+    logging.getLogger().setLevel(logging.WARNING)
+    logging.getLogger("ingest").setLevel(logging.INFO)
     import docx  # noqa: F401  (imported before the first file's clock starts)
     import pypdf  # noqa: F401
 
     import ast
 
     connection = Client(address if not address.startswith("(") else ast.literal_eval(address), authkey=key)
-    connection.send(("ready", None))
+    connection.send(("ready", None, []))
     while True:
         try:
             name, data, limits = connection.recv()
@@ -224,9 +233,26 @@ def serve() -> None:
             result = ("error", f"{type(error).__name__}: {error}")
         del data
         try:
-            connection.send(result)
+            connection.send((*result, notes.take()))
         except (EOFError, OSError):
             return
+
+
+class _Notes(logging.Handler):
+    """The child's log records of one file, as `logger: message` lines for the parent to log."""
+
+    def __init__(self):
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = " | ".join(line for line in record.getMessage().splitlines() if line.strip())
+        library = "" if record.name.startswith("ingest") else record.name.split(".")[0] + ": "
+        self.lines.append(f"{library}{text}"[:500])
+
+    def take(self) -> list[str]:
+        lines, self.lines = self.lines[:20], []
+        return lines
 
 
 def _load(name: str, data: bytes, limits) -> Extracted:

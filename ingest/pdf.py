@@ -25,6 +25,7 @@ from .text import clean
 
 log = logging.getLogger(__name__)
 
+DAMAGED = "damaged or incomplete PDF; re-export it (or save it as PDF again) and add the new file"
 _LIGATURES = {cp: unicodedata.normalize("NFKC", chr(cp)) for cp in range(0xFB00, 0xFB07)}
 
 
@@ -118,7 +119,6 @@ def _pdfium_last_error() -> int:
 
 def _pages_pypdf(data: bytes, limits) -> list[str]:
     from pypdf import PdfReader
-    from pypdf.errors import PyPdfError
 
     try:
         reader = PdfReader(io.BytesIO(data))
@@ -130,9 +130,12 @@ def _pages_pypdf(data: bytes, limits) -> list[str]:
         return [page.extract_text() or "" for page in reader.pages]
     except FileRejected:
         raise
-    except (PyPdfError, ValueError, KeyError, TypeError) as error:
-        raise FileRejected(f"not a readable PDF ({type(error).__name__}: {error})") from error
     except Exception as error:  # noqa: BLE001
-        # pypdf runs only on files pdfium could not parse; its internal errors on them (AttributeError,
-        # AssertionError, zlib.error, ... found by bench/fuzz_loaders.py) are damaged input, not defects here.
-        raise FileRejected(f"not a readable PDF ({type(error).__name__}: {error})") from error
+        # pypdf runs only on files pdfium could not parse; its errors on them (PyPdfError, and internal ones such
+        # as AttributeError, AssertionError, zlib.error found by bench/fuzz_loaders.py) are damaged input, not
+        # defects here. The person is told what to do; the library's words go to the log.
+        log.info("pypdf could not read it either: %s: %s", type(error).__name__, error)
+        if isinstance(error, RecursionError) or "cycl" in str(error).lower():
+            raise FileRejected(DAMAGED.replace("PDF;", "PDF (its parts refer to each other in a cyclic loop);", 1)) \
+                from error
+        raise FileRejected(DAMAGED) from error

@@ -83,8 +83,8 @@ def test_every_file_is_read_or_skipped_with_a_reason_and_nothing_is_a_defect(hos
 
 
 @pytest.mark.parametrize("source, reason", [
-    ("drop/truncated.pdf", "not a readable PDF"),
-    ("drop/header-only.pdf", "not a readable PDF"),
+    ("drop/truncated.pdf", "damaged or incomplete PDF; re-export it"),
+    ("drop/header-only.pdf", "damaged or incomplete PDF; re-export it"),
     ("drop/circular.pdf", "cyclic"),
     ("drop/locked.pdf", "needs a password"),
     ("drop/huge-stream.pdf", "memory cap"),

@@ -45,3 +45,35 @@ def test_corrupt_pdf_is_skipped_not_fatal(tmp_path):
     assert "still here" in corpus.text
     [skip] = corpus.skipped
     assert skip.source.endswith("broken.pdf") and not skip.defect
+
+
+def test_a_damaged_pdf_says_what_to_do_and_the_library_words_go_to_the_log_one_line_each(tmp_path, capfd, caplog):
+    import logging
+
+    from ingest import isolation
+
+    if isolation._shared is not None:  # a fresh worker, whose stderr is this test's
+        isolation._shared.close()
+    good = make_pdf(tmp_path / "good.pdf", ["A readable page about harbours."]).read_bytes()
+    (tmp_path / "cut.pdf").write_bytes(good[: len(good) // 2])
+    caplog.set_level(logging.INFO, logger="ingest")
+    corpus = build_corpus([tmp_path / "cut.pdf"], tokenizer=load_tokenizer())
+    [skip] = corpus.skipped
+    assert skip.reason == "damaged or incomplete PDF; re-export it (or save it as PDF again) and add the new file"
+    logged = [r.getMessage() for r in caplog.records if r.name == "ingest.isolation"]
+    assert any(m.startswith(f"{skip.source}: pypdf could not read it either: ") for m in logged), logged
+    assert any("pypdf: " in m for m in logged), logged  # pypdf's own warnings ("EOF marker not found")
+    assert "EOF marker" not in capfd.readouterr().err  # no bare library line on the terminal
+
+
+def test_an_empty_file_is_left_out_as_empty_not_listed_as_a_document(tmp_path):
+    from test_hostile_helpers import make_docx
+
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "blank.md").write_text("\n   \n\t\n")
+    make_docx(tmp_path / "nothing.docx", "")
+    (tmp_path / "note.txt").write_text("The ferry leaves at seven.\n")
+    corpus = build_corpus([tmp_path], tokenizer=load_tokenizer())
+    assert [d.source.rsplit("/", 1)[-1] for d in corpus.documents] == ["note.txt"]
+    reasons = {s.source.rsplit("/", 1)[-1]: s.reason for s in corpus.skipped}
+    assert reasons == {"empty.txt": "empty file", "blank.md": "empty file", "nothing.docx": "no text in it"}

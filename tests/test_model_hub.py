@@ -42,9 +42,18 @@ def hub(repo_folder, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    _online_again(monkeypatch)
     with LocalHub({REPO: repo_folder}) as served:
         monkeypatch.setenv("HF_ENDPOINT", served.url)
         yield served
+
+
+def _online_again(monkeypatch) -> None:
+    """Forget, for this test, that an earlier test found the hub unreachable (the flag holds for a session)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(model_hub, "_unreachable", None)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
 
 
 def sha256(path: Path) -> str:
@@ -150,3 +159,22 @@ def test_pull_command_prints_progress_lines(hub, tmp_path):
     assert any(line.startswith(f"download {REPO}: ") and line.endswith("done") for line in lines), done.stderr
     assert any(f"{REPO}: on disk at " in line for line in lines)
     assert any(" INFO app.model_hub: downloading " in line for line in lines)  # the log, one line per event
+
+
+def test_an_unreachable_hub_is_found_once_and_the_session_goes_offline_in_one_line(hub, monkeypatch, caplog):
+    import logging
+
+    from huggingface_hub import constants
+
+    folder = model_hub.locate(REPO).folder  # on disk now
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on port 9: no network
+    caplog.set_level(logging.INFO)
+    assert model_hub.locate(REPO).folder == folder
+    assert model_hub.locate(REPO).folder == folder  # the second load does not ask again
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(said) == 1 and "cannot be reached" in said[0] and "working offline for this session" in said[0], said
+    assert not any("Retry" in r.getMessage() for r in caplog.records)  # no hub retries (~23 s a file)
+    assert model_hub.offline() and constants.HF_HUB_OFFLINE  # transformers and huggingface_hub stay offline too
+    with pytest.raises(model_hub.ModelNotAvailable, match=r"hub cannot be reached \(ConnectError") as caught:
+        model_hub.locate("ultralong-1m")
+    assert "Unset HF_HUB_OFFLINE" not in str(caught.value)

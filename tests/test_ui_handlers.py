@@ -259,7 +259,7 @@ def test_new_instructions_are_warned_about_and_the_timing_line_counts_the_re_rea
     assert workbench.instructions_changed(session, other)
     plan = workbench.plan(session, other)
     warning = views.instructions_warning(workbench.load_cost(session, other), plan.tokens,
-                                         views.load_estimate(plan, workbench.load_cost(session, other)))
+                                         views.estimate_words(plan, workbench.load_cost(session, other)))
     assert "read again" in warning and "tokens" in warning
     list(workbench.ask(session, QUESTION, SHORT, system_prompt=other))
     exchange = session.exchanges[-1]
@@ -288,3 +288,56 @@ def test_left_out_spreadsheets_and_demo_citations_say_what_to_do(workbench, tmp_
     assert "save it as CSV" in reasons["old.xls"] and "save it as CSV" in reasons["budget.xlsx"]
     chips = views.citation_chips([], asked=False, demo=True)
     assert "demo model is not asked" in chips and "No citations in this answer" not in chips
+
+
+def test_the_markdown_export_says_how_each_answer_ended_and_is_named_after_the_documents(workbench, documents,
+                                                                                      tmp_path):
+    from app.protocol import AnswerStats
+    from app.ui.export import export_name
+    from app.ui.session import Exchange
+
+    session = Session()
+    workbench.add_files(session, documents)
+    stopped = AnswerStats(200, 180, 12, 0.4, 9.5, "cancelled", 0)
+    session.exchanges = [Exchange(QUESTION, f"The code is {FACT}", stats=stopped)]
+    path = workbench.export(session, tmp_path / "out", "md")
+    assert "stopped by you" in path.read_text()
+    assert path.name == f"{export_name(session.sources)}.md"
+    assert export_name(session.sources, "2026-12-04") == "omnibus-harbour-report-and-1-more-2026-12-04"
+    assert export_name(["src/pkg/__init__.py"], "2026-12-04") == "omnibus-__init__-2026-12-04"
+
+
+def test_refusals_name_the_documents_or_say_what_to_do_with_a_long_question(workbench, documents, tmp_path):
+    session = Session()
+    workbench.add_files(session, documents)
+    with pytest.raises(CorpusTooLarge, match="Shorten it, or add the text as a file"):
+        workbench.check_question(session, "harbour tides " * 5000)
+    big = tmp_path / "almanac.txt"
+    big.write_text("The tide tables of the harbour, hour by hour, for the whole year. " * 900)
+    workbench.add_files(session, [big])
+    assert not workbench.plan(session).fits
+    with pytest.raises(CorpusTooLarge) as refused:  # the documents are the problem, not the 7-token question
+        workbench.check_question(session, "Who keeps the lighthouse?")
+    message = str(refused.value)
+    assert message.startswith("the corpus is") and "almanac.txt" in message and "remove files" in message
+    meter = views.context_meter(workbench.backend, workbench.plan(session), session.corpus.total_tokens,
+                                refusal=workbench.too_large(session, workbench.plan(session)))
+    assert "almanac.txt" in meter and "`" not in meter  # rendered, not raw Markdown
+
+
+def test_the_timing_line_gives_the_real_reason_the_documents_were_read(workbench, documents, tmp_path):
+    workbench.backend.drop_cache()  # nothing in the model yet
+    session = Session()
+    workbench.add_files(session, documents)
+    list(workbench.ask(session, QUESTION, SHORT))  # asked without pressing Load
+    line = views.answer_line(session.exchanges[-1].stats, session.exchanges[-1].reload,
+                             why=session.exchanges[-1].reload_why)
+    assert "they had not been loaded yet" in line and "another conversation" not in line
+    extra = tmp_path / "zz-tides.txt"
+    extra.write_text("High tide is at noon.\n")
+    workbench.add_files(session, [extra])
+    list(workbench.ask(session, "When is high tide?", SHORT))
+    assert session.exchanges[-1].reload_why == "files were added or removed since the last load"
+    assert "instructions changed" not in views.answer_line(session.exchanges[-1].stats,
+                                                            session.exchanges[-1].reload,
+                                                            why=session.exchanges[-1].reload_why)

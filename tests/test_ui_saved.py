@@ -95,3 +95,37 @@ def test_no_library_without_a_disk_cache(tmp_path):
     engine = demo_backend()
     assert getattr(engine, "store", None) is None
     assert Workbench(engine).saved_corpora() == [] and Workbench(engine).remove_saved(["x"]) == 0
+
+
+def test_clearing_the_chat_starts_a_new_saved_conversation_and_keeps_the_old_one(workbench, tmp_path):
+    session = Session()
+    workbench.add_files(session, make_documents(tmp_path / "docs"))
+    workbench.load(session)
+    list(workbench.ask(session, QUESTION, SHORT))
+    [before] = workbench.saved_corpora()
+    workbench.clear_chat(session)
+    assert [r.exchanges for r in workbench.saved_corpora()] == [1]  # nothing lost, nothing empty added
+    list(workbench.ask(session, "Where is the code kept?", SHORT))
+    records = workbench.saved_corpora()
+    assert sorted(r.exchanges for r in records) == [1, 1] and before.id in {r.id for r in records}
+    new = next(r for r in records if r.id != before.id)
+    assert new.kv_id == before.kv_id  # the same documents' saved cache
+    again = Session()
+    workbench.open_saved(again, new.id)  # the new record is whole: documents and its one exchange
+    assert again.sources == session.sources and [e.question for e in again.exchanges] == ["Where is the code kept?"]
+    workbench.open_saved(again, before.id)
+    assert [e.question for e in again.exchanges] == [QUESTION]
+
+
+def test_an_imported_conversation_is_not_said_to_load_in_no_time(workbench, tmp_path):
+    session = Session()
+    workbench.add_files(session, make_documents(tmp_path / "docs"))
+    workbench.load(session)
+    list(workbench.ask(session, QUESTION, SHORT))
+    exported = workbench.export(session, tmp_path / "out", "json")
+    imported = Session()
+    workbench.import_conversation(imported, exported)
+    plan = workbench.plan(imported, imported.restored_prompt)
+    meter = views.context_meter(workbench.backend, plan, imported.corpus.total_tokens,
+                                cost=workbench.load_cost(imported, imported.restored_prompt))
+    assert "about <b>0.0 s</b>" not in meter and "the model holds these documents already" in meter

@@ -210,8 +210,9 @@ class Engine:
                 self._lock.release()
         return self.calibration.rates
 
-    def _timed_pass(self, tokens: int, depth: int) -> float:
-        """Seconds of one prefill pass of `tokens` after `depth` cached tokens, on a scratch cache of zeros."""
+    def _timed_pass(self, tokens: int, depth: int, decode: bool = False) -> float:
+        """Seconds of one prefill pass of `tokens` after `depth` cached tokens, on a scratch cache of zeros
+        (`decode`: with the LM head and a sampled token, as a decode step)."""
         scratch = KVCache(self.layer_devices, self.shape.kv_heads, self.shape.head_dim, depth + tokens,
                           "fp32" if self.dtype == torch.float32 else "bf16", compute_dtype=self.dtype)
         for layer in scratch.layers:
@@ -222,8 +223,13 @@ class Engine:
         positions = torch.arange(depth, depth + tokens, device=self.layer_devices[0]).unsqueeze(0)
         started = time.perf_counter()
         with torch.inference_mode():
-            self.model.model(input_ids=ids, position_ids=positions, past_key_values=scratch, kv_cache=scratch,
-                             use_cache=True)
+            if decode:
+                out = self.model(input_ids=ids, position_ids=positions, past_key_values=scratch, kv_cache=scratch,
+                                 use_cache=True, logits_to_keep=1)
+                sample(out.logits[0, -1], 0.0, 1.0)
+            else:
+                self.model.model(input_ids=ids, position_ids=positions, past_key_values=scratch, kv_cache=scratch,
+                                 use_cache=True)
         return time.perf_counter() - started
 
     def estimate_seconds(self, tokens: int, start: int = 0) -> float:
@@ -252,8 +258,10 @@ class Engine:
         start = max(cached, from_disk)
         head = len(prefix) - len(corpus_ids)  # where the documents start (after the system prompt and template)
         documents_reread = start < len(prefix) and start < head + len(self.corpus_ids) and bool(self.corpus_ids)
-        return LoadCost(len(prefix), cached, max(from_disk - cached, 0), len(prefix) - start,
-                        self.estimate_seconds(len(prefix), start) if start < len(prefix) else 0.0, documents_reread)
+        seconds = self.estimate_seconds(len(prefix), start) if start < len(prefix) else 0.0
+        rates = self.rates()
+        return LoadCost(len(prefix), cached, max(from_disk - cached, 0), len(prefix) - start, seconds,
+                        documents_reread, (seconds * rates.low, seconds * rates.high) if rates.noisy else None)
 
     def _saved_prefix(self, prefix: list[int], beyond: int) -> int:
         """Tokens of `prefix` a saved corpus on disk would supply (0: none, or no disk cache)."""
@@ -407,7 +415,7 @@ class Engine:
             live = calibration.LiveEstimate(self.rates())
             fixed = None if self.adaptive_chunks else plan.chunk_tokens
             estimated = live.remaining(reused, len(prefix), fixed)
-            live.prior_s = min(max(0.1 * estimated, 0.5), 10.0)  # trust in the rates: a tenth of the load
+            live.trust()
             started = time.perf_counter()
             if progress is not None and reused < len(prefix):  # shown before the first chunk has run
                 progress(PrefillProgress(reused, len(prefix), 0.0, estimated, 0.0, estimated, reused))
@@ -543,6 +551,8 @@ class Engine:
             first = first_token_at or now
             decode_s = now - first
             n = len(decoder.ids)
+            if not self.on_gpu and n > 4 and decode_s > 0 and self.calibration is not None:
+                self.calibration.record_decode(decode_s / (n - 1), corpus_end + len(suffix))
             yield AnswerStats(corpus_end + len(suffix), corpus_end + reused, n, first - started,
                               (n - 1) / decode_s if n > 1 and decode_s > 0 else 0.0, reason, dropped,
                               reread_tokens=position - reused, reread_s=reread_s, reused_tokens=reused,

@@ -189,6 +189,8 @@ def main(argv: list[str]) -> int:
     except AuthError as err:
         say(f"error: {err}")
         return 2
+    if access.notice:  # how to log in, said before the server can answer a login page
+        say("omnibus: " + access.notice)
     from app.backend import open_from_arguments, open_in_background
     from app.model_hub import download_printer
 
@@ -214,8 +216,6 @@ def main(argv: list[str]) -> int:
         else:
             say("omnibus: the public share link could not be made (no internet connection, or a firewall "
                  "blocks it). The app is still running locally at the address above.")
-    if access.notice:
-        say("omnibus: " + access.notice)
     say("omnibus: press Ctrl+C to stop")
     try:
         demo.block_thread()

@@ -16,7 +16,7 @@ from pathlib import Path
 import gradio as gr
 
 from app.citations.form import CITATION_FORMAT
-from app.errors import Cancelled, OmnibusError
+from app.errors import Cancelled, CorpusTooLarge, OmnibusError
 from app.ui import views
 from app.ui.inputs import settings_from
 from app.ui.handlers import Workbench
@@ -33,12 +33,13 @@ def say(message: str) -> None:
 
 
 def user_message(err: OmnibusError) -> str:
-    """An error meant for the user, as a sentence; logged as one line where the app was started."""
-    if isinstance(err, Cancelled):
-        text = f"Stopped: {err}."
-    else:
-        text = str(err)[:1].upper() + str(err)[1:]
-    say(f"omnibus: {type(err).__name__}: {text}")
+    """An error meant for the user, as a sentence; logged as one line where the app was started (no class
+    name, no word said twice)."""
+    text = str(err)
+    if isinstance(err, Cancelled) and not text.lower().startswith("stopped"):
+        text = f"stopped: {text}"
+    text = text[:1].upper() + text[1:]
+    say(f"omnibus: {text}")
     return text
 
 
@@ -86,6 +87,7 @@ class Events:
     def __init__(self, workbench: Workbench, page: Page, uploads: Uploads | None = None):
         self.workbench, self.p, self.uploads = workbench, page, uploads
         self.backend = workbench.backend
+        self._export_folders: dict[str, Path] = {}  # session id -> its export buttons' folder
 
     # -- what the page shows for a session --
     def messages(self, session: Session, pending: tuple[str, str] | None = None, exchanges=None) -> list[dict]:
@@ -97,24 +99,45 @@ class Events:
         for n, (question, answer) in enumerate(pairs):
             done = pending is None or n < len(pairs) - 1
             mark = f"\n\n<span class='demo-mark'>⚠ {views.DEMO_MARK}</span>" if demo and done else ""
-            out += [{"role": "user", "content": inert(question)},  # untrusted text: nothing in it may fetch
-                    {"role": "assistant", "content": inert(answer or "…") + mark}]
+            out += [{"role": "user", "content": views.as_typed(question)},  # shown as typed: escaped, so inert
+                    {"role": "assistant", "content": inert(answer or "…") + mark}]  # untrusted: nothing may fetch
         return out
 
     def buttons(self, session: Session, busy: str = "") -> dict:
         """Each button enabled only when it can act."""
         p, docs, chat, idle = self.p, session.corpus is not None, bool(session.exchanges), not busy
-        on = {p.load_btn: docs and idle, p.cancel_btn: busy == "load", p.send_btn: docs and idle,
+        fits = docs and self.workbench.plan(session, session.system_prompt or session.restored_prompt or "").fits
+        on = {p.load_btn: fits and idle, p.cancel_btn: busy == "load", p.send_btn: fits and idle,
               p.stop_btn: busy == "answer", p.regen_btn: chat and idle, p.clear_btn: chat and idle,
-              p.export_md_btn: chat, p.export_json_btn: chat, p.remove_btn: docs and idle, p.new_btn: docs and idle}
-        return {button: gr.update(interactive=bool(state)) for button, state in on.items()}
+              p.remove_btn: docs and idle, p.new_btn: docs and idle}
+        return {**{button: gr.update(interactive=bool(state)) for button, state in on.items()},
+                **self.downloads(session, busy)}
+
+    def downloads(self, session: Session, busy: str = "") -> dict:
+        """The two export buttons: one click downloads the conversation. Their files are written whenever the
+        page goes idle (while an answer runs, they keep the conversation as it was before it)."""
+        p, chat = self.p, bool(session.exchanges)
+        buttons = {"md": p.export_md_btn, "json": p.export_json_btn}
+        if not chat:
+            return {button: gr.update(value=None, interactive=False) for button in buttons.values()}
+        if busy:
+            return {button: gr.update(interactive=True) for button in buttons.values()}
+        folder = self._export_folders.get(session.id)
+        if folder is None:
+            folder = self._export_folders[session.id] = Path(tempfile.mkdtemp(prefix="omnibus-export-"))
+        for old in folder.iterdir():  # the names follow the documents and the day: one file of each kind
+            old.unlink(missing_ok=True)
+        return {button: gr.update(value=str(self.workbench.export(session, folder, kind)), interactive=True)
+                for kind, button in buttons.items()}
 
     def meter(self, session: Session, system_prompt: str) -> str:
         corpus = session.corpus
         loaded = session.is_loaded and not self.workbench.instructions_changed(session, system_prompt)
-        return views.context_meter(self.backend, self.workbench.plan(session, system_prompt),
-                                   corpus.total_tokens if corpus else None,
-                                   cost=self.workbench.load_cost(session, system_prompt), loaded=loaded)
+        plan = self.workbench.plan(session, system_prompt)
+        refusal = self.workbench.too_large(session, plan) if plan is not None and not plan.fits else ""
+        return views.context_meter(self.backend, plan, corpus.total_tokens if corpus else None,
+                                   cost=self.workbench.load_cost(session, system_prompt), loaded=loaded,
+                                   refusal=refusal)
 
     def status(self, session: Session, system_prompt: str) -> str:
         if session.corpus is None:
@@ -123,12 +146,14 @@ class Events:
             return self.instructions_warning(session, system_prompt)
         if session.is_loaded:
             return "**Ready:** the documents are loaded. Ask away."
+        if not self.workbench.plan(session, system_prompt).fits:
+            return "Not loaded: the documents do not fit (see the context meter above)."
         return "Not loaded yet: press **Load into the model**."
 
     def instructions_warning(self, session: Session, system_prompt: str) -> str:
         cost = self.workbench.load_cost(session, system_prompt)
         plan = self.workbench.plan(session, system_prompt)
-        return views.instructions_warning(cost, plan.tokens, views.load_estimate(plan, cost))
+        return views.instructions_warning(cost, plan.tokens, views.estimate_words(plan, cost))
 
     def corpus_view(self, session: Session, system_prompt: str) -> tuple:
         """(session, summary, table, skipped, remove menu, meter, status): the API's corpus outputs."""
@@ -156,7 +181,8 @@ class Events:
                 **self.saved_view(request), **self.buttons(session, session.busy)}
 
     def answer_line(self, exchange) -> str:
-        return views.answer_line(exchange.stats, exchange.reload, exchange.stop_late) if exchange else ""
+        return views.answer_line(exchange.stats, exchange.reload, exchange.stop_late, exchange.reload_why) \
+            if exchange else ""
 
     def chips(self, session: Session) -> str:
         prompt = session.system_prompt or ""
@@ -238,7 +264,7 @@ class Events:
             return ""
         reused = cost.tokens - cost.to_read if cost is not None else 0
         return views.load_starting(cost.tokens if cost is not None else plan.tokens, reused,
-                                   views.load_estimate(plan, cost))
+                                   views.estimate_words(plan, cost))
 
     def load(self, session, system_prompt):
         """Stream the load's progress into the status line; end with what happened."""
@@ -258,9 +284,11 @@ class Events:
         if isinstance(err, Cancelled) and load:
             user_message(err)
             return views.load_stopped(err)
+        if isinstance(err, CorpusTooLarge):  # said once, in the context meter and here; no pop-up as well
+            return f"**{user_message(err)}**"
         if isinstance(err, OmnibusError):
             text = user_message(err)
-            gr.Warning(text)
+            gr.Warning(text.replace("`", ""))  # a pop-up shows plain text: no Markdown marks
             return f"**{text}**"
         raise err
 
@@ -368,8 +396,8 @@ class Events:
             if not session.exchanges:
                 gr.Warning("There is no conversation to export yet.")
                 return gr.update(visible=False)
-            folder = Path(tempfile.mkdtemp(prefix="omnibus-export-"))
-            return gr.update(value=str(self.workbench.export(session, folder, kind)), visible=True)
+            folder = Path(tempfile.mkdtemp(prefix="omnibus-export-"))  # for the API: the page's buttons download
+            return gr.update(value=str(self.workbench.export(session, folder, kind)), visible=False)
 
         return run
 

@@ -8,9 +8,7 @@ browser shares; each browser has its own `Session` (its corpus, its conversation
 from __future__ import annotations
 
 import json
-import os
 import threading
-import time
 import uuid
 from collections import OrderedDict
 from pathlib import Path
@@ -23,8 +21,9 @@ from ingest.secret_scan import scan_corpus
 from app.prompt import DEFAULT_SYSTEM_PROMPT, Turn
 from app.ui.inputs import MAX_QUESTION_CHARS
 from app.ui.session import Exchange, Session
-from app.ui.saved import (BadRecord, Library, corpus_from_record, corpus_record, exchanges_from_record,
+from app.ui.saved import (BadRecord, Library, corpus_from_record, exchanges_from_record,
                           read_import)
+from app.ui import export
 from app.ui.views import instructions_tag
 from ingest import build_corpus
 
@@ -114,7 +113,7 @@ class Workbench:
         What was saved stays in Saved corpora; the next load starts a new saved conversation.
         """
         session.corpus, session.exchanges, session.loaded_tokens = None, [], 0
-        session.secrets, session.last_load = {}, None
+        session.secrets, session.last_load, session.kv_id = {}, None, None
         session.record_id = uuid.uuid4().hex
         return session
 
@@ -153,8 +152,9 @@ class Workbench:
             raise NoCorpus("there are no documents yet: add some files first")
         plan = self.plan(session, system_prompt)
         if not plan.fits:  # the same check the backend makes, before anything runs
-            raise CorpusTooLarge(f"{plan.reason}. {fit_advice(plan, self.backend.reserve)}")
+            raise CorpusTooLarge(self.too_large(session, plan))
         session.cancel = threading.Event()
+        session.load_why = self.load_reason(session, system_prompt)
         session.loaded_tokens = 0
         system_prompt = system_prompt or DEFAULT_SYSTEM_PROMPT
         # The model's cache is shared: reuse only what this session loaded itself (app/ui/reuse.py), so that
@@ -190,6 +190,24 @@ class Workbench:
         self.save_conversation(session, with_corpus=True, stats=stats)
         return stats
 
+    def too_large(self, session: Session, plan, most: int = 3) -> str:
+        """Why these documents cannot be loaded and what to remove: the one wording (page, pop-up, API)."""
+        overhead = self.prompt_overhead(session.system_prompt or DEFAULT_SYSTEM_PROMPT)
+        largest = sorted(session.corpus.documents, key=lambda d: d.tokens, reverse=True)[:most]
+        names = ", ".join(f"{d.source} ({d.tokens:,} tokens)" for d in largest)
+        return (f"{plan.reason}. {fit_advice(plan, self.backend.reserve, overhead)} The largest documents: "
+                f"{names}")
+
+    def load_reason(self, session: Session, system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> str:
+        """Why loading this session now has documents to read, in a few words (said with the answer's timing)."""
+        if session.system_prompt is None:
+            return "they had not been loaded yet"
+        if (system_prompt or DEFAULT_SYSTEM_PROMPT) != session.system_prompt:
+            return "the instructions changed"
+        if session.corpus is not None and session.loaded_tokens != session.corpus.total_tokens:
+            return "files were added or removed since the last load"
+        return "another conversation used the model meanwhile"
+
     def check_question(self, session: Session, question: str, system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> str:
         """The question, stripped, if it fits beside this session's documents; else NoCorpus/CorpusTooLarge.
 
@@ -200,15 +218,18 @@ class Workbench:
             raise NoCorpus("type a question first")
         if len(question) > MAX_QUESTION_CHARS:
             raise CorpusTooLarge(f"the question is {len(question):,} characters; at most {MAX_QUESTION_CHARS:,} "
-                                 "are accepted (add long text as a document instead)")
+                                 "are accepted. Shorten it, or add the text as a file")
         window = self.backend.window or 0
         if window and session.corpus is not None:
+            plan = self.plan(session, system_prompt)
+            if not plan.fits:  # the documents themselves do not fit: say so, not that the question is too long
+                raise CorpusTooLarge(self.too_large(session, plan))
             tokens = len(self.backend.tokenizer.encode(question, add_special_tokens=False))
             room = window - session.corpus.total_tokens - self.prompt_overhead(system_prompt)
             if tokens > room:
                 raise CorpusTooLarge(f"the question is {tokens:,} tokens; beside the documents "
                                      f"({session.corpus.total_tokens:,} tokens) only {max(room, 0):,} are left in "
-                                     f"the model's {window:,}-token window")
+                                     f"the model's {window:,}-token window. Shorten it, or add the text as a file")
         return question
 
     def ask(self, session: Session, question: str, settings: Settings | None = None,
@@ -236,7 +257,8 @@ class Workbench:
         earlier = session.exchanges[:-1] if replace_last else session.exchanges
         history = [Turn(e.question, e.answer) for e in earlier]
         read_again = reload is not None and reload.tokens > reload.reused
-        exchange = Exchange(question, "", reload=reload if read_again else None)
+        exchange = Exchange(question, "", reload=reload if read_again else None,
+                            reload_why=session.load_why if read_again else "")
         session.busy, session.partial = "answer", (question, "")
         failed = True
         pieces = self.backend.ask(question, history, settings or Settings(), cancel=session.cancel)
@@ -281,9 +303,11 @@ class Workbench:
         session.cancel.set()
 
     def clear_chat(self, session: Session) -> Session:
-        """Forget the conversation; the documents stay loaded."""
+        """Start a new conversation about the same documents (they stay loaded). The cleared one stays in the
+        saved corpora as it was; the new one is saved there from its first answer."""
+        if session.exchanges:
+            session.record_id = uuid.uuid4().hex
         session.exchanges = []
-        self.save_conversation(session)
         return session
 
     # -- saved corpora and their conversations (app/ui/saved.py, next to app/store's KV caches) --
@@ -299,13 +323,18 @@ class Workbench:
         library = self.library
         if library is None or session.corpus is None or session.system_prompt is None:
             return
-        saved = getattr(stats, "saved", None)
+        new = not (library.folder(session.owner) / session.record_id / "corpus.json").exists()
+        if new and not with_corpus and not session.exchanges:
+            return  # a cleared chat: its record begins with its first answer
+        saved = getattr(stats if stats is not None else session.last_load, "saved", None)
         kv_id = saved.entry.id if saved is not None and getattr(saved, "entry", None) is not None else None
         if kv_id is None:
             try:
                 kv_id = library.find(session.owner, session.record_id).kv_id
-            except BadRecord:
-                kv_id = None
+            except BadRecord:  # a new record (after Clear chat): the documents' saved cache is still theirs
+                kv_id = session.kv_id
+        session.kv_id = kv_id
+        with_corpus = with_corpus or new
         library.save(session.owner, session.record_id, corpus=session.corpus if with_corpus else None,
                      conversation={**self._summary(session), "kv_id": kv_id, "prefix_tokens": session.prefix_tokens,
                                    "exchanges": [{"question": e.question, "answer": e.answer}
@@ -395,46 +424,12 @@ class Workbench:
             return None, None
         return checks[number], passage(session.verifier, checks[number])
 
-    # -- export --
+    # -- export (app/ui/export.py) --
     def conversation(self, session: Session) -> dict:
         """The conversation as one JSON-ready record: model, documents, exchanges with their timings."""
-        documents = [doc.to_json() for doc in session.corpus.documents] if session.corpus else []
-        exchanges = []
-        for e in session.exchanges:
-            record = {"question": e.question, "answer": e.answer}
-            if e.stats is not None:
-                record["stats"] = {"time_to_first_token_s": round(e.stats.ttft_s, 3),
-                                   "tokens_per_s": round(e.stats.tokens_per_s, 1),
-                                   "new_tokens": e.stats.new_tokens, "finish_reason": e.stats.finish_reason}
-            exchanges.append(record)
-        return {"model": self.backend.model_name, "exported": time.strftime("%Y-%m-%d %H:%M:%S"),
-                "documents": documents, "exchanges": exchanges, "system_prompt": session.system_prompt or session.restored_prompt,
-                "corpus": corpus_record(session.corpus) if session.corpus else None}
+        return export.record(self.backend.model_name, session)
 
     def export(self, session: Session, folder: Path, kind: str) -> Path:
-        """Write the conversation as Markdown ("md") or JSON ("json") into `folder`; return the file."""
-        record = self.conversation(session)
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        path = folder / f"omnibus-conversation.{kind}"
-        text = json.dumps(record, indent=2, ensure_ascii=False) + "\n" if kind == "json" else markdown(record)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # readable by this user only
-        os.fchmod(fd, 0o600)
-        with open(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        return path
-
-
-def markdown(record: dict) -> str:
-    """A conversation record (`Workbench.conversation`) as a Markdown document."""
-    lines = ["# Omnibus conversation", "", f"Model: {record['model']}  ", f"Exported: {record['exported']}", ""]
-    if record["documents"]:
-        lines += ["## Documents", ""]
-        lines += [f"- {d['source']} ({d['kind']}, {d['tokens']:,} tokens)" for d in record["documents"]]
-        lines.append("")
-    for e in record["exchanges"]:
-        lines += [f"## Q: {e['question']}", "", e["answer"].strip(), ""]
-        if "stats" in e:
-            s = e["stats"]
-            lines += [f"*First word after {s['time_to_first_token_s']:.2f} s; {s['new_tokens']} tokens at "
-                      f"{s['tokens_per_s']:.1f} tokens/s.*", ""]
-    return "\n".join(lines)
+        """Write the conversation as Markdown ("md") or JSON ("json") into `folder`, named after its documents
+        and the day (`omnibus-harbour-report-and-2-more-2026-12-04.md`); return the file."""
+        return export.write(self.conversation(session), session.sources, folder, kind)

@@ -48,6 +48,13 @@ button.cite, span.cite { display: inline-block; margin: 0.15em 0.25em 0.15em 0; 
 # Chips are buttons inside one HTML block; a click sends the chip's number to `show_passage`.
 CHIPS_JS = ("element.addEventListener('click', (e) => { const chip = e.target.closest('[data-cite]'); "
             "if (chip) trigger('click', {cite: Number(chip.dataset.cite)}); });")
+# While an answer streams, the chat stays on screen: a page scrolled down to the Load or Ask button would otherwise
+# leave the newest words above the fold. It acts only when the chat box is not wholly in view.
+FOLLOW_JS = ("const follow = () => { const chat = document.getElementById('chat'); "
+             "if (!chat) { setTimeout(follow, 500); return; } "
+             "new MutationObserver(() => { const r = chat.getBoundingClientRect(); "
+             "if (r.top < 0 || r.bottom > window.innerHeight) chat.scrollIntoView({block: 'nearest'}); })"
+             ".observe(chat, {childList: true, subtree: true, characterData: true}); }; follow();")
 PASSAGE_JS = ("watch('value', () => { const m = element.querySelector('mark'); "
               "if (m) m.scrollIntoView({block: 'nearest'}); });")
 
@@ -123,17 +130,20 @@ def layout(workbench: Workbench, max_upload_mb: int = 500, owner=None) -> tuple[
                                     placeholder="Load your documents, then ask a question about them.")
                 with gr.Row():
                     p.question = gr.Textbox(placeholder="Ask a question about your documents",
-                                            show_label=False, scale=6, elem_id="question", lines=1)
+                                            show_label=False, scale=6, elem_id="question", lines=1,
+                                            max_lines=6)  # a pasted book scrolls inside: the answer line stays in view
                     p.send_btn = gr.Button("Ask", variant="primary", scale=1, elem_id="ask", interactive=False)
                     p.stop_btn = gr.Button("Stop", variant="stop", scale=1, elem_id="stop", interactive=False)
                 p.answer_info = gr.Markdown(elem_id="answer-info")
-                p.chips = gr.HTML("", elem_id="citations", js_on_load=CHIPS_JS)
+                p.chips = gr.HTML("", elem_id="citations", js_on_load=CHIPS_JS + " " + FOLLOW_JS)
                 p.cited = gr.HTML("", elem_id="cited-passage", js_on_load=PASSAGE_JS)
                 with gr.Row():
                     p.regen_btn = gr.Button("Regenerate last answer", size="sm", interactive=False)
                     p.clear_btn = gr.Button("Clear chat (keep documents)", size="sm", interactive=False)
-                    p.export_md_btn = gr.Button("Export as Markdown", size="sm", interactive=False)
-                    p.export_json_btn = gr.Button("Export as JSON", size="sm", interactive=False)
+                    p.export_md_btn = gr.DownloadButton("Export as Markdown", size="sm", interactive=False,
+                                                        elem_id="export-md")
+                    p.export_json_btn = gr.DownloadButton("Export as JSON", size="sm", interactive=False,
+                                                          elem_id="export-json")
                 p.export_file = gr.File(label="Your export", visible=False, interactive=False, elem_id="export")
                 with gr.Accordion("Settings", open=False):
                     p.max_new = gr.Slider(16, 4096, value=defaults.max_new_tokens, step=16,

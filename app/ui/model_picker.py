@@ -52,6 +52,13 @@ def status_text(state: SlotState) -> str:
     return f"**Model:** {state.model} is ready."
 
 
+def panel_label(state: SlotState) -> str:
+    """The panel's title, which says where the model stands while the panel is closed."""
+    if state.phase == "ready":
+        return f"Model: {state.model} (ready; open to change it)"
+    return f"Model: {state.model} ({state.phase})"
+
+
 def rows(slot: ModelSlot) -> list[list]:
     """The table: the known models, then the one in use if it is another."""
     return [card.row() for card in model_hub.catalogue([slot.state.model])]
@@ -65,7 +72,9 @@ def build(slot: ModelSlot, owner: Owner | None = None) -> None:
         state = slot.state
         busy = state.phase in ("downloading", "loading")
         table = gr.update() if busy else rows(slot)
-        return status_text(state), table, gr.Timer(active=busy)
+        # Open only while a model is missing or loading: a ready model leaves the first screen to the documents.
+        panel_update = gr.update(open=state.phase != "ready", label=panel_label(state))
+        return status_text(state), table, gr.Timer(active=busy), panel_update
 
     def use(name: str, request: gr.Request):
         if not owner.allows(request):
@@ -81,7 +90,9 @@ def build(slot: ModelSlot, owner: Owner | None = None) -> None:
             raise gr.Error(str(err)[:1].upper() + str(err)[1:]) from err
         return status_text(state), gr.Timer(active=True)
 
-    with gr.Accordion("Model", open=slot.state.phase != "ready", elem_id="model-panel"):
+    # Closed at first; the first tick (a second after the page opens) names the model's state in the title and
+    # opens the panel if the model is not ready. (Built once at start: a state named here would go stale.)
+    with gr.Accordion("Model", open=False, elem_id="model-panel") as panel:
         status = gr.Markdown(status_text(slot.state), elem_id="model-status")
         table = gr.Dataframe(headers=model_hub.CARD_HEADERS, value=rows(slot), interactive=False, wrap=True,
                              elem_id="models")
@@ -92,8 +103,8 @@ def build(slot: ModelSlot, owner: Owner | None = None) -> None:
             switch = gr.Button("Use this model", scale=1, elem_id="model-use")
         gr.Markdown(f"Downloads go to the Hugging Face cache ({model_hub.hub_cache()}; set `HF_HOME` to move it). "
                     "Changing the model closes the one in use; load your documents again afterwards.")
-        timer = gr.Timer(REFRESH_S, active=slot.state.phase in ("downloading", "loading"))
-    timer.tick(refresh, None, [status, table, timer], api_name=False, show_progress="hidden",
+    timer = gr.Timer(REFRESH_S, active=True)  # outside the panel: a closed panel's contents are not on the page
+    timer.tick(refresh, None, [status, table, timer, panel], api_name=False, show_progress="hidden",
                concurrency_limit=None)
     switch.click(use, choice, [status, timer], api_name="switch_model", concurrency_id="model",
                  concurrency_limit=1)

@@ -21,6 +21,7 @@ class Exchange:
     answer: str
     stats: AnswerStats | None = None
     reload: object = None  # LoadStats of a load that read documents again just before this answer (else None)
+    reload_why: str = ""  # why that load had to read them ("the instructions changed", ...)
     stop_late: bool = False  # Stop was pressed, but the answer had already finished
 
 
@@ -34,10 +35,12 @@ class Session:
         self.id = uuid.uuid4().hex  # what the browser keeps (gr.BrowserState) to get this session back on reload
         self.owner = ""  # the login this session belongs to ("" without logins)
         self.record_id = uuid.uuid4().hex  # its saved conversation (app.ui.saved); a new one after Start over
+        self.kv_id = None  # the saved KV cache of its documents (app.store), kept with each saved conversation
         self.system_prompt = None  # the instructions it was last loaded with
         self.busy = ""  # "load" or "answer" while one runs
         self.partial = None  # (question, answer so far) while an answer streams
         self.last_load = None  # LoadStats of its last load
+        self.load_why = ""  # why its last load had work to do (Workbench.load_reason)
         self.corpus = None  # ingest.Corpus, or None before the first file
         self.secrets: dict = {}  # source -> [ingest.secret_scan.Finding]: likely secrets in this corpus
         self.exchanges: list[Exchange] = []

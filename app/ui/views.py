@@ -6,11 +6,12 @@ heard of a token or a KV cache. No gradio here.
 
 from __future__ import annotations
 
+import re
 import time
 from html import escape
 
 from app.citations.form import CITATION_FORMAT
-from app.planner import fit_advice, format_seconds
+from app.planner import fit_advice, format_range, format_seconds
 from app.prompt import default_system_prompt
 
 DOCUMENT_HEADERS = ["#", "File", "Kind", "Pages", "Tokens"]
@@ -76,11 +77,13 @@ def _memory_line(plan) -> str:
     return hardware
 
 
-def context_meter(backend, plan, corpus_tokens: int | None = None, *, cost=None, loaded: bool = False) -> str:
+def context_meter(backend, plan, corpus_tokens: int | None = None, *, cost=None, loaded: bool = False,
+                  refusal: str = "") -> str:
     """HTML: the documents' tokens against the model window and what the hardware holds, and load time.
 
     `cost` (the engine's `LoadCost`) gives the load time of what is not cached yet; `loaded`: nothing is left
-    to read."""
+    to read; `refusal`: why documents that do not fit cannot be loaded, and what to remove (the one place the
+    page says it)."""
     if plan is None:
         return ("<div class='meter'><b>Context meter.</b> Once you add documents, this shows how much of the "
                 f"model's reading capacity they use ({TOKEN_HINT}).</div>")
@@ -107,15 +110,32 @@ def context_meter(backend, plan, corpus_tokens: int | None = None, *, cost=None,
     if plan.fits and loaded:
         lines.append("Loaded: follow-up questions reuse it.")
         verdict = ""
+    elif plan.fits and cost is not None and not cost.to_read:
+        lines.append("Loading takes a moment: the model holds these documents already"
+                     + (" (from the disk cache)." if cost.from_disk else "."))
+        verdict = ""
     elif plan.fits:
-        lines.append(f"Loading will take about <b>{format_seconds(load_estimate(plan, cost))}</b>, once; "
+        lines.append(f"Loading will take {estimate_words(plan, cost, html=True)}, once; "
                      "follow-up questions reuse it.")
         verdict = ""
     else:
-        verdict = (f"<div class='refusal'><b>This is too much to load.</b> {escape(plan.reason[:1].upper() + plan.reason[1:])}.<br>"
-                   f"{escape(fit_advice(plan, reserve))}</div>")
+        why = refusal or f"{plan.reason}. {fit_advice(plan, reserve)}"
+        verdict = (f"<div class='refusal' id='refusal'><b>This is too much to load</b> (Load and Ask stay off until it "
+                   f"fits). {_code(escape(why[:1].upper() + why[1:]))}.</div>")
     items = "".join(f"<li>{line}</li>" for line in lines)
     return f"<div class='meter'><b>Context meter</b>{bar}<ul>{items}</ul>{verdict}</div>"
+
+
+def as_typed(text: str) -> str:
+    """Markdown that shows `text` exactly as typed: every ASCII punctuation mark escaped (so `__init__.py` is not
+    bold and `<b>` is not a tag), and each line break kept."""
+    escaped = re.sub(r"([!-/:-@\[-`{-~])", r"\\\1", text)
+    return escaped.replace("\n", "  \n")
+
+
+def _code(html: str) -> str:
+    """`--model x` in escaped text as <code>--model x</code>: Markdown's inline code, rendered."""
+    return re.sub(r"`([^`<>]+)`", r"<code>\1</code>", html)
 
 
 def load_estimate(plan, cost=None) -> float:
@@ -123,15 +143,28 @@ def load_estimate(plan, cost=None) -> float:
     return cost.estimated_s if cost is not None else plan.prefill_seconds
 
 
+def estimate_words(plan, cost=None, html: bool = False) -> str:
+    """`about 1.2 min`, or `about 1.2 min (50 s to 2.1 min: this computer's speed varies)` when the recent
+    measurements of this machine's speed disagree (a busy computer)."""
+    seconds = load_estimate(plan, cost)
+    span = cost.range_s if cost is not None else plan.prefill_range_s
+    bold = (lambda t: f"<b>{t}</b>") if html else (lambda t: f"**{t}**")
+    words = f"about {bold(format_seconds(seconds))}"
+    if span and seconds:
+        words += f" ({format_range(*span)}: this computer's speed varies)"
+    return words
+
+
 def _bar(share: float, width: int = 20) -> str:
     filled = round(max(0.0, min(share, 1.0)) * width)
     return "█" * filled + "░" * (width - filled)
 
 
-def load_starting(total: int, reused: int, estimate_s: float) -> str:
-    """The progress line shown the moment a load starts, before the engine's first report."""
+def load_starting(total: int, reused: int, estimate: str) -> str:
+    """The progress line shown the moment a load starts, before the engine's first report (`estimate`: the
+    words of `estimate_words`)."""
     return (f"`{_bar(reused / max(total, 1))}` Reading the documents into the model: {reused:,} of {total:,} tokens · "
-            f"about **{format_seconds(estimate_s)}** left")
+            f"{estimate} left")
 
 
 def load_progress(p) -> str:
@@ -167,31 +200,35 @@ def load_finished_first(stats) -> str:
             "Ask away.")
 
 
-def instructions_warning(cost, tokens: int, estimate_s: float) -> str:
-    """Said as soon as the instructions change on a loaded corpus: the next load reads the documents again."""
+def instructions_warning(cost, tokens: int, estimate: str) -> str:
+    """Said as soon as the instructions change on a loaded corpus: the next load reads the documents again
+    (`estimate`: the words of `estimate_words`)."""
     if cost is not None and not getattr(cost, "documents_reread", True):
         return ""
     to_read = getattr(cost, "to_read", tokens) if cost is not None else tokens
-    return (f"**The instructions changed:** the documents will be read again ({to_read:,} tokens, about "
-            f"{format_seconds(estimate_s)}) at the next load or question. Change them back to keep the loaded copy.")
+    return (f"**The instructions changed:** the documents will be read again ({to_read:,} tokens, "
+            f"{estimate}) at the next load or question. Change them back to keep the loaded copy.")
 
 
-FINISH_WORDS = {"length": "cut off at the answer-length limit (raise it in Settings)",
+FINISH_WORDS = {"cancelled": "stopped by you",
+                "length": "cut off at the answer-length limit (raise it in Settings)",
                 "repetition": "stopped: the model was repeating itself",
                 "full": "stopped: the model's window is full (Clear chat to make room)"}
 
 
-def answer_line(stats, reload=None, stop_late: bool = False) -> str:
+def answer_line(stats, reload=None, stop_late: bool = False, why: str = "") -> str:
     """How the last answer went: the wait for its first word (and why, when documents were read again),
-    its speed, and why it ended. `reload`: the `LoadStats` of a load that read documents again first."""
+    its speed, and why it ended. `reload`: the `LoadStats` of a load that read documents again first; `why`:
+    the reason it had to (`Workbench.load_reason`)."""
     if stats is None:
         return ""
     read = (reload.tokens - reload.reused) if reload is not None else 0
     if read:
         wait = reload.seconds + stats.ttft_s
-        parts = [f"First word after **{wait:.2f} s**: the documents were read again first ({read:,} tokens, "
-                 f"{format_seconds(reload.seconds)}; the instructions changed, or another conversation used the "
-                 "model meanwhile)"]
+        first = "read first" if why.startswith("they had not") else "read again first"
+        because = f"; {why}" if why else ""
+        parts = [f"First word after **{wait:.2f} s**: the documents were {first} ({read:,} tokens, "
+                 f"{format_seconds(reload.seconds)}{because})"]
     else:
         parts = [f"First word after **{stats.ttft_s:.2f} s**",
                  f"the documents were reused from memory ({stats.cached_tokens:,} tokens, not read again)"]
@@ -200,7 +237,7 @@ def answer_line(stats, reload=None, stop_late: bool = False) -> str:
         parts.append(f"{reread:,} tokens of question and earlier exchanges were read first")
     parts.insert(1, f"{stats.new_tokens} tokens at {stats.tokens_per_s:.1f} tokens/s")
     if stats.finish_reason == "cancelled":
-        parts.append(f"stopped by you after {stats.new_tokens:,} tokens")
+        parts.append(f"{FINISH_WORDS['cancelled']} after {stats.new_tokens:,} tokens")
     elif stats.finish_reason in FINISH_WORDS:
         parts.append(FINISH_WORDS[stats.finish_reason])
     if stop_late:

@@ -3,6 +3,7 @@ and the response, chunk and usage objects."""
 
 from __future__ import annotations
 
+import json
 import math
 import time
 import uuid
@@ -57,6 +58,11 @@ def _text(content, where: str) -> str:
     raise ApiError(400, f"{where}: content must be a string or a list of text parts", param="messages")
 
 
+def _shown(number: float) -> str:
+    """A limit as a person reads it: integers whole, with thousands separators (2,147,483,648), others short."""
+    return f"{int(number):,}" if float(number).is_integer() else f"{number:g}"
+
+
 def _number(body: dict, name: str, low: float, high: float, default, integer: bool = False):
     value = body.get(name)
     if value is None:
@@ -64,8 +70,39 @@ def _number(body: dict, name: str, low: float, high: float, default, integer: bo
     ok = isinstance(value, int) if integer else isinstance(value, (int, float)) and math.isfinite(value)
     if not ok or isinstance(value, bool) or not low <= value <= high:
         kind = "an integer" if integer else "a number"
-        raise ApiError(400, f"'{name}' must be {kind} from {low:g} to {high:g}, not {value!r}", param=name)
+        raise ApiError(400, f"'{name}' must be {kind} from {_shown(low)} to {_shown(high)}, not {value!r}",
+                       param=name)
     return value
+
+
+# Parameters of OpenAI's chat API that Omnibus does not carry out, with the values that ask for nothing (a client
+# library may send those). Any other value is refused with a 400 naming the parameter: answering as if it were
+# obeyed would let an agent believe the model chose not to call a tool, or a parser expect what never comes.
+UNSUPPORTED = {
+    "tools": (([],), "tool calls are not supported"),
+    "tool_choice": (("none", "auto"), "tool calls are not supported"),
+    "functions": (([],), "function calls are not supported"),
+    "function_call": (("none", "auto"), "function calls are not supported"),
+    "logprobs": ((False,), "logprobs are not supported"),
+    "top_logprobs": ((0,), "logprobs are not supported"),
+    "logit_bias": (({},), "logit_bias is not supported"),
+    "frequency_penalty": ((0,), "frequency_penalty is not supported (only 0)"),
+    "presence_penalty": ((0,), "presence_penalty is not supported (only 0)"),
+    "audio": (({},), "audio output is not supported"),
+    "modalities": ((["text"],), "output other than text is not supported"),
+    "prediction": (({},), "predicted outputs are not supported"),
+    "web_search_options": (({},), "web search is not supported"),
+    "reasoning_effort": ((), "this model does not reason in steps: reasoning_effort is not supported"),
+    "response_format": (({"type": "text"},), "response formats other than text are not supported"),
+}
+
+
+def _refuse_unsupported(body: dict) -> None:
+    for name, (harmless, why) in UNSUPPORTED.items():
+        value = body.get(name)
+        if value is not None and not any(value == h and isinstance(value, bool) == isinstance(h, bool) for h in harmless):
+            raise ApiError(400, f"{why}; '{name}' asks for it ({json.dumps(value)[:80]})", param=name,
+                           code="unsupported_parameter")
 
 
 def parse_chat_request(body) -> ChatRequest:
@@ -96,6 +133,7 @@ def parse_chat_request(body) -> ChatRequest:
             turns.append([role, text])
     if not turns or turns[0][0] != "user" or turns[-1][0] != "user":
         raise ApiError(400, "the conversation must start and end with a user message", param="messages")
+    _refuse_unsupported(body)
     if body.get("n", 1) != 1:
         raise ApiError(400, "only n=1 is supported", param="n")
     stop = body.get("stop")

@@ -9,6 +9,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from app.protocol import JsonFormat
+
 ROLES = ("system", "developer", "user", "assistant")
 
 
@@ -39,6 +41,7 @@ class ChatRequest:
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    json: JsonFormat | None = None  # response_format json_object / json_schema
 
 
 def _text(content, where: str) -> str:
@@ -93,7 +96,6 @@ UNSUPPORTED = {
     "prediction": (({},), "predicted outputs are not supported"),
     "web_search_options": (({},), "web search is not supported"),
     "reasoning_effort": ((), "this model does not reason in steps: reasoning_effort is not supported"),
-    "response_format": (({"type": "text"},), "response formats other than text are not supported"),
 }
 
 
@@ -103,6 +105,34 @@ def _refuse_unsupported(body: dict) -> None:
         if value is not None and not any(value == h and isinstance(value, bool) == isinstance(h, bool) for h in harmless):
             raise ApiError(400, f"{why}; '{name}' asks for it ({json.dumps(value)[:80]})", param=name,
                            code="unsupported_parameter")
+
+
+def _response_format(value) -> JsonFormat | None:
+    """OpenAI's `response_format`: text (None), any JSON object, or JSON that matches a schema (checked here, so a
+    schema the grammar cannot carry out is refused before any work)."""
+    if value is None:
+        return None
+    kind = value.get("type") if isinstance(value, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        fmt = JsonFormat()
+    elif kind == "json_schema":
+        spec = value.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
+            raise ApiError(400, "response_format json_schema needs 'json_schema': {'name': ..., 'schema': {...}}",
+                           param="response_format")
+        fmt = JsonFormat(spec["schema"], str(spec.get("name") or "answer"))
+    else:
+        raise ApiError(400, f"response_format type must be text, json_object or json_schema, not {kind!r}",
+                       param="response_format")
+    from app.engine.grammar import SchemaError, grammar
+
+    try:
+        grammar(fmt)
+    except SchemaError as err:
+        raise ApiError(400, str(err), param="response_format") from err
+    return fmt
 
 
 def parse_chat_request(body) -> ChatRequest:
@@ -149,7 +179,8 @@ def parse_chat_request(body) -> ChatRequest:
         stream=bool(body.get("stream")), include_usage=bool(isinstance(options, dict) and options.get("include_usage")),
         max_tokens=_number({name: max_tokens}, name, 1, 2**31, None, integer=True),
         temperature=float(_number(body, "temperature", 0, 2, 0.0)), top_p=float(_number(body, "top_p", 0, 1, 1.0)),
-        stop=stop, seed=_number(body, "seed", -2**63, 2**63 - 1, None, integer=True))
+        stop=stop, seed=_number(body, "seed", -2**63, 2**63 - 1, None, integer=True),
+        json=_response_format(body.get("response_format")))
 
 
 def new_id() -> str:

@@ -5,6 +5,7 @@ answers take their turn on the model with everyone else's."""
 from __future__ import annotations
 
 import asyncio
+import json
 import weakref
 from pathlib import Path
 
@@ -13,9 +14,10 @@ from mcp.server.fastmcp import Context, FastMCP
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.datastructures import Headers
 
+from app.engine.grammar import SchemaError, grammar
 from app.errors import OmnibusError
-from app.prompt import default_system_prompt
-from app.protocol import Settings
+from app.prompt import default_system_prompt, json_question
+from app.protocol import JsonFormat, Settings
 from app.server.access import Gate
 from app.server.openai_api import error_response
 from app.server.service import Service, Usage
@@ -102,23 +104,36 @@ class Tools:
         return (f"Loaded {stats.tokens:,} tokens ({where.get(stats.source, stats.source)}, "
                 f"{stats.tokens - stats.reused:,} new) in {stats.seconds + stats.disk_seconds:.1f} s. Ask away.")
 
-    async def ask(self, question: str, ctx: Context, max_tokens: int = 512) -> dict[str, object]:
+    async def ask(self, question: str, ctx: Context, max_tokens: int = 512,
+                  json_schema: dict | None = None) -> dict[str, object]:
         """Ask a question about the loaded documents; earlier questions of this session are kept as context.
-        Returns the answer, and the tokens it read (of which cached) and wrote."""
+        Returns the answer, and the tokens it read (of which cached) and wrote. With `json_schema` (a JSON
+        schema), the answer is JSON that matches it (decoded under its grammar), also given parsed as `json`:
+        for extracting a table of facts from the whole corpus."""
         desk = self._desk(ctx)
         if desk.saved is None and desk.session.corpus is None:
             raise ValueError("nothing is loaded: load a saved corpus, or add_files and load, first")
-        prompt = self._prompt(desk, question)
+        fmt = None
+        if json_schema is not None:
+            fmt = JsonFormat(json_schema)
+            try:
+                grammar(fmt)
+            except SchemaError as err:
+                raise ValueError(str(err)) from err
+        prompt = self._prompt(desk, question if fmt is None else json_question(question, fmt))
         budget = self.service.check_window(prompt, None)  # what the window leaves for the answer
-        settings = Settings(max_new_tokens=budget if max_tokens <= 0 else min(max_tokens, budget))
+        settings = Settings(max_new_tokens=budget if max_tokens <= 0 else min(max_tokens, budget), json=fmt)
         pieces = await anyio.to_thread.run_sync(lambda: list(self.service.run(prompt, settings)))
         usage: Usage = pieces[-1]
         answer = "".join(pieces[:-1])
         desk.questions.append(question)
         desk.answers.append(answer)
-        return {"answer": answer, "prompt_tokens": usage.prompt_tokens, "cached_tokens": usage.cached_tokens,
-                "completion_tokens": usage.completion_tokens, "finish_reason": usage.finish_reason,
-                "seconds_to_first_token": round(usage.ttft_s, 3)}
+        out = {"answer": answer, "prompt_tokens": usage.prompt_tokens, "cached_tokens": usage.cached_tokens,
+               "completion_tokens": usage.completion_tokens, "finish_reason": usage.finish_reason,
+               "seconds_to_first_token": round(usage.ttft_s, 3)}
+        if fmt is not None:
+            out["json"] = _parsed(answer)  # None only if cut off before it could close
+        return out
 
     def _prompt(self, desk: Desk, question: str):
         service = self.service
@@ -131,6 +146,13 @@ class Tools:
                                   sources=[d.source for d in desk.session.corpus.documents])
         except OmnibusError as err:
             raise ValueError(str(err)) from err
+
+
+def _parsed(text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
 
 
 class McpEndpoint:

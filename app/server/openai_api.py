@@ -184,7 +184,7 @@ class OpenAIApi:
             prompt = service.build_prompt(chat.model, chat.system, chat.users, chat.assistants)
             budget = service.check_window(prompt, chat.max_tokens)
             return prompt, Settings(max_new_tokens=budget, temperature=chat.temperature, top_p=chat.top_p,
-                                    seed=chat.seed)
+                                    seed=chat.seed, json=chat.json)
 
         prompt, settings = await run_in_threadpool(build)  # tokenizing a long corpus takes a moment
         return chat, prompt, settings

@@ -51,14 +51,15 @@ def ensure_environment(dev: bool) -> None:
         return
     if not PYTHON.exists():
         print("omnibus: creating a virtual environment in .venv (first run only)", file=sys.stderr)
-        subprocess.check_call([sys.executable, "-m", "venv", str(VENV)])
+        subprocess.check_call([sys.executable, "-m", "venv", str(VENV)], stdout=sys.stderr)
     if not (stamp_file.exists() and stamp_file.read_text() == _stamp(dev)):
         print("omnibus: installing requirements (first run only; a few minutes)", file=sys.stderr)
         pip = [str(PYTHON), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-        subprocess.check_call(pip + ["-r", str(_requirements(dev)[-2])])
-        subprocess.check_call(pip + ["--no-deps", "-r", str(NO_DEPS)])
+        # pip's output goes to stderr: stdout is the protocol's alone under `launch.py mcp`
+        subprocess.check_call(pip + ["-r", str(_requirements(dev)[-2])], stdout=sys.stderr)
+        subprocess.check_call(pip + ["--no-deps", "-r", str(NO_DEPS)], stdout=sys.stderr)
         if _nvidia_linux():  # the optional GPU kernels: a failure only means the slower attention path serves
-            if subprocess.call(pip + ["--no-deps", "-r", str(GPU_EXTRAS)]) != 0:
+            if subprocess.call(pip + ["--no-deps", "-r", str(GPU_EXTRAS)], stdout=sys.stderr) != 0:
                 print("omnibus: FlashAttention-3 (fa3-fwd) did not install; using FlexAttention", file=sys.stderr)
         stamp_file.write_text(_stamp(dev))
     if not inside:

@@ -18,7 +18,7 @@ from app import logs, planner
 from app.backend import add_backend_arguments
 from app.errors import OmnibusError
 
-COMMANDS = ("ui", "ingest", "ask", "plan", "cache", "pull", "models", "serve")
+COMMANDS = ("ui", "ingest", "ask", "plan", "cache", "pull", "models", "serve", "mcp")
 
 
 def usage(prog: str = "omnibus") -> str:
@@ -36,6 +36,7 @@ commands:
   {prog} pull MODEL                        download a model ahead of time (checks the free disk first)
   {prog} models                            the models Omnibus knows: size, window, licence, on disk or not
   {prog} serve [--port 8000]               the OpenAI-compatible API and MCP over the cached corpus, no page
+  {prog} mcp [--model M]                   the MCP tools over stdin/stdout, for an MCP host to start
 {"  " + prog + " test [PYTEST ARGS]                 run the tests" + chr(10) if prog == "launch.py" else ""}
 options for every command:
   --log-level debug|info|warning|error   what goes to stderr, one line per event (default: $OMNIBUS_LOG_LEVEL,
@@ -343,6 +344,10 @@ def main(argv: list[str] | None = None, prog: str = "omnibus") -> int:
         from app.server.serve import main as serve_main
 
         return serve_main(rest)
+    if command == "mcp":  # MCP over stdio: stdout is the protocol's alone (app/server/mcp_stdio.py)
+        from app.server.mcp_stdio import main as mcp_main
+
+        return mcp_main(rest)
     return run_command([command, *rest], prog)
 
 

@@ -80,3 +80,37 @@ def test_a_schema_the_grammar_cannot_carry_out_is_refused_with_the_reason(schema
     with pytest.raises(SchemaError) as err:
         grammar(JsonFormat(schema))
     assert words in str(err.value)
+
+
+def test_ask_cli_prints_one_json_answer_a_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    (tmp_path / "log.txt").write_text(DOCUMENT)
+    (tmp_path / "code.json").write_text(json.dumps(CODE))
+    done = subprocess.run([sys.executable, "launch.py", "ask", str(tmp_path / "log.txt"), "-q",
+                           "What is the secret launch code?", "-q", "Who designed the Analytical Engine?",
+                           "--json-schema", str(tmp_path / "code.json"), "--model", "demo", "--no-disk-cache",
+                           "--max-new-tokens", "48"], cwd=root, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, OMNIBUS_NO_BOOTSTRAP="1"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 2, done.stdout  # nothing but the answers on stdout
+    for line in lines:
+        jsonschema.validate(json.loads(line), CODE)
+
+
+def test_ask_cli_refuses_an_unusable_schema_before_loading_anything(tmp_path, capsys):
+    from app import cli
+
+    (tmp_path / "log.txt").write_text(DOCUMENT)
+    (tmp_path / "bad.json").write_text('{"type": "object", "properties": {"a": {"type": "strng"}}}')
+    (tmp_path / "broken.json").write_text('{"type": ')
+    for name, words in (("bad.json", "Invalid type: strng"), ("broken.json", "is not valid JSON"),
+                        ("missing.json", "cannot read the JSON schema")):
+        code = cli.main(["ask", str(tmp_path / "log.txt"), "-q", "x", "--json-schema", str(tmp_path / name),
+                         "--model", "no-such-model-anywhere"])
+        assert code == 1 and words in capsys.readouterr().err

@@ -242,3 +242,23 @@ def test_unknown_paths_answer_openai_shaped_json_saying_what_is_served(client, s
     with pytest.raises(openai.NotFoundError) as missing:  # the SDK reads the message out of it
         client.embeddings.create(model="demo", input="x")
     assert "Omnibus serves" in missing.value.message
+
+
+def test_a_json_schema_answer_parses_and_validates_through_the_sdk(client):
+    import json
+
+    import jsonschema
+
+    schema = {"type": "object", "properties": {"code": {"type": "string"}, "found": {"type": "boolean"}},
+              "required": ["code", "found"], "additionalProperties": False}
+    reply = client.chat.completions.create(
+        model="demo", messages=_messages(QUESTION + " Answer in JSON."), max_tokens=48,
+        response_format={"type": "json_schema", "json_schema": {"name": "code", "schema": schema}})
+    jsonschema.validate(json.loads(reply.choices[0].message.content), schema)
+    anything = client.chat.completions.create(model="demo", messages=_messages(QUESTION + " Answer in JSON."),
+                                              max_tokens=48, response_format={"type": "json_object"})
+    assert isinstance(json.loads(anything.choices[0].message.content), dict)
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model="demo", messages=_messages(), response_format={
+            "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "strng"}}})
+    assert refused.value.param == "response_format" and "strng" in refused.value.message

@@ -18,7 +18,7 @@ from app import logs, planner
 from app.backend import add_backend_arguments
 from app.errors import OmnibusError
 
-COMMANDS = ("ui", "ingest", "ask", "plan", "cache", "pull", "models", "serve")
+COMMANDS = ("ui", "ingest", "ask", "plan", "cache", "pull", "models", "serve", "mcp")
 
 
 def usage(prog: str = "omnibus") -> str:
@@ -36,6 +36,7 @@ commands:
   {prog} pull MODEL                        download a model ahead of time (checks the free disk first)
   {prog} models                            the models Omnibus knows: size, window, licence, on disk or not
   {prog} serve [--port 8000]               the OpenAI-compatible API and MCP over the cached corpus, no page
+  {prog} mcp [--model M]                   the MCP tools over stdin/stdout, for an MCP host to start
 {"  " + prog + " test [PYTEST ARGS]                 run the tests" + chr(10) if prog == "launch.py" else ""}
 options for every command:
   --log-level debug|info|warning|error   what goes to stderr, one line per event (default: $OMNIBUS_LOG_LEVEL,
@@ -81,9 +82,10 @@ def ask(args) -> int:
     from app.backend import open_from_arguments
     from app.protocol import AnswerStats, Settings
     from app.citations.check import Verifier, parse
-    from app.prompt import Turn, system_prompt
+    from app.prompt import Turn, json_question, system_prompt
     from ingest import build_corpus
 
+    json_format = read_json_schema(args.json_schema) if args.json_schema else None  # refused before any work
     backend = open_from_arguments(args, download_progress=model_hub.download_printer())
     corpus = build_corpus(args.paths, tokenizer=backend.tokenizer, line_numbers=args.line_numbers,
                           max_tokens=backend.window or None)
@@ -101,12 +103,14 @@ def ask(args) -> int:
     stats = backend.load(corpus, system_prompt=system, progress=_progress_printer())
     _report_load(stats)
     verifier = Verifier(corpus) if args.citations else None
-    settings = Settings(max_new_tokens=args.max_new_tokens, temperature=args.temperature)
+    settings = Settings(max_new_tokens=args.max_new_tokens, temperature=args.temperature, json=json_format)
     history: list[Turn] = []
     for question in args.question:
-        print(f"\n## {question}\n", flush=True)
+        if json_format is None:
+            print(f"\n## {question}\n", flush=True)
         answer = []
-        for piece in backend.ask(question, history if args.chat else (), settings):
+        asked = question if json_format is None else json_question(question, json_format)
+        for piece in backend.ask(asked, history if args.chat else (), settings):
             if isinstance(piece, AnswerStats):
                 _say(f"[{piece.prompt_tokens:,} prompt tokens, {piece.cached_tokens:,} cached; "
                      f"time to first token {piece.ttft_s:.3f} s; {piece.new_tokens} tokens at "
@@ -119,6 +123,22 @@ def ask(args) -> int:
             print(citation_list(verifier.check_all(parse("".join(answer)))), flush=True)
         history.append(Turn(question, "".join(answer)))
     return 0
+
+
+def read_json_schema(path: str):
+    """`ask --json-schema FILE`: the schema every answer is decoded under (JsonFormat); OmnibusError if unusable."""
+    from app.engine.grammar import grammar
+    from app.protocol import JsonFormat
+
+    try:
+        schema = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as err:
+        raise OmnibusError(f"cannot read the JSON schema {path}: {err.strerror or err}") from err
+    except ValueError as err:
+        raise OmnibusError(f"{path} is not valid JSON: {err}") from err
+    fmt = JsonFormat(schema, Path(path).stem) if isinstance(schema, dict) else JsonFormat(schema)
+    grammar(fmt)  # SchemaError (an OmnibusError) names what cannot be used
+    return fmt
 
 
 def citation_list(checks) -> str:
@@ -261,6 +281,8 @@ def run_command(argv: list[str], prog: str = "omnibus") -> int:
     p_ask.add_argument("--max-new-tokens", type=int, default=512)
     p_ask.add_argument("--temperature", type=float, default=0.0)
     p_ask.add_argument("--chat", action="store_true", help="keep earlier questions and answers as context")
+    p_ask.add_argument("--json-schema", metavar="FILE",
+                       help="answer in JSON that matches this JSON schema (constrained decoding): one answer a line")
     p_ask.add_argument("--line-numbers", action="store_true", help="number the lines of code files")
     p_ask.add_argument("--citations", action="store_true",
                        help="after each answer, list its citations and whether each quote is in the cited place")
@@ -335,6 +357,10 @@ def main(argv: list[str] | None = None, prog: str = "omnibus") -> int:
         from app.server.serve import main as serve_main
 
         return serve_main(rest)
+    if command == "mcp":  # MCP over stdio: stdout is the protocol's alone (app/server/mcp_stdio.py)
+        from app.server.mcp_stdio import main as mcp_main
+
+        return mcp_main(rest)
     return run_command([command, *rest], prog)
 
 

@@ -9,6 +9,7 @@ tokens, and user or model text with `split_special_tokens=True`, so a file or a 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from app.citations.form import CITATION_FORMAT
@@ -33,6 +34,15 @@ SMALL_MODELS = ("demo",)  # too small to follow the citation form: asking for it
 def default_system_prompt(model_name: str) -> str:
     """Citations on by default, except for the CPU demo model, which answers worse when asked to cite."""
     return system_prompt(citations=model_name not in SMALL_MODELS)
+
+
+def json_question(question: str, fmt) -> str:
+    """The question, asking for its answer as JSON (`fmt`: app.protocol.JsonFormat). Decoding holds the answer to
+    the schema anyway; saying so in the prompt lets the model fill it with what was asked, not with filler."""
+    if fmt.schema is None:
+        return f"{question}\n\nAnswer with one JSON object."
+    schema = json.dumps(fmt.schema, separators=(",", ":"), ensure_ascii=False)
+    return f"{question}\n\nAnswer with JSON that matches this JSON schema: {schema}"
 
 # Used only when a model ships no chat template (random-weights benchmarks, bare tokenizers).
 FALLBACK_TEMPLATE = (

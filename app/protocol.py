@@ -13,6 +13,20 @@ if TYPE_CHECKING:
     from app.planner import Plan
 
 
+@dataclass(frozen=True)
+class JsonFormat:
+    """Answer in JSON: any JSON object (`schema` None), or a value that validates against the JSON schema."""
+
+    schema: dict | None = None
+    name: str = "answer"  # what the schema describes (OpenAI's json_schema.name)
+
+    def response_format(self) -> dict:
+        """This format as an OpenAI `response_format`."""
+        if self.schema is None:
+            return {"type": "json_object"}
+        return {"type": "json_schema", "json_schema": {"name": self.name, "schema": self.schema, "strict": True}}
+
+
 @dataclass
 class Settings:
     max_new_tokens: int = 512
@@ -20,6 +34,7 @@ class Settings:
     top_p: float = 0.95
     seed: int | None = None
     repetition_guard: bool | None = None  # stop an answer that loops; None: the backend's default (on for the demo)
+    json: JsonFormat | None = None  # decode under this JSON grammar (app.engine.grammar); None: free text
 
 
 @dataclass

@@ -257,6 +257,8 @@ class RemoteEngine:
                    "top_p": settings.top_p}
         if settings.seed is not None:
             payload["seed"] = settings.seed
+        if settings.json is not None:  # the server decodes under it (vLLM, SGLang, llama.cpp, Omnibus do)
+            payload["response_format"] = settings.json.response_format()
         started = time.perf_counter()
         first_at, pieces, usage, reason = None, [], {}, "cut"
         try:

@@ -217,3 +217,49 @@ def test_the_page_and_the_api_never_answer_over_each_others_documents(demo_model
     assert "HERON-88" in "".join(api[:-1])
     answer = list(workbench.answer(session, QUESTION, Settings(max_new_tokens=24)))[-1]
     assert CODE in answer and "HERON-88" not in answer
+
+
+def test_unsupported_parameters_get_a_400_naming_them_through_the_sdk(client):
+    tool = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}}}
+    for extra, param in (({"tools": [tool], "tool_choice": "required"}, "tools"), ({"logprobs": True}, "logprobs"),
+                         ({"logprobs": False, "top_logprobs": 3}, "top_logprobs")):
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.chat.completions.create(model="demo", messages=_messages(), max_tokens=4, **extra)
+        assert refused.value.param == param and refused.value.code == "unsupported_parameter"
+        assert "not supported" in refused.value.message
+
+
+def test_unknown_paths_answer_openai_shaped_json_saying_what_is_served(client, server):
+    base = server.url[:-3]
+    for method, path in (("POST", "/v1/completions"), ("POST", "/v1/embeddings"), ("POST", "/v1/responses"),
+                         ("GET", "/chat/completions"), ("GET", "/")):
+        response = httpx.request(method, base + path, json={"model": "demo", "input": "x"}, timeout=30)
+        assert response.status_code == 404, (path, response.text)
+        error = response.json()["error"]
+        assert set(error) == {"message", "type", "param", "code"} and error["code"] == "unknown_url"
+        assert path in error["message"] and "POST /v1/chat/completions" in error["message"]
+    wrong_method = httpx.get(server.url + "/chat/completions", timeout=30)
+    assert wrong_method.status_code == 405 and "takes POST, not GET" in wrong_method.json()["error"]["message"]
+    with pytest.raises(openai.NotFoundError) as missing:  # the SDK reads the message out of it
+        client.embeddings.create(model="demo", input="x")
+    assert "Omnibus serves" in missing.value.message
+
+
+def test_a_json_schema_answer_parses_and_validates_through_the_sdk(client):
+    import json
+
+    import jsonschema
+
+    schema = {"type": "object", "properties": {"code": {"type": "string"}, "found": {"type": "boolean"}},
+              "required": ["code", "found"], "additionalProperties": False}
+    reply = client.chat.completions.create(
+        model="demo", messages=_messages(QUESTION + " Answer in JSON."), max_tokens=48,
+        response_format={"type": "json_schema", "json_schema": {"name": "code", "schema": schema}})
+    jsonschema.validate(json.loads(reply.choices[0].message.content), schema)
+    anything = client.chat.completions.create(model="demo", messages=_messages(QUESTION + " Answer in JSON."),
+                                              max_tokens=48, response_format={"type": "json_object"})
+    assert isinstance(json.loads(anything.choices[0].message.content), dict)
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model="demo", messages=_messages(), response_format={
+            "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "strng"}}})
+    assert refused.value.param == "response_format" and "strng" in refused.value.message

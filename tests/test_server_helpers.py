@@ -86,6 +86,51 @@ def test_bad_requests_name_the_parameter(body, param):
     assert set(err.value.body()["error"]) == {"message", "type", "param", "code"}
 
 
+@pytest.mark.parametrize("param, value", [
+    ("tools", [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]),
+    ("tool_choice", "required"),
+    ("tool_choice", {"type": "function", "function": {"name": "get_weather"}}),
+    ("functions", [{"name": "get_weather"}]),
+    ("function_call", "get_weather"),
+    ("logprobs", True),
+    ("top_logprobs", 5),
+    ("logit_bias", {"1234": 100}),
+    ("frequency_penalty", 0.5),
+    ("presence_penalty", -1),
+    ("audio", {"voice": "alloy", "format": "wav"}),
+    ("modalities", ["text", "audio"]),
+    ("prediction", {"type": "content", "content": "x"}),
+    ("web_search_options", {"search_context_size": "low"}),
+    ("reasoning_effort", "high"),
+])
+def test_unsupported_parameters_are_refused_by_name_not_ignored(param, value):
+    with pytest.raises(ApiError) as err:
+        parse_chat_request({"model": "demo", "messages": [{"role": "user", "content": "x"}], param: value})
+    assert err.value.status == 400 and err.value.param == param and err.value.code == "unsupported_parameter"
+    assert "not supported" in err.value.message and param in err.value.message
+
+
+def test_values_that_ask_for_nothing_pass():
+    """What client libraries send by default (and OpenAI's own defaults) is not an unsupported request."""
+    chat = parse_chat_request({"model": "demo", "messages": [{"role": "user", "content": "x"}], "tools": [],
+                               "tool_choice": "none", "logprobs": False, "frequency_penalty": 0.0,
+                               "presence_penalty": 0, "modalities": ["text"], "top_logprobs": None,
+                               "response_format": {"type": "text"}, "user": "me", "metadata": {"a": "b"}})
+    assert chat.users == ["x"]
+
+
+def test_limits_are_printed_as_whole_numbers():
+    with pytest.raises(ApiError) as err:
+        parse_chat_request({"model": "demo", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2**40})
+    assert "from 1 to 2,147,483,648" in err.value.message and "e+" not in err.value.message
+    with pytest.raises(ApiError) as err:
+        parse_chat_request({"model": "demo", "messages": [{"role": "user", "content": "x"}], "seed": 2**70})
+    assert "-9,223,372,036,854,775,808 to 9,223,372,036,854,775,807" in err.value.message
+    with pytest.raises(ApiError) as err:
+        parse_chat_request({"model": "demo", "messages": [{"role": "user", "content": "x"}], "top_p": 1.5})
+    assert "from 0 to 1," in err.value.message
+
+
 def test_a_key_is_made_when_exposed_and_read_from_the_environment(monkeypatch):
     assert decide_key(None, exposed=False).key is None
     made = decide_key(None, exposed=True)

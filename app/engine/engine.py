@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from app import calibration, planner
-from app.engine import attention, attention_backend
+from app.engine import attention, attention_backend, grammar
 from app.engine.decode_graph import DecodeGraph
 from app.engine.fp8_linear import Fp8Linear
 from app.engine.generation import RepetitionGuard, StreamDecoder, sample, stop_ids
@@ -474,8 +474,9 @@ class Engine:
         prefill chunks and before every decoded token.
         """
         settings = settings or self.default_settings()
+        json_constraint = grammar.constraint(self.tokenizer, settings, self.stop_ids)
         guard = settings.repetition_guard if settings.repetition_guard is not None else \
-            self.model_name in SMALL_MODELS
+            self.model_name in SMALL_MODELS and json_constraint is None  # JSON rows repeat their keys
         with self._lock:
             if self.cache is None or not self.cached_ids or len(self.cached_ids) < self.prefix_length:
                 raise NoCorpus("no corpus is loaded (or its loading was stopped): load it before asking")
@@ -517,7 +518,11 @@ class Engine:
                     if cancel is not None and cancel.is_set():
                         reason = "cancelled"
                         break
+                    if json_constraint is not None:
+                        logits = json_constraint.restrict(logits)
                     token = sample(logits, settings.temperature, settings.top_p, generator)
+                    if json_constraint is not None:
+                        json_constraint.take(token)
                     if first_token_at is None:
                         first_token_at = time.perf_counter()
                     if token in self.stop_ids:
@@ -541,6 +546,8 @@ class Engine:
                         reason = "cancelled"
                         break
                     self.conversation_ids.append(token)
+                if json_constraint is not None and reason == "stop" and json_constraint.cut_short:
+                    reason = json_constraint.cut_short  # the JSON was closed early, whole
                 tail = decoder.flush()
                 if tail:
                     yield tail

@@ -3,10 +3,13 @@ and the response, chunk and usage objects."""
 
 from __future__ import annotations
 
+import json
 import math
 import time
 import uuid
 from dataclasses import dataclass, field
+
+from app.protocol import JsonFormat
 
 ROLES = ("system", "developer", "user", "assistant")
 
@@ -38,6 +41,7 @@ class ChatRequest:
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    json: JsonFormat | None = None  # response_format json_object / json_schema
 
 
 def _text(content, where: str) -> str:
@@ -57,6 +61,11 @@ def _text(content, where: str) -> str:
     raise ApiError(400, f"{where}: content must be a string or a list of text parts", param="messages")
 
 
+def _shown(number: float) -> str:
+    """A limit as a person reads it: integers whole, with thousands separators (2,147,483,648), others short."""
+    return f"{int(number):,}" if float(number).is_integer() else f"{number:g}"
+
+
 def _number(body: dict, name: str, low: float, high: float, default, integer: bool = False):
     value = body.get(name)
     if value is None:
@@ -64,8 +73,66 @@ def _number(body: dict, name: str, low: float, high: float, default, integer: bo
     ok = isinstance(value, int) if integer else isinstance(value, (int, float)) and math.isfinite(value)
     if not ok or isinstance(value, bool) or not low <= value <= high:
         kind = "an integer" if integer else "a number"
-        raise ApiError(400, f"'{name}' must be {kind} from {low:g} to {high:g}, not {value!r}", param=name)
+        raise ApiError(400, f"'{name}' must be {kind} from {_shown(low)} to {_shown(high)}, not {value!r}",
+                       param=name)
     return value
+
+
+# Parameters of OpenAI's chat API that Omnibus does not carry out, with the values that ask for nothing (a client
+# library may send those). Any other value is refused with a 400 naming the parameter: answering as if it were
+# obeyed would let an agent believe the model chose not to call a tool, or a parser expect what never comes.
+UNSUPPORTED = {
+    "tools": (([],), "tool calls are not supported"),
+    "tool_choice": (("none", "auto"), "tool calls are not supported"),
+    "functions": (([],), "function calls are not supported"),
+    "function_call": (("none", "auto"), "function calls are not supported"),
+    "logprobs": ((False,), "logprobs are not supported"),
+    "top_logprobs": ((0,), "logprobs are not supported"),
+    "logit_bias": (({},), "logit_bias is not supported"),
+    "frequency_penalty": ((0,), "frequency_penalty is not supported (only 0)"),
+    "presence_penalty": ((0,), "presence_penalty is not supported (only 0)"),
+    "audio": (({},), "audio output is not supported"),
+    "modalities": ((["text"],), "output other than text is not supported"),
+    "prediction": (({},), "predicted outputs are not supported"),
+    "web_search_options": (({},), "web search is not supported"),
+    "reasoning_effort": ((), "this model does not reason in steps: reasoning_effort is not supported"),
+}
+
+
+def _refuse_unsupported(body: dict) -> None:
+    for name, (harmless, why) in UNSUPPORTED.items():
+        value = body.get(name)
+        if value is not None and not any(value == h and isinstance(value, bool) == isinstance(h, bool) for h in harmless):
+            raise ApiError(400, f"{why}; '{name}' asks for it ({json.dumps(value)[:80]})", param=name,
+                           code="unsupported_parameter")
+
+
+def _response_format(value) -> JsonFormat | None:
+    """OpenAI's `response_format`: text (None), any JSON object, or JSON that matches a schema (checked here, so a
+    schema the grammar cannot carry out is refused before any work)."""
+    if value is None:
+        return None
+    kind = value.get("type") if isinstance(value, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        fmt = JsonFormat()
+    elif kind == "json_schema":
+        spec = value.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
+            raise ApiError(400, "response_format json_schema needs 'json_schema': {'name': ..., 'schema': {...}}",
+                           param="response_format")
+        fmt = JsonFormat(spec["schema"], str(spec.get("name") or "answer"))
+    else:
+        raise ApiError(400, f"response_format type must be text, json_object or json_schema, not {kind!r}",
+                       param="response_format")
+    from app.engine.grammar import SchemaError, grammar
+
+    try:
+        grammar(fmt)
+    except SchemaError as err:
+        raise ApiError(400, str(err), param="response_format") from err
+    return fmt
 
 
 def parse_chat_request(body) -> ChatRequest:
@@ -96,6 +163,7 @@ def parse_chat_request(body) -> ChatRequest:
             turns.append([role, text])
     if not turns or turns[0][0] != "user" or turns[-1][0] != "user":
         raise ApiError(400, "the conversation must start and end with a user message", param="messages")
+    _refuse_unsupported(body)
     if body.get("n", 1) != 1:
         raise ApiError(400, "only n=1 is supported", param="n")
     stop = body.get("stop")
@@ -111,7 +179,8 @@ def parse_chat_request(body) -> ChatRequest:
         stream=bool(body.get("stream")), include_usage=bool(isinstance(options, dict) and options.get("include_usage")),
         max_tokens=_number({name: max_tokens}, name, 1, 2**31, None, integer=True),
         temperature=float(_number(body, "temperature", 0, 2, 0.0)), top_p=float(_number(body, "top_p", 0, 1, 1.0)),
-        stop=stop, seed=_number(body, "seed", -2**63, 2**63 - 1, None, integer=True))
+        stop=stop, seed=_number(body, "seed", -2**63, 2**63 - 1, None, integer=True),
+        json=_response_format(body.get("response_format")))
 
 
 def new_id() -> str:

@@ -46,6 +46,15 @@ def catalog(engine) -> list[Entry]:
             and _model_part(e.meta.get("fingerprint", {})) == mine]
 
 
+def saved_for_model(store, model: str) -> list[Entry]:
+    """Before a model is loaded: the saved corpora whose fingerprint names `model` (all of them for "auto"). Once
+    it is loaded, `catalog` checks the whole fingerprint."""
+    if store is None:
+        return []
+    return [e for e in store.entries() if e.kind == "corpus" and (e.path / IDS_FILE).is_file()
+            and model in ("auto", e.meta.get("fingerprint", {}).get("model"))]
+
+
 def open_saved(engine, name: str) -> SavedCorpus | None:
     """The saved corpus that `name` (`omnibus/ID`, any unique start of the id) names, or None."""
     ident = name[len(PREFIX):] if name.startswith(PREFIX) else None

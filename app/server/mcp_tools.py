@@ -5,6 +5,8 @@ answers take their turn on the model with everyone else's."""
 from __future__ import annotations
 
 import asyncio
+import json
+import threading
 import weakref
 from pathlib import Path
 
@@ -13,11 +15,13 @@ from mcp.server.fastmcp import Context, FastMCP
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.datastructures import Headers
 
+from app.engine.grammar import SchemaError, grammar
 from app.errors import OmnibusError
-from app.prompt import default_system_prompt
-from app.protocol import Settings
+from app.prompt import default_system_prompt, json_question
+from app.protocol import JsonFormat, Settings
 from app.server.access import Gate
 from app.server.chat import ApiError
+from app.server.corpora import model_id, saved_for_model
 from app.server.openai_api import error_response
 from app.server.request_guard import check_request, read_body, replay
 from app.server.service import Service, Usage
@@ -41,25 +45,57 @@ class Desk:
 
 
 class Tools:
-    """The MCP tools over one Service. add_files reads only under `files_root`, else anywhere when `any_path`."""
+    """The MCP tools over one Service. add_files reads only under `files_root`, else anywhere when `any_path`.
 
-    def __init__(self, service: Service, files_root: str | None = None, any_path: bool = True, private=()):
-        self.service, self.any_path = service, any_path
+    Made with no service (`omnibus mcp` loads its model in the background), `list_corpora` answers at once from
+    `store` (the saved corpora of `model`), and the other tools wait until `serve_with` or `failed` is called.
+    `private` (and the store's folder) are never read as documents: the app's own corpora, conversations, logins.
+    """
+
+    def __init__(self, service: Service | None, files_root: str | None = None, any_path: bool = True,
+                 store=None, model: str = "", private=()):
+        self.any_path, self.store, self.model = any_path, store, model
         self.files_root = Path(files_root).resolve() if files_root else None
-        store = service.engine.store  # the app's own saved corpora and conversations: never read as documents
         self.private = [Path(p).expanduser().resolve() for p in [*private, *([store.root] if store else [])]]
-        self.workbench = Workbench(service.engine)  # only its ingestion: loading and asking go through service
+        self.service: Service | None = None
+        self.workbench: Workbench | None = None  # only its ingestion: loading and asking go through service
+        self._ready, self._failure = threading.Event(), ""
+        if service is not None:
+            self.serve_with(service)
         self.desks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self.server = FastMCP("omnibus", instructions=INSTRUCTIONS, stateless_http=False,
                               transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False))
         for tool in (self.list_corpora, self.add_files, self.load, self.ask):
             self.server.add_tool(tool)
 
+    def serve_with(self, service: Service) -> None:
+        """The model is loaded: the tools that wait for it go ahead."""
+        self.service, self.workbench = service, Workbench(service.engine)
+        store = service.engine.store  # the app's own saved corpora and conversations: never read as documents
+        if store is not None:
+            self.private.append(Path(store.root).expanduser().resolve())
+        self._ready.set()
+
+    def failed(self, message: str) -> None:
+        """The model could not be loaded: the tools that wait for it answer with `message`."""
+        self._failure = message
+        self._ready.set()
+
+    async def _service(self) -> Service:
+        if not self._ready.is_set():
+            await anyio.to_thread.run_sync(self._ready.wait)
+        if self.service is None:
+            raise ValueError(f"the model could not be loaded: {self._failure}")
+        return self.service
+
     def _desk(self, ctx: Context) -> Desk:
         return self.desks.setdefault(ctx.session, Desk())
 
     async def list_corpora(self) -> list[dict]:
         """The corpora saved on this server: the id to pass to `load`, its name, documents and tokens."""
+        if self.service is None:  # the model is still loading: the corpora saved for it
+            entries = await anyio.to_thread.run_sync(saved_for_model, self.store, self.model)
+            return [{"id": model_id(e), "name": e.name, "documents": e.documents, "tokens": e.tokens} for e in entries]
         models = await anyio.to_thread.run_sync(self.service.models)
         return [{"id": m["id"], "name": m["name"], "documents": m["documents"], "tokens": m["corpus_tokens"]}
                 for m in models[1:]]
@@ -67,6 +103,7 @@ class Tools:
     async def add_files(self, paths: list[str], ctx: Context) -> str:
         """Add files, folders or .zip/.tar.gz archives (paths on the server's disk) after the documents added
         so far. Returns the documents with their token counts, the files left out and why."""
+        await self._service()  # documents are counted with the model's own tokenizer
         if self.files_root is None and not self.any_path:
             raise ValueError("this server listens on the network and was given no --files-root: add_files reads "
                              "no files (start it with --files-root DIR to allow a folder)")
@@ -97,6 +134,7 @@ class Tools:
         """Load the documents added with add_files into the model, or, with `corpus` (an id from
         list_corpora), a saved corpus. Starts a new conversation."""
         desk = self._desk(ctx)
+        service = await self._service()
         if corpus:
             desk.saved = corpus
         elif desk.session.corpus is None:
@@ -104,28 +142,42 @@ class Tools:
         else:
             desk.saved = None
         desk.questions, desk.answers = [], []
-        stats = await anyio.to_thread.run_sync(lambda: self.service.load(self._prompt(desk, "")))
+        stats = await anyio.to_thread.run_sync(lambda: service.load(self._prompt(desk, "")))
         where = {"prefill": "read", "memory": "already in memory", "disk": "reopened from disk"}
         return (f"Loaded {stats.tokens:,} tokens ({where.get(stats.source, stats.source)}, "
                 f"{stats.tokens - stats.reused:,} new) in {stats.seconds + stats.disk_seconds:.1f} s. Ask away.")
 
-    async def ask(self, question: str, ctx: Context, max_tokens: int = 512) -> dict[str, object]:
+    async def ask(self, question: str, ctx: Context, max_tokens: int = 512,
+                  json_schema: dict | None = None) -> dict[str, object]:
         """Ask a question about the loaded documents; earlier questions of this session are kept as context.
-        Returns the answer, and the tokens it read (of which cached) and wrote."""
+        Returns the answer, and the tokens it read (of which cached) and wrote. With `json_schema` (a JSON
+        schema), the answer is JSON that matches it (decoded under its grammar), also given parsed as `json`:
+        for extracting a table of facts from the whole corpus."""
         desk = self._desk(ctx)
+        service = await self._service()
         if desk.saved is None and desk.session.corpus is None:
             raise ValueError("nothing is loaded: load a saved corpus, or add_files and load, first")
-        prompt = self._prompt(desk, question)
-        budget = self.service.check_window(prompt, None)  # what the window leaves for the answer
-        settings = Settings(max_new_tokens=budget if max_tokens <= 0 else min(max_tokens, budget))
-        pieces = await anyio.to_thread.run_sync(lambda: list(self.service.run(prompt, settings)))
+        fmt = None
+        if json_schema is not None:
+            fmt = JsonFormat(json_schema)
+            try:
+                grammar(fmt)
+            except SchemaError as err:
+                raise ValueError(str(err)) from err
+        prompt = self._prompt(desk, question if fmt is None else json_question(question, fmt))
+        budget = service.check_window(prompt, None)  # what the window leaves for the answer
+        settings = Settings(max_new_tokens=budget if max_tokens <= 0 else min(max_tokens, budget), json=fmt)
+        pieces = await anyio.to_thread.run_sync(lambda: list(service.run(prompt, settings)))
         usage: Usage = pieces[-1]
         answer = "".join(pieces[:-1])
         desk.questions.append(question)
         desk.answers.append(answer)
-        return {"answer": answer, "prompt_tokens": usage.prompt_tokens, "cached_tokens": usage.cached_tokens,
-                "completion_tokens": usage.completion_tokens, "finish_reason": usage.finish_reason,
-                "seconds_to_first_token": round(usage.ttft_s, 3)}
+        out = {"answer": answer, "prompt_tokens": usage.prompt_tokens, "cached_tokens": usage.cached_tokens,
+               "completion_tokens": usage.completion_tokens, "finish_reason": usage.finish_reason,
+               "seconds_to_first_token": round(usage.ttft_s, 3)}
+        if fmt is not None:
+            out["json"] = _parsed(answer)  # None only if cut off before it could close
+        return out
 
     def _prompt(self, desk: Desk, question: str):
         service = self.service
@@ -138,6 +190,13 @@ class Tools:
                                   sources=[d.source for d in desk.session.corpus.documents])
         except OmnibusError as err:
             raise ValueError(str(err)) from err
+
+
+def _parsed(text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
 
 
 class McpEndpoint:

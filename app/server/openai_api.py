@@ -47,6 +47,18 @@ def api_error(err: OmnibusError | Exception) -> ApiError:
     return ApiError(500, f"internal error: {type(err).__name__}: {err}", type="server_error")
 
 
+SERVED = {"/v1/models": "GET", "/v1/chat/completions": "POST"}
+
+
+def not_served(method: str, path: str) -> ApiError:
+    """404 for a path outside the API (405 for a served path asked with another method), listing what is served."""
+    served = "GET /v1/models, GET /v1/models/{id}, POST /v1/chat/completions, and MCP at /mcp"
+    if path.rstrip("/") in SERVED:
+        return ApiError(405, f"{path} takes {SERVED[path.rstrip('/')]}, not {method}. Omnibus serves {served}.",
+                        code="method_not_allowed")
+    return ApiError(404, f"{method} {path} is not served here. Omnibus serves {served}.", code="unknown_url")
+
+
 def error_response(err: ApiError) -> JSONResponse:
     retry = {"Retry-After": "10"} if err.status == 503 else None  # a model being opened is ready in a while
     return JSONResponse(err.body(), status_code=err.status, headers=retry)
@@ -107,7 +119,14 @@ class OpenAIApi:
     def routes(self) -> list[Route]:
         return [Route("/v1/models", self.models, methods=["GET"]),
                 Route("/v1/models/{model:path}", self.model, methods=["GET"]),
-                Route("/v1/chat/completions", self.chat_completions, methods=["POST"])]
+                Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
+                Route("/v1/{rest:path}", self.not_served)]  # last: any other path or method under /v1
+
+    async def not_served(self, request: Request) -> Response:
+        """OpenAI's error shape for a path (or method) this server does not serve, saying what it does."""
+        if (err := self.gate.check(request.headers)) is not None:
+            return error_response(err)
+        return error_response(not_served(request.method, request.url.path))
 
     async def models(self, request: Request) -> Response:
         if (err := self.gate.check(request.headers) or check_request(request.headers, "GET")) is not None:
@@ -176,7 +195,7 @@ class OpenAIApi:
             prompt = service.build_prompt(chat.model, chat.system, chat.users, chat.assistants)
             budget = service.check_window(prompt, chat.max_tokens)
             return prompt, Settings(max_new_tokens=budget, temperature=chat.temperature, top_p=chat.top_p,
-                                    seed=chat.seed)
+                                    seed=chat.seed, json=chat.json)
 
         prompt, settings = await run_in_threadpool(build)  # tokenizing a long corpus takes a moment
         return chat, prompt, settings

@@ -17,7 +17,7 @@ from starlette.routing import Route
 from app.errors import OmnibusError
 from app.server.access import Gate, KeyRule, decide_key
 from app.server.mcp_tools import McpEndpoint, Tools
-from app.server.openai_api import OpenAIApi
+from app.server.openai_api import OpenAIApi, error_response, not_served
 from app.server.service import Service
 from app.server.turnstile import SharedBackend, Turnstile
 from app.ui.auth import AuthError, ClientAddress
@@ -66,8 +66,11 @@ def mount(demo, backend, args) -> None:
 
 def app(engine, rule: KeyRule, files_root: str | None = None, exposed: bool = False) -> Starlette:
     """The server of `serve`: the API and MCP alone."""
+    async def elsewhere(request, exc):  # paths outside /v1 and /mcp: the same JSON answer as under /v1
+        return error_response(not_served(request.method, request.url.path))
+
     return Starlette(routes=routes(engine, rule, files_root=files_root, exposed=exposed),
-                     middleware=[Middleware(ClientAddress)])
+                     middleware=[Middleware(ClientAddress)], exception_handlers={404: elsewhere, 405: elsewhere})
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -60,3 +60,21 @@ def test_a_session_still_reuses_what_it_loaded_itself(workbench, tmp_path):
     first = workbench.load(session)
     reused, words, read, cached, to_read = read_tokens(workbench, session)
     assert reused == first.tokens and read == 0 and to_read == 0 and "are loaded" in words
+
+
+def test_with_a_disk_store_a_new_session_neither_restores_nor_estimates_from_others(workbench, tmp_path):
+    from app.engine.engine import Engine
+    from app.store.library import Store
+
+    demo = workbench.backend
+    engine = Engine(demo.model, demo.tokenizer, model_name="demo", store=Store(tmp_path / "cache"))
+    bench = Workbench(engine)
+    victim, attacker = Session(), Session()
+    bench.add_files(victim, files(tmp_path / "v", minutes=SECRET))
+    bench.load(victim)  # saved to the disk store as well
+    engine.drop_cache()
+    bench.add_files(attacker, files(tmp_path / "a", minutes=SECRET))
+    cost = bench.load_cost(attacker)
+    assert cost.cached == 0 and cost.from_disk == 0 and cost.to_read == cost.tokens
+    stats = bench.load(attacker)
+    assert stats.reused == 0 and stats.source == "prefill"

@@ -254,7 +254,7 @@ class Engine:
         prefix = self.prompt_prefix(corpus_ids, system_prompt)
         reusable = prefix if reuse_limit is None else prefix[:reuse_limit]
         cached = _common_prefix(self.cached_ids, reusable)
-        from_disk = self._saved_prefix(reusable, beyond=cached)
+        from_disk = self._saved_prefix(reusable, beyond=cached) if reusable else 0
         start = max(cached, from_disk)
         head = len(prefix) - len(corpus_ids)  # where the documents start (after the system prompt and template)
         documents_reread = start < len(prefix) and start < head + len(self.corpus_ids) and bool(self.corpus_ids)

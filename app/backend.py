@@ -168,7 +168,8 @@ class ModelSlot:
     def __init__(self, opener: Callable[[str, Callable], Backend], model: str,
                  on_change: Callable[[SlotState], None] | None = None, before_ready: dict | None = None):
         self._opener = opener
-        self._before_ready = {"store": None, **(before_ready or {})}  # attributes known before the model is ready
+        # attributes known before the model is ready
+        self._before_ready = {"store": None, "attention": "bf16", **(before_ready or {})}
         self._on_change = on_change or (lambda state: None)
         self._lock = threading.Lock()
         self._current: Backend | None = None

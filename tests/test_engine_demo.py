@@ -121,7 +121,7 @@ def test_ask_cli_finds_the_needle_at_the_start(demo_tokenizer, tmp_path):
     prefill_s = float(planned[1]) * (60 if planned[2] == "min" else 1)
     ratios = prefill_s / float(prefilled[1]), float(planned[3]) / float(decoded[1])
     print(f"plan line against the run: prefill {ratios[0]:.2f}x, decode {ratios[1]:.2f}x")
-    assert all(1 / 3 < r < 3 for r in ratios), (ratios, done.stderr[-2000:])  # generous: timing goals are benchmarks
+    assert all(1 / 4 < r < 4 for r in ratios), (ratios, done.stderr[-2000:])  # generous: timing goals are benchmarks
 
 
 def test_demo_refuses_a_corpus_over_its_window_before_running(demo_model):

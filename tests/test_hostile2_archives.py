@@ -6,6 +6,7 @@ import gzip
 import io
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -148,6 +149,7 @@ def test_a_token_budget_across_files_stops_reading_with_a_reason(tmp_path):
     assert sorted(reasons) == [f"notes/n{i}.txt" for i in range(2, 6)]
     assert all(r.startswith("not read: the files before it already hold") and "700-token window" in r
                for r in reasons.values())
+    assert not any(re.search(r"hold [\d,]+ tokens", r) for r in reasons.values())  # one count: the table's
     assert _corpus([folder], max_tokens=10**6).skipped == []
 
 

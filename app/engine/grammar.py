@@ -53,7 +53,7 @@ def _lltokenizer(tokenizer, stop_ids) -> llguidance.LLTokenizer:
         found = _tokenizers.get(tokenizer)
         if found is None:
             backend = tokenizer.backend_tokenizer.to_str()  # the Rust tokenizer, added tokens included
-            found = llguidance.LLTokenizer(backend, n_vocab=len(tokenizer), eos_token=sorted(stop_ids))
+            found = llguidance.LLTokenizer(backend, n_vocab=len(tokenizer), eos_token=sorted(stop_ids) or None)
             _tokenizers[tokenizer] = found
         return found
 
@@ -118,6 +118,10 @@ class JsonConstraint:
         if self.cut_short is None and self.taken >= self.budget - self.reserve:
             self.cut_short = "length"
         if self.cut_short is None:
+            if logits.device.type == "cpu" and logits.dtype == torch.float32:  # numpy: no thread pool to wake
+                values = logits.numpy().copy()
+                values[allowed[:size] == 0] = -np.inf
+                return torch.from_numpy(values)
             allowed = torch.from_numpy(allowed[:size]).to(logits.device, non_blocking=True)
             return logits.masked_fill(allowed == 0, float("-inf"))
         preference = _closing_bias(self.tokenizer, self.stop_ids)[1 if self.in_string else 0]

@@ -1,9 +1,10 @@
 """Answers in JSON, held to a schema while they are decoded.
 
 llguidance turns a JSON schema into a grammar and, at each decode step, into the set of tokens that may come next;
-every other token's logit becomes -inf before sampling. So the answer always parses and matches the schema, unless
-it is cut off at its length limit (finish_reason "length"). The grammar asks for compact JSON (no runs of spaces or
-newlines a small model could loop in), and the end-of-answer tokens are allowed only once the value is complete.
+every other token's logit becomes -inf before sampling. So the answer always parses and matches the schema. Near the
+end of its token budget, or once it loops, the answer is steered to close (JsonConstraint); only a budget too small
+to close in leaves it cut. The grammar asks for compact JSON (no runs of spaces or newlines a small model could loop
+in), and the end-of-answer tokens are allowed only once the value is complete.
 """
 
 from __future__ import annotations

@@ -64,10 +64,13 @@ def main() -> None:
     for _ in range(args.repeats):
         free.append(run(engine, None, args.tokens))
         constrained.append(run(engine, fmt, args.tokens))
+        print(f"free {free[-1][0]:.2f} tokens/s ({free[-1][1]} tokens); "
+              f"JSON {constrained[-1][0]:.2f} tokens/s ({constrained[-1][1]} tokens)", flush=True)
     f, c = statistics.median(r for r, _ in free), statistics.median(r for r, _ in constrained)
     print(f"model {args.model}{' (random weights)' if args.random_weights else ''}, context {args.context:,}, "
-          f"vocab {len(tokenizer):,}, {args.repeats} answers each of ~{free[0][1]} / {constrained[0][1]} tokens")
-    print(f"free text {f:.2f} tokens/s; JSON schema {c:.2f} tokens/s; JSON/free time per token {f / c:.3f}")
+          f"vocab {len(tokenizer):,}, {args.repeats} answers each of ~{free[0][1]} / {constrained[0][1]} tokens",
+          flush=True)
+    print(f"free text {f:.2f} tokens/s; JSON schema {c:.2f} tokens/s; JSON/free time per token {f / c:.3f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ time of one step (mask + take), in microseconds. Run one library per process so 
 
     python bench/json_mask.py llguidance
     python bench/json_mask.py xgrammar        # needs xgrammar and apache-tvm-ffi importable
+    python bench/json_mask.py omnibus         # Omnibus's whole added step: mask, applied to the logits, take
 """
 
 from __future__ import annotations
@@ -83,8 +84,29 @@ def run_xgrammar(tokenizer, ids):
     return tok_s, build_s, steps
 
 
+def run_omnibus(tokenizer, ids):
+    """The whole step Omnibus adds to decoding (app.engine.grammar): llguidance's mask, unpacked and applied to
+    float32 logits [V] on the CPU, then the token taken."""
+    import torch
+
+    from app.engine.grammar import JsonConstraint
+    from app.protocol import JsonFormat
+
+    started = time.perf_counter()
+    constraint = JsonConstraint(tokenizer, JsonFormat(SCHEMA), {tokenizer.convert_tokens_to_ids(t) for t in ("<|eot_id|>", "<|im_end|>") if t in tokenizer.get_vocab()}, budget=10_000)
+    build_s = time.perf_counter() - started
+    logits = torch.randn(len(tokenizer))
+    steps = []
+    for token in ids:
+        started = time.perf_counter()
+        constraint.restrict(logits)
+        constraint.take(token)
+        steps.append(time.perf_counter() - started)
+    return 0.0, build_s, steps
+
+
 def main(library: str) -> None:
-    run = {"llguidance": run_llguidance, "xgrammar": run_xgrammar}[library]
+    run = {"llguidance": run_llguidance, "xgrammar": run_xgrammar, "omnibus": run_omnibus}[library]
     text = json.dumps(ANSWER, separators=(",", ":"))
     for name, tokenizer in tokenizers():
         ids = tokenizer.encode(text, add_special_tokens=False)
@@ -93,7 +115,8 @@ def main(library: str) -> None:
         steps_us = sorted(s * 1e6 for s in steps)
         print(f"{library:10} {name:22} tokenizer {tok_s * 1e3:7.1f} ms  grammar {build_s * 1e3:7.1f} ms  "
               f"{len(ids)} steps: median {statistics.median(steps_us):7.1f} us  "
-              f"p90 {steps_us[int(len(steps_us) * 0.9)]:7.1f} us  max {steps_us[-1]:8.1f} us", flush=True)
+              f"p90 {steps_us[int(len(steps_us) * 0.9)]:7.1f} us  max {steps_us[-1]:8.1f} us  "
+              f"mean {statistics.mean(steps_us):7.1f} us", flush=True)
 
 
 if __name__ == "__main__":

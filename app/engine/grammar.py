@@ -1,9 +1,10 @@
 """Answers in JSON, held to a schema while they are decoded.
 
 llguidance turns a JSON schema into a grammar and, at each decode step, into the set of tokens that may come next;
-every other token's logit becomes -inf before sampling. So the answer always parses and matches the schema, unless
-it is cut off at its length limit (finish_reason "length"). The grammar asks for compact JSON (no runs of spaces or
-newlines a small model could loop in), and the end-of-answer tokens are allowed only once the value is complete.
+every other token's logit becomes -inf before sampling. So the answer always parses and matches the schema. Near the
+end of its token budget, or once it loops, the answer is steered to close (JsonConstraint); only a budget too small
+to close in leaves it cut. The grammar asks for compact JSON (no runs of spaces or newlines a small model could loop
+in), and the end-of-answer tokens are allowed only once the value is complete.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def _lltokenizer(tokenizer, stop_ids) -> llguidance.LLTokenizer:
         found = _tokenizers.get(tokenizer)
         if found is None:
             backend = tokenizer.backend_tokenizer.to_str()  # the Rust tokenizer, added tokens included
-            found = llguidance.LLTokenizer(backend, n_vocab=len(tokenizer), eos_token=sorted(stop_ids))
+            found = llguidance.LLTokenizer(backend, n_vocab=len(tokenizer), eos_token=sorted(stop_ids) or None)
             _tokenizers[tokenizer] = found
         return found
 
@@ -118,6 +119,10 @@ class JsonConstraint:
         if self.cut_short is None and self.taken >= self.budget - self.reserve:
             self.cut_short = "length"
         if self.cut_short is None:
+            if logits.device.type == "cpu" and logits.dtype == torch.float32:  # numpy: no thread pool to wake
+                values = logits.numpy().copy()
+                values[allowed[:size] == 0] = -np.inf
+                return torch.from_numpy(values)
             allowed = torch.from_numpy(allowed[:size]).to(logits.device, non_blocking=True)
             return logits.masked_fill(allowed == 0, float("-inf"))
         preference = _closing_bias(self.tokenizer, self.stop_ids)[1 if self.in_string else 0]

@@ -2,13 +2,11 @@
 
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from serving import free_port, stop_process, wait_until_serving
+from serving import demo_app
 from test_ui_helpers import FACT, QUESTION, make_documents
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,19 +22,9 @@ pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
 @pytest.fixture
 def app_url(tmp_path):
     """`launch.py --model demo` on a free localhost port; stopped after the test."""
-    port = free_port()
-    log = open(tmp_path / "app.log", "w")
-    process = subprocess.Popen([sys.executable, "launch.py", "--model", "demo", "--port", str(port),
-                                "--cache-dir", str(tmp_path / "saved")], cwd=ROOT,
-                               stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMNIBUS_NO_BOOTSTRAP": "1"})
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        wait_until_serving(process, url, 240, "the app", tmp_path / "app.log", poll=1)
+    with demo_app(tmp_path) as (url, log_path):
         yield url
-    finally:
-        stop_process(process)
-        log.close()
-    assert "running at " + url in (tmp_path / "app.log").read_text()
+    assert "running at " + url in log_path.read_text()
 
 
 def test_drop_files_load_ask_and_read_the_streamed_answer(app_url, tmp_path):

@@ -5,14 +5,12 @@ Load and Ask turned off. One app start for all of it; screenshots in light and d
 
 import os
 import re
-import sys
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from serving import free_port, stop_process, wait_until_serving
+from serving import demo_app
 from test_browser import CHROMIUM, CHROMIUM_ARGS
 from test_ui_helpers import QUESTION, make_documents
 
@@ -25,19 +23,9 @@ pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
 
 @pytest.fixture
 def app_url(tmp_path):
-    port = free_port()
-    log = open(tmp_path / "app.log", "w")
-    process = subprocess.Popen([sys.executable, "launch.py", "--model", "demo", "--port", str(port),
-                                "--cache-dir", str(tmp_path / "saved")], cwd=ROOT,
-                               stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMNIBUS_NO_BOOTSTRAP": "1"})
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        wait_until_serving(process, url, 240, "the app", tmp_path / "app.log", poll=1)
+    with demo_app(tmp_path) as (url, log_path):
         yield url
-    finally:
-        stop_process(process)
-        log.close()
-    said = (tmp_path / "app.log").read_text()
+    said = log_path.read_text()
     assert "de-quantizing" not in said and "Loading weights" not in said  # no library progress bars
 
 

@@ -2,35 +2,24 @@
 while read (chunked too), over-long messages are refused before any tokenizing, only JSON is accepted, and a web
 page of another origin is refused. Real server (uvicorn), real demo model."""
 
-import threading
 
+from types import SimpleNamespace
 import httpx
 import pytest
-import uvicorn
 
 from app.engine.engine import Engine
 from app.server.access import KeyRule
 from app.server.request_guard import body_limit, chars_limit
 from app.server.serve import app as server_app
-from serving import free_port
+from serving import serving_in_thread
 
 
 @pytest.fixture(scope="module")
 def server(demo_model):
     model, tokenizer = demo_model
     engine = Engine(model, tokenizer, model_name="demo")
-    port = free_port()
-    uv = uvicorn.Server(uvicorn.Config(server_app(engine, KeyRule(None)), host="127.0.0.1", port=port,
-                                       log_level="warning"))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    while not uv.started:
-        assert thread.is_alive(), "the server did not start"
-        threading.Event().wait(0.05)
-    uv.engine, uv.base = engine, f"http://127.0.0.1:{port}"
-    yield uv
-    uv.should_exit = True
-    thread.join(10)
+    with serving_in_thread(server_app(engine, KeyRule(None))) as base:
+        yield SimpleNamespace(engine=engine, base=base)
 
 
 def chat_body(content: str) -> dict:

@@ -3,6 +3,7 @@ the MCP ones with the `mcp` package a person has (1.30, pinned here, and 2.3, wh
 installed apart with `pip --target`). Only the placeholders change: the port, the book's path, the corpus id and
 the command that starts Omnibus."""
 
+from types import SimpleNamespace
 import ast
 import json
 import os
@@ -10,17 +11,15 @@ import re
 import subprocess
 import sys
 import tempfile
-import threading
 from pathlib import Path
 
 import pytest
-import uvicorn
 
 from app.engine.engine import Engine
 from app.server.access import KeyRule
 from app.server.serve import app as server_app
 from app.store.library import Store
-from serving import free_port
+from serving import serving_in_thread
 
 ROOT = Path(__file__).resolve().parent.parent
 BOOK = "Call me Ishmael. I am the narrator of this story, and I sailed on the Pequod with Captain Ahab.\n"
@@ -39,18 +38,8 @@ def readme_example(*needles: str) -> str:
 def server(demo_model, tmp_path_factory):
     model, tokenizer = demo_model
     engine = Engine(model, tokenizer, model_name="demo", store=Store(tmp_path_factory.mktemp("cache")))
-    port = free_port()
-    uv = uvicorn.Server(uvicorn.Config(server_app(engine, KeyRule(None)), host="127.0.0.1", port=port,
-                                       log_level="warning"))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    while not uv.started:
-        assert thread.is_alive(), "the server did not start"
-        threading.Event().wait(0.05)
-    uv.engine, uv.base = engine, f"http://127.0.0.1:{port}"
-    yield uv
-    uv.should_exit = True
-    thread.join(10)
+    with serving_in_thread(server_app(engine, KeyRule(None))) as base:
+        yield SimpleNamespace(engine=engine, base=base)
 
 
 @pytest.fixture(scope="module")

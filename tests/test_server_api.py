@@ -1,17 +1,16 @@
 """Omnibus as a server, with real clients: the official `openai` package, a second Omnibus process
 (`ask --backend openai`) and an MCP client (`mcp`), against the real API served by uvicorn over the demo model."""
 
+from types import SimpleNamespace
 import asyncio
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
-import uvicorn
 
 from app.engine.engine import Engine
 from app.prompt import system_prompt
@@ -19,7 +18,7 @@ from app.server.access import KeyRule
 from app.server.serve import app as server_app
 from app.server.service import Service
 from app.store.library import Store
-from serving import free_port
+from serving import serving_in_thread
 
 ROOT = Path(__file__).resolve().parent.parent
 CODE = "PELICAN-42"
@@ -34,18 +33,8 @@ def server(demo_model, tmp_path_factory):
     model, tokenizer = demo_model
     store = Store(tmp_path_factory.mktemp("cache"))
     engine = Engine(model, tokenizer, model_name="demo", store=store)
-    port = free_port()
-    uv = uvicorn.Server(uvicorn.Config(server_app(engine, KeyRule(None)), host="127.0.0.1", port=port,
-                                       log_level="warning"))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    while not uv.started:
-        assert thread.is_alive(), "the server did not start"
-        threading.Event().wait(0.05)
-    uv.engine, uv.url = engine, f"http://127.0.0.1:{port}/v1"
-    yield uv
-    uv.should_exit = True
-    thread.join(10)
+    with serving_in_thread(server_app(engine, KeyRule(None))) as base:
+        yield SimpleNamespace(engine=engine, url=base + "/v1")
 
 
 @pytest.fixture

@@ -48,6 +48,22 @@ def level_name(requested: str | None = None) -> str:
     return name
 
 
+class StderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is at each record, not the one it was made with (which a test's capture,
+    or a redirect, may have closed since)."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value):
+        pass
+
+
 def configure(requested: str | None = None, stream=None) -> str:
     """Send log records to stderr (or `stream`), one line each, at the level asked for; returns that level's name.
 
@@ -58,7 +74,7 @@ def configure(requested: str | None = None, stream=None) -> str:
     root = logging.getLogger()
     if _handler is not None:
         root.removeHandler(_handler)
-    _handler = logging.StreamHandler(stream or sys.stderr)
+    _handler = logging.StreamHandler(stream) if stream is not None else StderrHandler()
     _handler.setFormatter(OneLineFormatter())
     root.addHandler(_handler)
     root.setLevel(level if level <= logging.DEBUG else logging.WARNING)  # libraries: warnings and up

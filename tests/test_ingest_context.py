@@ -21,7 +21,7 @@ def _repo(tmp_path):
     (repo / "src" / "pkg").mkdir(parents=True)
     (repo / "README.md").write_text("# My repo\n")
     (repo / "src" / "app.py").write_text("import os\n\nprint(os.sep)\n")
-    (repo / "src" / "pkg" / "__init__.py").write_text("")
+    (repo / "src" / "pkg" / "__init__.py").write_text("from .. import app\n")  # an empty file is left out
     (repo / "Zeta.txt").write_text("last by case\n")
     return repo
 

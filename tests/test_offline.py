@@ -6,6 +6,7 @@ The page must come up whole, and neither side may have tried to reach anywhere e
 from __future__ import annotations
 
 import os
+import re
 import socketserver
 import subprocess
 import sys
@@ -85,6 +86,7 @@ def test_page_loads_whole_with_the_network_blocked(tmp_path):
                 for element in ("#files", "#load", "#question", "#ask", "#meter", "#model-panel", "#chat"):
                     expect(page.locator(element).first).to_be_visible(timeout=30_000)
                 expect(page.locator("#model-status")).to_contain_text("is ready", timeout=240_000)
+                page.get_by_role("button", name=re.compile(r"^Model: ")).click()  # closed once a model is ready
                 expect(page.locator("#models")).to_contain_text("ultralong-4m")
                 fonts = page.evaluate("getComputedStyle(document.body).fontFamily")
             finally:

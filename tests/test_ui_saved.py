@@ -1,6 +1,7 @@
 """Saved corpora with their conversations: listed per login, reopened with the chat, exported and imported."""
 
 import json
+import re
 
 import pytest
 
@@ -128,4 +129,8 @@ def test_an_imported_conversation_is_not_said_to_load_in_no_time(workbench, tmp_
     plan = workbench.plan(imported, imported.restored_prompt)
     meter = views.context_meter(workbench.backend, plan, imported.corpus.total_tokens,
                                 cost=workbench.load_cost(imported, imported.restored_prompt))
-    assert "about <b>0.0 s</b>" not in meter and "the model holds these documents already" in meter
+    # The imported session did not load these documents itself, so it may not reuse the model's cache (issue 25):
+    # the meter gives the real time of reading them, never "0.0 s".
+    assert "about <b>0.0 s</b>" not in meter
+    shown = re.search(r"about <b>([\d.]+) (s|min)</b>", meter)
+    assert shown and float(shown.group(1)) > 0, meter

@@ -22,7 +22,7 @@ import httpx
 from app import planner
 from app.protocol import AnswerStats, LoadCost, LoadStats, PrefillProgress, Settings
 from app.errors import BackendError, Cancelled, CorpusTooLarge, NoCorpus
-from app.prompt import DEFAULT_SYSTEM_PROMPT, Turn, build_messages, fit_turns
+from app.prompt import DEFAULT_SYSTEM_PROMPT, Turn, build_messages, encode_prompt, fit_turns
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,7 @@ class RemoteEngine:
     name = "openai"
     store = None  # the server keeps its own prefix cache; nothing is saved on this machine
     attention = "server"  # the server chooses its own attention kernels
+    counters = None  # what the server ran is its own
 
     def __init__(self, base_url: str | None, *, api_key_env: str | None = None, served_model: str | None = None,
                  max_model_len: int | None = None, timeout: float = 3600.0, connect_timeout: float = 10.0,
@@ -201,8 +202,9 @@ class RemoteEngine:
 
     # -- loading --
     def load(self, corpus, *, system_prompt: str | None = None, progress=None, cancel=None,
-             reuse_limit: int | None = None) -> LoadStats:
-        """Check the corpus against the window, then have the server prefill and cache it.
+             reuse_limit: int | None = None, plan=None) -> LoadStats:
+        """Check the corpus against the window, then have the server prefill and cache it (`plan`: not used; the
+        window check is cheap).
 
         The warm-up asks for one token with the corpus and an empty question; its prompt shares
         everything up to the question with every later request. Raises CorpusTooLarge before sending
@@ -320,11 +322,34 @@ class RemoteEngine:
             tokens = self._turns_tokens(question, kept)
             return tokens, tokens
 
-        kept, dropped, tokens = fit_turns(history, self.window - self.corpus_tokens, max_new_tokens, measure)
-        if kept is None:
-            raise BackendError(f"the question is about {tokens:,} tokens; the server's {self.window:,}-token "
-                               f"window has {self.window - self.corpus_tokens:,} left after the corpus")
+        kept, dropped, _ = fit_turns(history, self.window - self.corpus_tokens, max_new_tokens, measure,
+                                     f"the server's {self.window:,}-token window (by this machine's count)")
         return kept, dropped
+
+    def load_corpus(self, corpus_ids, **options) -> LoadStats:
+        """Token ids are not sent to a server: it is given the corpus's text (`load`)."""
+        raise BackendError("a server is given a corpus as text; load it as documents")
+
+    def prompt_prefix(self, corpus_ids, system_prompt: str | None = None) -> list[int]:
+        """System prompt and corpus as this machine's tokenizer counts them (the server's may differ a little)."""
+        system = self.system_prompt if system_prompt is None else system_prompt
+        return encode_prompt(self.tokenizer, list(corpus_ids), "", system_prompt=system).prefix
+
+    def save_corpus(self, label: str | None = None) -> None:
+        """Nothing is saved on this machine: the server keeps its own prefix cache."""
+        return None
+
+    def fingerprint(self, kv_dtype: str) -> None:
+        """A server's cache is not saved here."""
+        return None
+
+    def set_attention(self, attention: str) -> None:
+        """The server chooses its own attention kernels."""
+        raise BackendError("the server chooses its own attention precision")
+
+    def drop_cache(self) -> None:
+        """Forget the corpus (the server keeps its own cache until it needs the room)."""
+        self.corpus_text, self.corpus_tokens = None, 0
 
     def close(self) -> None:
         self._client.close()

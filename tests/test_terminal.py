@@ -38,12 +38,12 @@ warnings.warn("EOF marker not found\\nsecond line")
 
 
 def test_user_errors_are_one_line_without_class_names_or_doubled_words(capsys):
-    from app.errors import Cancelled, CorpusTooLarge
+    from app.errors import Cancelled, QuestionTooLong
     from app.ui.events import user_message
 
     assert user_message(Cancelled("stopped at 1,024 of 4,096 tokens; loading again resumes there", done=1024,
                                   total=4096)) == "Stopped at 1,024 of 4,096 tokens; loading again resumes there"
-    assert user_message(CorpusTooLarge("the question is 7 tokens")) == "The question is 7 tokens"
+    assert user_message(QuestionTooLong("the question is 7 tokens")) == "The question is 7 tokens"
     said = capsys.readouterr().err.splitlines()
     assert said == ["omnibus: Stopped at 1,024 of 4,096 tokens; loading again resumes there",
                     "omnibus: The question is 7 tokens"]

@@ -17,7 +17,7 @@ from app.engine import attention_backend, grammar
 from app.engine.forward import Stopped, decode_one_token, forward
 from app.engine.generation import RepetitionGuard, StreamDecoder, sample
 from app.engine.kv_cache import KVCache
-from app.errors import CorpusTooLarge, NoCorpus
+from app.errors import NoCorpus
 from app.prompt import SMALL_MODELS, Turn, encode_prompt, fit_turns
 from app.protocol import AnswerStats, Settings
 
@@ -145,8 +145,4 @@ def fit_question(engine, question: str, history: list[Turn], max_new_tokens: int
             raise RuntimeError("the prompt prefix does not match the cached corpus")  # an internal defect
         return len(ids.suffix), ids.suffix
 
-    kept, dropped, suffix = fit_turns(history, room, max_new_tokens, measure)
-    if kept is None:
-        raise CorpusTooLarge(f"the question is {len(suffix):,} tokens; only {room:,} are left after the "
-                             f"corpus in the {sequence.cache.capacity:,}-token cache")
-    return kept, dropped, suffix
+    return fit_turns(history, room, max_new_tokens, measure, f"the {sequence.cache.capacity:,}-token cache")

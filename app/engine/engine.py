@@ -200,14 +200,15 @@ class Engine:
     # -- loading a corpus --
     def load_corpus(self, corpus_ids, *, system_prompt: str | None = None, progress=None,
                     cancel: threading.Event | None = None, label: str | None = None, sources=(),
-                    reuse_limit: int | None = None, save: bool = True) -> LoadStats:
+                    reuse_limit: int | None = None, save: bool = True, plan: planner.Plan | None = None) -> LoadStats:
         """Prefill system prompt + corpus into the cache, reusing whatever prefix is already there.
 
         With a disk store, the longest saved prefix is loaded from disk first, checkpoints are saved during
         the prefill, and the result is saved after it (named `label`, else after its first `sources`).
         `reuse_limit`: reuse at most this many tokens from memory or disk (what the caller loaded itself; the
         rest is read again, so neither the stats nor the time tell what others loaded). `save=False`: neither
-        read from nor write to the disk store (a chat client's messages stay in memory).
+        read from nor write to the disk store (a chat client's messages stay in memory). `plan`: `plan` for this
+        prefix, made just before by the caller (used when it is for as many tokens; else one is made).
 
         Raises CorpusTooLarge before running anything if the plan says it cannot fit, and Cancelled if
         `cancel` is set (what was prefilled so far stays cached and is reused by the next call).
@@ -217,7 +218,8 @@ class Engine:
             key = prefix_key(corpus_ids, system)
             corpus_ids = list(corpus_ids)
             prefix = self.prompt_prefix(corpus_ids, system)
-            plan = self.plan(len(prefix))
+            if plan is None or plan.provisional or plan.tokens != len(prefix):
+                plan = self.plan(len(prefix))
             if not plan.fits:  # refused before anything changes: the corpus loaded before stays usable
                 raise CorpusTooLarge(plan.reason + ". " + planner.fit_advice(plan, self.reserve))
             self.system_prompt = system
@@ -306,10 +308,11 @@ class Engine:
         return estimated, seconds
 
     def load(self, corpus, *, system_prompt: str | None = None, progress=None, cancel=None,
-             reuse_limit: int | None = None) -> LoadStats:
+             reuse_limit: int | None = None, plan: planner.Plan | None = None) -> LoadStats:
         """Load an ingested corpus (`ingest.Corpus`, tokenized with this engine's tokenizer)."""
         return self.load_corpus(corpus.token_ids(), system_prompt=system_prompt, progress=progress, cancel=cancel,
-                                sources=[document.source for document in corpus.documents], reuse_limit=reuse_limit)
+                                sources=[document.source for document in corpus.documents], reuse_limit=reuse_limit,
+                                plan=plan)
 
     # -- answering (app/engine/answer.py) --
     def ask(self, question: str, history=(), settings: Settings | None = None,

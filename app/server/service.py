@@ -185,5 +185,5 @@ class Service:
         stats = engine.load_corpus(prompt.corpus_ids, system_prompt=prompt.system_prompt, cancel=cancel,
                                    sources=prompt.sources, save=prompt.on_disk)
         if prompt.on_disk and store is not None and stats.source == "memory":
-            stats.saved = store.save(engine)  # cached by a request that was not saved ("exists" if it was)
+            stats.saved = engine.save_corpus()  # cached by a request that was not saved ("exists" if it was)
         return stats

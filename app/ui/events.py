@@ -16,7 +16,7 @@ from pathlib import Path
 import gradio as gr
 
 from app.citations.form import CITATION_FORMAT
-from app.errors import Cancelled, CorpusTooLarge, OmnibusError
+from app.errors import Cancelled, DoesNotFit, OmnibusError
 from app.ui import views
 from app.ui.inputs import settings_from
 from app.ui.handlers import Workbench
@@ -254,12 +254,12 @@ class Events:
         return f"{instructions} {CITATION_FORMAT}".strip() if on else instructions
 
     # -- the model: load, ask, regenerate, stop --
-    def starting(self, session: Session, system_prompt: str) -> str:
-        """The progress line at the moment a load starts ("" when nothing needs reading)."""
+    def starting(self, session: Session, system_prompt: str, plan=None) -> str:
+        """The progress line at the moment a load starts ("" when nothing needs reading); `plan`: made just now."""
         if session.corpus is None:
             return ""
         cost = self.workbench.load_cost(session, system_prompt)
-        plan = self.workbench.plan(session, system_prompt)
+        plan = plan or self.workbench.plan(session, system_prompt)
         if cost is not None and not cost.to_read:
             return ""
         reused = cost.tokens - cost.to_read if cost is not None else 0
@@ -284,7 +284,7 @@ class Events:
         if isinstance(err, Cancelled) and load:
             user_message(err)
             return views.load_stopped(err)
-        if isinstance(err, CorpusTooLarge):  # said once, in the context meter and here; no pop-up as well
+        if isinstance(err, DoesNotFit):  # said once, in the context meter and here; no pop-up as well
             return f"**{user_message(err)}**"
         if isinstance(err, OmnibusError):
             text = user_message(err)
@@ -333,13 +333,13 @@ class Events:
             return
         try:  # settings and the question are checked before any model work
             settings = settings_from(max_new_tokens, temperature, most_tokens=self.backend.window or None)
-            question = self.workbench.check_question(session, question, system_prompt)
+            checked = self.workbench.checked(session, question, system_prompt)  # checked and planned once
         except OmnibusError as err:
             yield self.messages(session), user_message(err), question, gr.update()
             return
-        status = self.starting(session, system_prompt)
-        yield from self.answering(session, question, lambda report: self.workbench.ask(
-            session, question, settings, system_prompt, report), status or gr.update())
+        status = self.starting(session, system_prompt, checked.plan)
+        yield from self.answering(session, checked.text, lambda report: self.workbench.ask(
+            session, checked, settings, system_prompt, report), status or gr.update())
 
     def regenerate(self, session, max_new_tokens, temperature, system_prompt):
         if not session.exchanges:
@@ -362,9 +362,9 @@ class Events:
         from now on. Returns the setting now in force."""
         try:
             self.backend.set_attention(value)
-        except AttributeError:  # a server's model, or this machine's still loading: it keeps its own setting
+        except OmnibusError:  # a server's model, or this machine's still loading: it keeps its own setting
             gr.Warning("Attention precision applies to a model on this computer once it has loaded.")
-            return getattr(self.backend, "attention", "bf16")
+            return self.backend.attention
         return value
 
     def stop(self, session):

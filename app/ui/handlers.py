@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import threading
+from dataclasses import dataclass
 import uuid
 from collections import OrderedDict
 from pathlib import Path
 
 from app.citations.check import Verifier, parse, passage
 from app.protocol import AnswerStats, Settings
-from app.errors import Cancelled, CorpusTooLarge, NoCorpus, OmnibusError
+from app.errors import Cancelled, CorpusTooLarge, EmptyQuestion, NoCorpus, OmnibusError, QuestionTooLong
 from app.planner import fit_advice
 from ingest.secret_scan import scan_corpus
 from app.prompt import DEFAULT_SYSTEM_PROMPT, Turn
@@ -38,6 +39,14 @@ class BadRecordError(OmnibusError):
     """A saved or imported conversation could not be opened."""
 
 
+@dataclass(frozen=True)
+class CheckedQuestion:
+    """A question `Workbench.checked` found fits, with the fit plan it made (None: no window to check against)."""
+
+    text: str
+    plan: object = None  # app.planner.Plan
+
+
 class Workbench:
     """The handlers, bound to one backend (`app.backend.open_backend`).
 
@@ -49,6 +58,7 @@ class Workbench:
         self.max_upload_files = max_upload_files
         self.sessions: OrderedDict[str, Session] = OrderedDict()  # id -> session, for page reloads
         self._sessions_lock = threading.Lock()
+        self.questions_checked = 0  # `checked` runs (a question is checked once on its way to the model)
 
     # -- sessions that survive a page reload --
     def keep(self, session: Session, owner: str = "") -> Session:
@@ -142,15 +152,16 @@ class Workbench:
         return self.backend.prompt_overhead(system_prompt or DEFAULT_SYSTEM_PROMPT)
 
     # -- the model --
-    def load(self, session: Session, system_prompt: str = DEFAULT_SYSTEM_PROMPT, progress=None):
+    def load(self, session: Session, system_prompt: str = DEFAULT_SYSTEM_PROMPT, progress=None, plan=None):
         """Prefill this session's corpus. Raises NoCorpus, CorpusTooLarge (before running) or Cancelled.
 
         Cheap when the model already holds it; resumes a stopped load; an extended corpus costs only its
-        new tokens. `progress` receives `PrefillProgress` reports. Returns `LoadStats`.
+        new tokens. `progress` receives `PrefillProgress` reports. `plan`: the fit plan made for it just now
+        (the backend then plans no more). Returns `LoadStats`.
         """
         if session.corpus is None or not session.corpus.documents:
             raise NoCorpus("there are no documents yet: add some files first")
-        plan = self.plan(session, system_prompt)
+        plan = plan or self.plan(session, system_prompt)
         if not plan.fits:  # the same check the backend makes, before anything runs
             raise CorpusTooLarge(self.too_large(session, plan))
         session.cancel = threading.Event()
@@ -172,7 +183,7 @@ class Workbench:
         session.busy = "load"
         try:
             stats = self.backend.load(corpus, system_prompt=system_prompt, progress=report, cancel=session.cancel,
-                                      reuse_limit=limit)
+                                      reuse_limit=limit, plan=plan)
         except Cancelled as err:
             session.own.record(self.backend, corpus, system_prompt, max(reached, err.done))
             raise
@@ -209,16 +220,22 @@ class Workbench:
         return "another conversation used the model meanwhile"
 
     def check_question(self, session: Session, question: str, system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> str:
-        """The question, stripped, if it fits beside this session's documents; else NoCorpus/CorpusTooLarge.
+        """The question, stripped, if it fits beside this session's documents; else EmptyQuestion,
+        QuestionTooLong, or CorpusTooLarge when the documents themselves do not fit.
 
         Called before any model work, so a question that cannot fit costs nothing (and blocks no one).
         """
-        question = (question or "").strip()
+        return self.checked(session, question, system_prompt).text
+
+    def checked(self, session: Session, question: str, system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> CheckedQuestion:
+        """`check_question`, keeping the fit plan it made: `ask` takes the result and checks and plans no more."""
+        self.questions_checked += 1
+        question, plan = (question or "").strip(), None
         if not question:
-            raise NoCorpus("type a question first")
+            raise EmptyQuestion("type a question first")
         if len(question) > MAX_QUESTION_CHARS:
-            raise CorpusTooLarge(f"the question is {len(question):,} characters; at most {MAX_QUESTION_CHARS:,} "
-                                 "are accepted. Shorten it, or add the text as a file")
+            raise QuestionTooLong(f"the question is {len(question):,} characters; at most {MAX_QUESTION_CHARS:,} "
+                                  "are accepted. Shorten it, or add the text as a file")
         window = self.backend.window or 0
         if window and session.corpus is not None:
             plan = self.plan(session, system_prompt)
@@ -227,21 +244,23 @@ class Workbench:
             tokens = len(self.backend.tokenizer.encode(question, add_special_tokens=False))
             room = window - session.corpus.total_tokens - self.prompt_overhead(system_prompt)
             if tokens > room:
-                raise CorpusTooLarge(f"the question is {tokens:,} tokens; beside the documents "
-                                     f"({session.corpus.total_tokens:,} tokens) only {max(room, 0):,} are left in "
-                                     f"the model's {window:,}-token window. Shorten it, or add the text as a file")
-        return question
+                raise QuestionTooLong(f"the question is {tokens:,} tokens; beside the documents "
+                                      f"({session.corpus.total_tokens:,} tokens) only {max(room, 0):,} are left in "
+                                      f"the model's {window:,}-token window. Shorten it, or add the text as a file")
+        return CheckedQuestion(question, plan)
 
-    def ask(self, session: Session, question: str, settings: Settings | None = None,
+    def ask(self, session: Session, question: str | CheckedQuestion, settings: Settings | None = None,
             system_prompt: str = DEFAULT_SYSTEM_PROMPT, progress=None):
         """Load (a no-op when the model already holds this corpus), then stream `answer`.
 
+        `question`: as typed, or as `checked` returned it (then it is neither checked nor planned again).
         Another browser may have loaded its own corpus since; then this one is loaded again, reported
         through `progress`.
         """
-        question = self.check_question(session, question, system_prompt)
-        stats = self.load(session, system_prompt, progress)
-        yield from self.answer(session, question, settings, reload=stats)
+        if not isinstance(question, CheckedQuestion):
+            question = self.checked(session, question, system_prompt)
+        stats = self.load(session, system_prompt, progress, plan=question.plan)
+        yield from self.answer(session, question.text, settings, reload=stats)
 
     def answer(self, session: Session, question: str, settings: Settings | None = None, *,
                replace_last: bool = False, reload=None):
@@ -293,7 +312,7 @@ class Workbench:
                    system_prompt: str = DEFAULT_SYSTEM_PROMPT, progress=None):
         """Ask the last question again, replacing its answer."""
         if not session.exchanges:
-            raise NoCorpus("there is no answer to regenerate yet")
+            raise EmptyQuestion("there is no answer to regenerate yet")
         last = session.exchanges[-1]  # kept until the new answer is done (an export meanwhile still has it)
         stats = self.load(session, system_prompt, progress)
         yield from self.answer(session, last.question, settings, replace_last=True, reload=stats)

@@ -19,7 +19,7 @@ from app.errors import OmnibusError
 from app.prompt import Turn, encode_prompt
 from app.protocol import AnswerStats, Settings
 from app.server.corpora import SavedCorpus, catalog, model_id, open_saved
-from app.server.turnstile import Turnstile
+from app.sharing.turnstile import Turnstile
 from ingest import TokenCounter
 
 CORPUS_BREAK = "\n\n"  # between the corpus and the first question (app.prompt.corpus_message)

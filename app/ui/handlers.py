@@ -26,13 +26,9 @@ from app.ui.saved import (BadRecord, Library, corpus_from_record, exchanges_from
                           read_import)
 from app.ui import export
 from app.ui.views import instructions_tag
-from ingest import build_corpus
+from app.sharing.documents import MAX_UPLOAD_FILES, add_files
 
 KEPT_SESSIONS = 200  # browser sessions a page reload can get back (the least recently used beyond go)
-
-
-class TooManyFiles(OmnibusError):
-    """One upload holds more files than the app accepts at once (`--max-upload-files`)."""
 
 
 class BadRecordError(OmnibusError):
@@ -53,7 +49,7 @@ class Workbench:
     `max_upload_files` caps the files of one upload (a folder counts each file).
     """
 
-    def __init__(self, backend, max_upload_files: int = 2000):
+    def __init__(self, backend, max_upload_files: int = MAX_UPLOAD_FILES):
         self.backend = backend
         self.max_upload_files = max_upload_files
         self.sessions: OrderedDict[str, Session] = OrderedDict()  # id -> session, for page reloads
@@ -90,17 +86,7 @@ class Workbench:
     # -- the corpus --
     def add_files(self, session: Session, paths, progress=None) -> Session:
         """Ingest `paths` (files, folders, archives) after the session's current documents."""
-        paths = [str(p) for p in paths or [] if p]
-        if not paths:
-            return session
-        if len(paths) > self.max_upload_files:
-            raise TooManyFiles(f"this upload holds {len(paths):,} files; at most {self.max_upload_files:,} "
-                               "are accepted at once (zip the folder, or add it in parts)")
-        report = (lambda p: progress(p.files_done, p.files_total, p.current)) if progress else None
-        session.corpus = build_corpus(paths, tokenizer=self.backend.tokenizer, progress=report,
-                                      base=session.corpus, max_tokens=self.backend.window or None)
-        session.secrets = scan_corpus(session.corpus)
-        return session
+        return add_files(session, paths, self.backend, self.max_upload_files, progress)
 
     def remove_files(self, session: Session, sources) -> Session:
         """Drop documents by their source name; an emptied corpus becomes no corpus."""

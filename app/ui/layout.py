@@ -12,7 +12,7 @@ import gradio as gr
 
 from app.backend import ModelSlot
 from app.citations.form import CITATION_FORMAT
-from app.server.turnstile import SharedBackend
+from app.sharing.turnstile import SharedBackend
 from app.ui import model_picker, views
 from app.ui.handlers import Workbench
 from app.ui.session import Session

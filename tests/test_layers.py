@@ -16,7 +16,7 @@ LAYERS = [
     ["app.errors", "app.logs", "app.models_catalog", "app.protocol"],
     ["app.planner", "app.prompt", "app.citations", "app.calibration", "app.model_hub"],
     ["app.store"],
-    ["app.engine", "app.remote"],
+    ["app.engine", "app.remote", "app.remote_http"],
     ["app.backend"],
     ["app.sharing"],  # what the page and the API share: the turnstile, logins, the origin rule, adding files
     ["app.ui", "app.server"],  # side by side, and neither imports the other (app.cli mounts the API beside the page)

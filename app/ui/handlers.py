@@ -9,38 +9,27 @@ from __future__ import annotations
 
 import json
 import threading
-from dataclasses import dataclass
 import uuid
-from collections import OrderedDict
 from pathlib import Path
 
 from app.citations.check import Verifier, parse, passage
 from app.protocol import AnswerStats, Settings
-from app.errors import Cancelled, CorpusTooLarge, EmptyQuestion, NoCorpus, OmnibusError, QuestionTooLong
+from app.errors import Cancelled, CorpusTooLarge, EmptyQuestion, NoCorpus, OmnibusError
 from app.planner import fit_advice
 from ingest.secret_scan import scan_corpus
 from app.prompt import DEFAULT_SYSTEM_PROMPT, Turn
-from app.ui.inputs import MAX_QUESTION_CHARS
-from app.ui.session import Exchange, Session
+from app.ui.inputs import CheckedQuestion, check_room, question_text
+from app.ui.session import Exchange, KeptSessions, Session
 from app.ui.saved import (BadRecord, Library, corpus_from_record, exchanges_from_record,
                           read_import)
 from app.ui import export
 from app.ui.views import instructions_tag
 from app.sharing.documents import MAX_UPLOAD_FILES, add_files
 
-KEPT_SESSIONS = 200  # browser sessions a page reload can get back (the least recently used beyond go)
 
 
 class BadRecordError(OmnibusError):
     """A saved or imported conversation could not be opened."""
-
-
-@dataclass(frozen=True)
-class CheckedQuestion:
-    """A question `Workbench.checked` found fits, with the fit plan it made (None: no window to check against)."""
-
-    text: str
-    plan: object = None  # app.planner.Plan
 
 
 class Workbench:
@@ -52,32 +41,17 @@ class Workbench:
     def __init__(self, backend, max_upload_files: int = MAX_UPLOAD_FILES):
         self.backend = backend
         self.max_upload_files = max_upload_files
-        self.sessions: OrderedDict[str, Session] = OrderedDict()  # id -> session, for page reloads
-        self._sessions_lock = threading.Lock()
+        self.sessions = KeptSessions()  # for page reloads
         self.questions_checked = 0  # `checked` runs (a question is checked once on its way to the model)
 
-    # -- sessions that survive a page reload --
+    # -- sessions that survive a page reload (app/ui/session.py) --
     def keep(self, session: Session, owner: str = "") -> Session:
         """Remember `session` for `owner` so that `resume` can hand it back after a reload."""
-        session.owner = owner or ""
-        with self._sessions_lock:
-            self.sessions[session.id] = session
-            self.sessions.move_to_end(session.id)
-            while len(self.sessions) > KEPT_SESSIONS:
-                idle = next((k for k, s in self.sessions.items() if not s.busy), None)
-                if idle is None:
-                    break
-                del self.sessions[idle]
-        return session
+        return self.sessions.keep(session, owner)
 
     def resume(self, session_id: str | None, owner: str = "") -> Session | None:
         """The kept session with this id, if it belongs to `owner`."""
-        with self._sessions_lock:
-            session = self.sessions.get(session_id or "")
-            if session is None or session.owner != (owner or ""):
-                return None
-            self.sessions.move_to_end(session.id)
-            return session
+        return self.sessions.resume(session_id, owner)
 
     def default_settings(self) -> Settings:
         """The backend's answer settings (the demo model answers shorter)."""
@@ -216,23 +190,14 @@ class Workbench:
     def checked(self, session: Session, question: str, system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> CheckedQuestion:
         """`check_question`, keeping the fit plan it made: `ask` takes the result and checks and plans no more."""
         self.questions_checked += 1
-        question, plan = (question or "").strip(), None
-        if not question:
-            raise EmptyQuestion("type a question first")
-        if len(question) > MAX_QUESTION_CHARS:
-            raise QuestionTooLong(f"the question is {len(question):,} characters; at most {MAX_QUESTION_CHARS:,} "
-                                  "are accepted. Shorten it, or add the text as a file")
+        question, plan = question_text(question), None
         window = self.backend.window or 0
         if window and session.corpus is not None:
             plan = self.plan(session, system_prompt)
             if not plan.fits:  # the documents themselves do not fit: say so, not that the question is too long
                 raise CorpusTooLarge(self.too_large(session, plan))
-            tokens = len(self.backend.tokenizer.encode(question, add_special_tokens=False))
-            room = window - session.corpus.total_tokens - self.prompt_overhead(system_prompt)
-            if tokens > room:
-                raise QuestionTooLong(f"the question is {tokens:,} tokens; beside the documents "
-                                      f"({session.corpus.total_tokens:,} tokens) only {max(room, 0):,} are left in "
-                                      f"the model's {window:,}-token window. Shorten it, or add the text as a file")
+            check_room(question, self.backend.tokenizer, window, session.corpus.total_tokens,
+                       self.prompt_overhead(system_prompt))
         return CheckedQuestion(question, plan)
 
     def ask(self, session: Session, question: str | CheckedQuestion, settings: Settings | None = None,

@@ -75,7 +75,7 @@ def test_how_to_log_in_is_printed_before_the_server_can_answer(monkeypatch, caps
 
     said_when_serving = []
 
-    def start(args, backend_, access):  # the moment the server would begin to accept connections
+    def start(args, backend_, access, api=None):  # the moment the server would begin to accept connections
         said_when_serving.append(capsys.readouterr().err)
         raise OSError("stopped here by the test")
 

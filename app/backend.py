@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 from app import planner
 from app.errors import ModelLoadError
 from app.models_catalog import REGISTRY, ULTRALONG_NAMES
-from app.protocol import Backend, LoadCost, Settings
+from app.protocol import Backend, LoadCost, LoadStats, Settings
 
 log = logging.getLogger(__name__)
 
@@ -296,7 +296,8 @@ class ModelSlot:
             return self._current.plan(tokens)
         window = self.window
         reason = "" if tokens <= window else f"{tokens:,} tokens are more than the model's {window:,}-token window"
-        return planner.Plan(tokens, "auto", "bf16", tokens <= window, window, window, 0.0, 0.0, reason=reason)
+        return planner.Plan(tokens, "auto", "bf16", tokens <= window, window, window, 0.0, 0.0, reason=reason,
+                            provisional=True)
 
     def load(self, corpus, **kwargs):
         backend = self._need()
@@ -320,16 +321,55 @@ class ModelSlot:
         current = self._current
         return current.load_cost(corpus, system_prompt, reuse_limit) if current is not None else None
 
-    def __getattr__(self, attribute: str):
-        # What only some backends have (store, base_url, prompt_prefix, system_prompt, reserve): the current one's.
-        current = self.__dict__.get("_current")
-        if current is None:
-            if attribute in self.__dict__.get("_before_ready", {}):
-                return self._before_ready[attribute]
-            if attribute.startswith("_") or "_thread" not in self.__dict__:
-                raise AttributeError(attribute)
-            self._need(wait=False)  # a switch under way: ModelLoading says so (the API answers 503), not a bare 500
-        return getattr(current, attribute)
+    # What only a ready model can do: while none is (a switch under way, a failed open), ModelLoading says so
+    # at once (the API answers 503 with Retry-After), not a bare 500.
+    @property
+    def reserve(self) -> int:
+        current = self._current
+        return current.reserve if current is not None else planner.question_reserve(self.window)
+
+    @property
+    def base_url(self) -> str:
+        current = self._current
+        return current.base_url if current is not None else ""
+
+    @property
+    def store(self):
+        """The current model's disk store; before one is ready, the one it will open with."""
+        current = self._current
+        return current.store if current is not None else self._before_ready["store"]
+
+    @property
+    def attention(self) -> str:
+        current = self._current
+        return current.attention if current is not None else self._before_ready["attention"]
+
+    @property
+    def counters(self):
+        return self._need(wait=False).counters
+
+    def prompt_overhead(self, system_prompt: str | None = None) -> int:
+        return self._need(wait=False).prompt_overhead(system_prompt)
+
+    def prompt_prefix(self, corpus_ids, system_prompt: str | None = None) -> list[int]:
+        return self._need(wait=False).prompt_prefix(corpus_ids, system_prompt)
+
+    def load_corpus(self, corpus_ids, **options) -> LoadStats:
+        return self._need(wait=False).load_corpus(corpus_ids, **options)
+
+    def save_corpus(self, label: str | None = None):
+        return self._need(wait=False).save_corpus(label)
+
+    def fingerprint(self, kv_dtype: str) -> dict | None:
+        return self._need(wait=False).fingerprint(kv_dtype)
+
+    def set_attention(self, attention: str) -> None:
+        self._need(wait=False).set_attention(attention)
+
+    def drop_cache(self) -> None:
+        current = self._current
+        if current is not None:
+            current.drop_cache()
 
 
 def open_in_background(args: argparse.Namespace, on_change=None) -> ModelSlot:

@@ -346,9 +346,10 @@ def main(argv: list[str] | None = None, prog: str = "omnibus") -> int:
         _say(f"error: unknown command {rest[0]!r}\n\n" + usage(prog))
         return 2
     if command == "ui":
+        from app.server import serve  # the API and MCP, mounted beside the page
         from app.ui.app import main as ui_main
 
-        return ui_main(rest)
+        return ui_main(rest, api=serve)
     if command == "ingest":
         from ingest.cli import main as ingest_main
 

@@ -12,12 +12,28 @@ class ModelLoadError(OmnibusError):
     """The model or its tokenizer could not be loaded."""
 
 
-class CorpusTooLarge(OmnibusError):
+class DoesNotFit(OmnibusError):
+    """Something is longer than the room the model has for it (the API answers context_length_exceeded)."""
+
+
+class CorpusTooLarge(DoesNotFit):
     """The corpus (plus room for questions) exceeds the model window or what the devices hold."""
 
 
-class NoCorpus(OmnibusError):
-    """A question was asked before a corpus was (fully) loaded."""
+class QuestionTooLong(DoesNotFit):
+    """The question (with the earlier turns it must keep) exceeds the room left after the corpus."""
+
+
+class MissingInput(OmnibusError):
+    """Something to work on is not there yet: documents, a loaded corpus, a question."""
+
+
+class NoCorpus(MissingInput):
+    """There are no documents, or a question was asked before a corpus was (fully) loaded."""
+
+
+class EmptyQuestion(MissingInput):
+    """The question is empty, or there is no earlier question to ask again."""
 
 
 class OutOfMemory(OmnibusError):

@@ -136,6 +136,7 @@ class Plan:
     mode: str = "layers"  # "layers" or "sequence" (see plan())
     shard_tokens: list[int] = field(default_factory=list)  # sequence mode: tokens of KV on each device
     prefill_range_s: tuple[float, float] | None = None  # (low, high) when this machine's measured speed is noisy
+    provisional: bool = False  # a window check made before the model was open: the backend plans again to load
 
     def to_json(self) -> dict:
         return asdict(self)

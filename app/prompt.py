@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 
 from app.citations.form import CITATION_FORMAT
+from app.errors import QuestionTooLong
 
 BASE_SYSTEM_PROMPT = (
     "You are Omnibus, an assistant that answers questions about the documents the user has provided. "
@@ -64,12 +65,14 @@ class Turn:
 ANSWER_ROOM = 64  # a question must leave room for this much answer (or for max_new_tokens, if fewer)
 
 
-def fit_turns(history, room: int, max_new_tokens: int, measure):
-    """Keep the most recent earlier turns that fit after the corpus, dropping the oldest first.
+def fit_turns(history, room: int, max_new_tokens: int, measure, where: str):
+    """Keep the most recent earlier turns that fit after the corpus, dropping the oldest first: the one rule
+    for the local engine and a remote server.
 
     `measure(kept)` gives (tokens, prompt) for the question asked after the turns `kept`, counted the backend's
     own way; they fit when those tokens and room for an answer are at most `room`. Returns (kept, dropped,
-    prompt); kept is None when even the question alone does not fit (prompt is then the question alone's).
+    prompt). Raises QuestionTooLong when even the question alone does not fit `room` (`where`: what holds it,
+    as "the 8,192-token cache").
     """
     answer = min(max_new_tokens, ANSWER_ROOM)
     history = list(history)
@@ -78,7 +81,8 @@ def fit_turns(history, room: int, max_new_tokens: int, measure):
         tokens, prompt = measure(kept)
         if tokens + answer <= room:
             return kept, dropped, prompt
-    return None, len(history), prompt
+    raise QuestionTooLong(f"the question is {tokens:,} tokens; only {max(room, 0):,} are left after the corpus "
+                          f"in {where}")
 
 
 def corpus_message(corpus_text: str, question: str) -> str:

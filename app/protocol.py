@@ -119,6 +119,8 @@ class Backend(Protocol):
     system_prompt: str  # the instructions the next load starts from
     base_url: str  # where the corpus is sent: "" for the local engine
     store: object  # `app.store.library.Store` of corpora saved on disk, or None (remote, or --no-disk-cache)
+    attention: str  # the attention precision: "bf16" or "fp8" (local engine), "server" (a remote server's own)
+    counters: object  # what the model has run (`app.engine.engine.Counters`: corpus_loads, ...); None for a server
 
     def prompt_overhead(self, system_prompt: str | None = None) -> int:
         """Tokens that the system prompt and the chat template put before the documents."""
@@ -129,9 +131,10 @@ class Backend(Protocol):
         ...
 
     def load(self, corpus, *, system_prompt: str | None = None, progress=None, cancel=None,
-             reuse_limit: int | None = None) -> LoadStats:
+             reuse_limit: int | None = None, plan: "Plan | None" = None) -> LoadStats:
         """Make the corpus the cached prefix of every question (prefill it, or reopen it). `reuse_limit`: reuse
-        at most this many cached or saved tokens (those the caller loaded itself; a remote server decides alone)."""
+        at most this many cached or saved tokens (those the caller loaded itself; a remote server decides alone).
+        `plan`: this backend's `plan` for it, made just before (it is then not made again)."""
         ...
 
     def ask(self, question: str, history=(), settings: Settings | None = None, cancel=None) -> Iterator:
@@ -144,4 +147,30 @@ class Backend(Protocol):
 
     def load_cost(self, corpus, system_prompt: str | None = None, reuse_limit: int | None = None) -> LoadCost | None:
         """What loading `corpus` with these instructions would cost now, or None when the backend cannot say."""
+        ...
+
+    def load_corpus(self, corpus_ids, *, system_prompt: str | None = None, progress=None, cancel=None,
+                    label: str | None = None, sources=(), reuse_limit: int | None = None,
+                    save: bool = True) -> LoadStats:
+        """`load` for token ids (the API's prompts); `save=False` keeps them off the disk store."""
+        ...
+
+    def prompt_prefix(self, corpus_ids, system_prompt: str | None = None) -> list[int]:
+        """System prompt and corpus as token ids, as the model sees them: the part every question shares."""
+        ...
+
+    def save_corpus(self, label: str | None = None):
+        """Save the loaded corpus to the disk store (`SaveResult`), or None without a store."""
+        ...
+
+    def fingerprint(self, kv_dtype: str) -> dict | None:
+        """What besides the token ids decides the cached keys and values (names saved corpora); None for a server."""
+        ...
+
+    def set_attention(self, attention: str) -> None:
+        """Choose "bf16" or "fp8" attention for corpora loaded from now on (OmnibusError where it cannot apply)."""
+        ...
+
+    def drop_cache(self) -> None:
+        """Forget the cached corpus and conversation (and free their memory)."""
         ...

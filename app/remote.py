@@ -9,10 +9,8 @@ corpus before the first question. `ask` streams the answer over server-sent even
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import threading
 import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
@@ -21,17 +19,13 @@ import httpx
 
 from app import planner
 from app.protocol import AnswerStats, LoadCost, LoadStats, PrefillProgress, Settings
-from app.errors import BackendError, Cancelled, CorpusTooLarge, NoCorpus
-from app.prompt import DEFAULT_SYSTEM_PROMPT, Turn, build_messages, fit_turns
+from app.errors import BackendError, CorpusTooLarge, NoCorpus
+from app.remote_http import _api_root, _window_of, _error_message, _message_of, _is_context_error, _reason, _events, _wait
+from app.prompt import DEFAULT_SYSTEM_PROMPT, Turn, build_messages, encode_prompt, fit_turns
 
 log = logging.getLogger(__name__)
 
 TEMPLATE_ALLOWANCE = 64  # chat-template tokens around the messages (role headers, turn ends)
-# Words that servers put in the message of a 400 for a prompt over the context length:
-# vLLM "maximum context length" / "maximum model length", SGLang "longer than the model's context length",
-# llama.cpp "exceed context window" / "exceeds the available context size".
-_CONTEXT_WORDS = ("context length", "context window", "context size", "maximum model length", "max_model_len",
-                  "context_length_exceeded", "exceed_context_size")
 
 
 @dataclass
@@ -63,6 +57,7 @@ class RemoteEngine:
     name = "openai"
     store = None  # the server keeps its own prefix cache; nothing is saved on this machine
     attention = "server"  # the server chooses its own attention kernels
+    counters = None  # what the server ran is its own
 
     def __init__(self, base_url: str | None, *, api_key_env: str | None = None, served_model: str | None = None,
                  max_model_len: int | None = None, timeout: float = 3600.0, connect_timeout: float = 10.0,
@@ -201,8 +196,9 @@ class RemoteEngine:
 
     # -- loading --
     def load(self, corpus, *, system_prompt: str | None = None, progress=None, cancel=None,
-             reuse_limit: int | None = None) -> LoadStats:
-        """Check the corpus against the window, then have the server prefill and cache it.
+             reuse_limit: int | None = None, plan=None) -> LoadStats:
+        """Check the corpus against the window, then have the server prefill and cache it (`plan`: not used; the
+        window check is cheap).
 
         The warm-up asks for one token with the corpus and an empty question; its prompt shares
         everything up to the question with every later request. Raises CorpusTooLarge before sending
@@ -320,97 +316,34 @@ class RemoteEngine:
             tokens = self._turns_tokens(question, kept)
             return tokens, tokens
 
-        kept, dropped, tokens = fit_turns(history, self.window - self.corpus_tokens, max_new_tokens, measure)
-        if kept is None:
-            raise BackendError(f"the question is about {tokens:,} tokens; the server's {self.window:,}-token "
-                               f"window has {self.window - self.corpus_tokens:,} left after the corpus")
+        kept, dropped, _ = fit_turns(history, self.window - self.corpus_tokens, max_new_tokens, measure,
+                                     f"the server's {self.window:,}-token window (by this machine's count)")
         return kept, dropped
+
+    def load_corpus(self, corpus_ids, **options) -> LoadStats:
+        """Token ids are not sent to a server: it is given the corpus's text (`load`)."""
+        raise BackendError("a server is given a corpus as text; load it as documents")
+
+    def prompt_prefix(self, corpus_ids, system_prompt: str | None = None) -> list[int]:
+        """System prompt and corpus as this machine's tokenizer counts them (the server's may differ a little)."""
+        system = self.system_prompt if system_prompt is None else system_prompt
+        return encode_prompt(self.tokenizer, list(corpus_ids), "", system_prompt=system).prefix
+
+    def save_corpus(self, label: str | None = None) -> None:
+        """Nothing is saved on this machine: the server keeps its own prefix cache."""
+        return None
+
+    def fingerprint(self, kv_dtype: str) -> None:
+        """A server's cache is not saved here."""
+        return None
+
+    def set_attention(self, attention: str) -> None:
+        """The server chooses its own attention kernels."""
+        raise BackendError("the server chooses its own attention precision")
+
+    def drop_cache(self) -> None:
+        """Forget the corpus (the server keeps its own cache until it needs the room)."""
+        self.corpus_text, self.corpus_tokens = None, 0
 
     def close(self) -> None:
         self._client.close()
-
-
-def _api_root(base_url: str) -> str:
-    """'http://h:8000' -> 'http://h:8000/v1'; an address with a path is kept as given (without a final /)."""
-    parts = urlsplit(base_url.strip())
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise BackendError(f"--base-url must look like http://HOST:PORT/v1, not '{base_url}'")
-    path = parts.path.rstrip("/") or "/v1"
-    return urlunsplit(parts._replace(path=path))
-
-
-def _window_of(model: dict) -> int:
-    """The context length a `/v1/models` entry reports: vLLM and SGLang give `max_model_len`;
-    llama.cpp gives `meta.n_ctx_train` (the trained window, an upper bound of what it was started with)."""
-    for key in ("max_model_len", "context_length", "max_context_length", "context_window"):
-        if model.get(key):
-            return int(model[key])
-    meta = model.get("meta") or {}
-    return int(meta.get("n_ctx") or meta.get("n_ctx_train") or 0)
-
-
-def _error_message(response: httpx.Response) -> str:
-    try:
-        return _message_of(response.json())
-    except ValueError:
-        return response.text.strip()[:500] or response.reason_phrase
-
-
-def _message_of(body) -> str:
-    """The message of an OpenAI-style error body, in the shapes servers use."""
-    if isinstance(body, dict):
-        error = body.get("error", body)
-        if isinstance(error, dict):
-            text = error.get("message") or error.get("detail") or json.dumps(error)[:500]
-            return str(text)
-        if body.get("detail"):
-            return str(body["detail"])
-        return str(error)[:500]
-    return str(body)[:500]
-
-
-def _is_context_error(message: str) -> bool:
-    lower = message.lower()
-    return any(word in lower for word in _CONTEXT_WORDS) or ("longer than" in lower and "context" in lower)
-
-
-def _reason(err: Exception) -> str:
-    text = str(err) or type(err).__name__
-    return "connection refused" if "refused" in text.lower() else text
-
-
-def _events(response: httpx.Response):
-    """Parsed server-sent events of a streamed completion; None for the final `[DONE]`."""
-    for line in response.iter_lines():
-        if not line.startswith("data:"):
-            continue  # blank separators, comments (": ping"), "event:" lines
-        data = line[5:].strip()
-        if data == "[DONE]":
-            yield None
-            return
-        try:
-            yield json.loads(data)
-        except ValueError:
-            log.warning("skipping a malformed event from the server: %.200s", data)
-
-
-def _wait(call, cancel: threading.Event | None):
-    """Run a blocking `call` in a thread so that `cancel` can stop the wait (the server may go on)."""
-    if cancel is None:
-        return call()
-    box: dict = {}
-
-    def run() -> None:
-        try:
-            box["value"] = call()
-        except BaseException as err:  # handed back to the waiting thread
-            box["error"] = err
-
-    worker = threading.Thread(target=run, daemon=True, name="omnibus-remote-load")
-    worker.start()
-    while worker.is_alive():
-        if cancel.wait(0.1):
-            raise Cancelled("loading stopped; the server may finish prefilling the corpus in the background")
-    if "error" in box:
-        raise box["error"]
-    return box["value"]

@@ -50,6 +50,7 @@ def main() -> int:
             layer.write(depth, k_new, k_new)  # the chunk's own keys, as transformers' update() leaves them
             for kernel in ("fa3", "flex/flash"):
                 attention_backend._fa3 = None if kernel == "fa3" else False
+                cache.backend = None  # chosen again, with this kernel, on the next call
                 if kernel == "fa3" and attention.fa3_kernel() is None:
                     print("  FlashAttention-3 not available here", flush=True)
                     continue

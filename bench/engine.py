@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from app import planner  # noqa: E402
 from app.engine.engine import Engine  # noqa: E402
+from app.engine.forward import forward  # noqa: E402
 from app.protocol import AnswerStats, Settings  # noqa: E402
 from app.errors import OmnibusError  # noqa: E402
 from app.engine.models import load_model  # noqa: E402
@@ -154,7 +155,7 @@ def fill_synthetic(engine: Engine, depth: int, kv: str) -> None:
     corpus = random_ids(depth - 64, engine.shape.vocab)
     prefix = engine.prompt_prefix(corpus)
     layout = engine.plan(len(prefix) + engine.chunk_tokens, kv)  # room for one more chunk at that depth
-    engine._ensure_cache(len(prefix) + layout.chunk_tokens, layout)
+    engine.ensure_cache(len(prefix) + layout.chunk_tokens, layout)
     layers = [shard for layer in engine.cache.layers for shard in getattr(layer, "shards", [layer])]
     for layer in layers:
         for buf in (layer.keys, layer.values):
@@ -167,7 +168,7 @@ def fill_synthetic(engine: Engine, depth: int, kv: str) -> None:
             layer.key_scales.fill_(0.01)
             layer.value_scales.fill_(0.01)
     engine.cache.adopt(len(prefix))  # as a disk load would: uniform fp8 scales read as quantised per head
-    engine.corpus_ids, engine.cached_ids = corpus, prefix
+    engine.sequence.corpus_ids, engine.sequence.prefix_ids = corpus, prefix
     from app.engine import attention_backend
 
     attention_backend.assign(engine.cache, engine.attention)
@@ -189,7 +190,7 @@ def synthetic(engine: Engine, depth: int, kv: str, decode_tokens: int, chunk_rep
     for _ in range(chunk_repeats):
         torch.cuda.synchronize()
         started = time.perf_counter()
-        engine._forward(chunk, want_logits=False)
+        forward(engine.model, engine.cache, chunk, False, engine.layer_devices[0])
         torch.cuda.synchronize()
         times.append(time.perf_counter() - started)
         engine.cache.truncate(base)

@@ -139,7 +139,7 @@ def part_conversation(engine, ids, args) -> None:
         history = []
         for i, question in enumerate(questions):
             if mode.startswith("rolled"):
-                del engine.conversation_ids[:]
+                del engine.sequence.conversation_ids[:]
                 engine.cache.truncate(len(engine.cached_ids))
             pieces = list(engine.ask(question, history, settings))
             stats = pieces.pop()

@@ -99,14 +99,14 @@ def save_and_load(engine: Engine, store: Store, depth: int, kv: str) -> dict:
         if cold:
             evict(saved.entry)
         engine.cache.truncate(0)
-        engine.cached_ids = []
+        engine.sequence.prefix_ids = []
         sync()
         started = time.perf_counter()
         restored = store.restore(engine, prefix, kv)
         seconds = time.perf_counter() - started
         assert restored.tokens == len(prefix), restored
         engine.cache.adopt(restored.tokens)
-        engine.cached_ids = prefix
+        engine.sequence.prefix_ids = prefix
         assert all(torch.equal(a, b) for a, b in zip(before, sample(engine))), "loaded cache differs"
         row[label + "_s"] = seconds
         row[label + "_gb_per_s"] = saved.bytes / GB / seconds

@@ -10,7 +10,7 @@ import pytest
 
 from app.engine.engine import Engine
 from app.protocol import AnswerStats, Settings
-from app.errors import Cancelled, CorpusTooLarge, NoCorpus
+from app.errors import Cancelled, CorpusTooLarge, NoCorpus, QuestionTooLong
 from app.prompt import Turn, encode_prompt
 from ingest import build_corpus
 from test_engine_helpers import ask, tiny_llama
@@ -194,7 +194,7 @@ def test_history_is_dropped_oldest_first_when_it_does_not_fit(engine, corpus_ids
 def test_question_too_long_for_the_cache_is_refused_and_the_corpus_kept(engine, corpus_ids):
     engine.load_corpus(corpus_ids)
     before = (engine.cache.length, engine.counters.question_tokens_prefilled)
-    with pytest.raises(CorpusTooLarge, match="tokens"):
+    with pytest.raises(QuestionTooLong, match="tokens"):
         next(engine.ask("Why? " * 2000))
     assert (engine.cache.length, engine.counters.question_tokens_prefilled) == before
     assert answer(engine, "Who keeps the ledger?")[1].finish_reason in ("length", "stop")

@@ -177,8 +177,13 @@ def test_settings_attention_control_sets_the_engine_and_a_server_keeps_its_own(t
     events = Events(workbench, Page())
     assert events.attention("fp8") == "fp8" and engine.attention == "fp8"
 
-    class Server:  # a backend without the setting (as a remote server's)
+    class Server:  # a backend that keeps its own setting (as a remote server does)
         attention = "server"
+
+        def set_attention(self, value):
+            from app.errors import BackendError
+
+            raise BackendError("the server chooses its own attention precision")
 
     workbench.backend = events.backend = Server()
     assert events.attention("fp8") == "server"

@@ -202,7 +202,7 @@ def test_engine_with_fp8_attention_replays_decode_as_a_graph(tiny_llama, llama3_
     eager_text, eager = greedy()
     engine.use_cuda_graphs = True
     graph_text, graphed = greedy()
-    assert engine._graph is not None and graphed.attention == stats.attention
+    assert engine.sequence.graph is not None and graphed.attention == stats.attention
     assert graphed.new_tokens == eager.new_tokens > 1 and graph_text == eager_text
 
 

@@ -39,13 +39,13 @@ def test_graph_replayed_decode_gives_the_same_greedy_tokens_as_eager_decode(kv, 
     engine.use_cuda_graphs = False
     eager_text, eager = greedy(engine, "How many boats are counted?")
     kept = corpus_end + engine.conversation_tokens  # the corpus, then the exchange kept for a follow-up
-    assert engine._graph is None and engine.conversation_tokens > 0 and engine.cache.length == kept
+    assert engine.sequence.graph is None and engine.conversation_tokens > 0 and engine.cache.length == kept
     engine.use_cuda_graphs = True
     graph_text, graphed = greedy(engine, "How many boats are counted?")
-    captured = engine._graph
+    captured = engine.sequence.graph
     assert captured is not None and engine.cache.length == kept  # the same exchange, kept the same way
     again_text, _ = greedy(engine, "How many boats are counted?")
-    assert engine._graph is captured  # the second answer replays the graph captured by the first
+    assert engine.sequence.graph is captured  # the second answer replays the graph captured by the first
 
     assert eager.new_tokens == graphed.new_tokens > 1  # a random model rarely stops early; this one did not
     assert graph_text == eager_text == again_text

@@ -10,7 +10,7 @@ import stat
 
 import pytest
 
-from app.errors import CorpusTooLarge
+from app.errors import QuestionTooLong
 from app.protocol import Settings
 from app.ui import views
 from app.ui.inputs import InvalidSetting, settings_from
@@ -38,7 +38,7 @@ def test_a_failed_answer_leaves_the_history_as_it_was(workbench, loaded):
     list(workbench.answer(loaded, QUESTION, SHORT))
     before = [(e.question, e.answer) for e in loaded.exchanges]
     too_long = "harbour " * 9000  # more tokens than the demo model's 8,192-token window holds
-    with pytest.raises(CorpusTooLarge):
+    with pytest.raises(QuestionTooLong):
         list(workbench.answer(loaded, too_long, SHORT))
     assert [(e.question, e.answer) for e in loaded.exchanges] == before  # not appended, nothing resent later
     list(workbench.answer(loaded, "Who is the lighthouse keeper?", SHORT))
@@ -52,7 +52,7 @@ def test_an_over_long_question_is_refused_before_any_model_work(workbench, tmp_p
     workbench.add_files(session, make_documents(tmp_path / "docs"))
     prefilled = engine.counters.corpus_tokens_prefilled
     for question, words in (("x" * 10_000_000, "characters"), ("harbour " * 9000, "tokens")):
-        with pytest.raises(CorpusTooLarge, match=words):
+        with pytest.raises(QuestionTooLong, match=words):
             list(workbench.ask(session, question, SHORT))
         assert engine.counters.corpus_tokens_prefilled == prefilled and not session.is_loaded
         assert session.exchanges == []

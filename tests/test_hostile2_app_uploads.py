@@ -19,7 +19,7 @@ from gradio.utils import get_upload_folder
 from gradio_client import Client, handle_file
 
 from app.ui.app import parse_args, start
-from app.ui.auth import Access
+from app.sharing.auth import Access
 from test_ui_helpers import demo_backend
 from serving import free_port
 

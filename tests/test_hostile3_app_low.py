@@ -12,7 +12,7 @@ import pytest
 from app.model_hub import how_to_get
 from app.remote import RemoteEngine
 from app.ui.app import parse_args, start
-from app.ui.auth import Access
+from app.sharing.auth import Access
 from remote_support.fake_server import FakeServer
 from serving import free_port
 

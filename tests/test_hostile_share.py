@@ -9,8 +9,9 @@ import pytest
 
 from app.ui.app import parse_args, start
 from app.ui.app import _lan_address
-from app.ui.auth import Access, LockedOut, LoginGuard, _client_address
-from app.ui.handlers import TooManyFiles, Workbench
+from app.sharing.auth import Access, LockedOut, LoginGuard, _client_address
+from app.sharing.documents import TooManyFiles
+from app.ui.handlers import Workbench
 from app.ui.session import Session
 from test_ui_helpers import demo_backend
 from serving import free_port

@@ -12,7 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 TORCH_FREE = ["app.protocol", "app.planner", "app.prompt", "app.models_catalog", "app.errors", "app.backend",
               "app.remote", "app.cli", "app.ui.views", "app.ui.handlers", "app.ui.session", "app.ui.inputs",
-              "app.ui.auth", "app.ui.app", "app.ui.layout", "app.ui.events",
+              "app.sharing.auth", "app.ui.app", "app.ui.layout", "app.ui.events",
               "app.store.cache_key", "app.store.kv_files", "app.store.library", "app.citations.form",
               "app.citations.check", "ingest"]
 HEAVY = ("torch", "triton")

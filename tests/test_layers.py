@@ -16,9 +16,10 @@ LAYERS = [
     ["app.errors", "app.logs", "app.models_catalog", "app.protocol"],
     ["app.planner", "app.prompt", "app.citations", "app.calibration", "app.model_hub"],
     ["app.store"],
-    ["app.engine", "app.remote"],
+    ["app.engine", "app.remote", "app.remote_http"],
     ["app.backend"],
-    ["app.ui", "app.server"],  # the page mounts the API beside it; the API serves the page's sessions
+    ["app.sharing"],  # what the page and the API share: the turnstile, logins, the origin rule, adding files
+    ["app.ui", "app.server"],  # side by side, and neither imports the other (app.cli mounts the API beside the page)
     ["app.cli"],
     ["app"],
 ]
@@ -75,6 +76,17 @@ def test_the_import_reader_sees_imports_of_every_kind():
     assert "ingest.corpus" in edges["ingest"]  # from .corpus import Corpus
     assert "app.server.serve" in edges["app.cli"]  # inside a function
     assert len(edges) > 60
+
+
+def test_the_page_and_the_api_do_not_import_each_other():
+    """app.ui and app.server share only what is below them (app.sharing and lower); neither imports the other,
+    not even inside a function."""
+    def side(name: str) -> str:
+        return next((s for s in ("app.ui", "app.server") if name == s or name.startswith(s + ".")), "")
+
+    crossing = sorted(f"{a} -> {b}" for a, targets in graph().items() for b in targets
+                      if side(a) and side(b) and side(a) != side(b))
+    assert crossing == []
 
 
 def test_every_import_points_down_the_layers():

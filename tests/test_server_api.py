@@ -189,7 +189,7 @@ def test_a_saved_corpus_reopens_from_disk_in_a_new_engine(server, demo_model):
 def test_the_page_and_the_api_never_answer_over_each_others_documents(demo_model, tmp_path):
     """A page's question asked after an API request replaced its corpus in the model reloads it first."""
     from app.protocol import Settings
-    from app.server.turnstile import SharedBackend, Turnstile
+    from app.sharing.turnstile import SharedBackend, Turnstile
     from app.ui.handlers import Workbench
     from app.ui.session import Session
 

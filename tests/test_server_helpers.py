@@ -7,8 +7,8 @@ import pytest
 from app.errors import Cancelled
 from app.server.access import Gate, KeyRule, decide_key
 from app.server.chat import ApiError, parse_chat_request
-from app.server.turnstile import Turnstile
-from app.ui.auth import AuthError
+from app.sharing.turnstile import Turnstile
+from app.sharing.auth import AuthError
 
 
 def test_turnstile_serves_callers_in_arrival_order():
@@ -142,7 +142,7 @@ def test_a_key_is_made_when_exposed_and_read_from_the_environment(monkeypatch):
 
 
 def test_the_gate_checks_the_key_and_locks_out_after_repeated_wrong_keys():
-    from app.ui.auth import _client_address
+    from app.sharing.auth import _client_address
 
     _client_address.set("192.0.2.7")  # a caller on the network: this computer itself is never locked out
     gate = Gate(KeyRule("right-key"))

@@ -9,6 +9,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from app.engine import attention
 from app.engine.engine import Engine
+from app.engine.forward import forward
 from app.protocol import Settings
 from ingest import build_corpus, load_tokenizer
 
@@ -44,7 +45,7 @@ def next_logits(engine: Engine) -> torch.Tensor:
     """Logits [V] after the cached corpus and a question, leaving the cache as it was."""
     ids = engine.tokenizer(QUESTION, add_special_tokens=False)["input_ids"]
     length = engine.cache.length
-    logits = engine._forward(ids, want_logits=True).clone()
+    logits = forward(engine.model, engine.cache, ids, True, engine.layer_devices[0]).clone()
     engine.cache.truncate(length)
     return logits
 

@@ -14,7 +14,7 @@ from test_store_helpers import corpus_ids, next_logits, tiny_engine
 
 def split_cache(engine, split: list[int], kv: str):
     """Give the engine an empty cache split over shards of these sizes (all on the CPU here)."""
-    engine.cache = KVCache(engine.layer_devices, engine.shape.kv_heads, engine.shape.head_dim, 0, kv,
+    engine.sequence.cache = KVCache(engine.layer_devices, engine.shape.kv_heads, engine.shape.head_dim, 0, kv,
                            compute_dtype=engine.dtype, shards=[(torch.device("cpu"), n) for n in split])
     return engine
 

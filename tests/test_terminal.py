@@ -38,12 +38,12 @@ warnings.warn("EOF marker not found\\nsecond line")
 
 
 def test_user_errors_are_one_line_without_class_names_or_doubled_words(capsys):
-    from app.errors import Cancelled, CorpusTooLarge
+    from app.errors import Cancelled, QuestionTooLong
     from app.ui.events import user_message
 
     assert user_message(Cancelled("stopped at 1,024 of 4,096 tokens; loading again resumes there", done=1024,
                                   total=4096)) == "Stopped at 1,024 of 4,096 tokens; loading again resumes there"
-    assert user_message(CorpusTooLarge("the question is 7 tokens")) == "The question is 7 tokens"
+    assert user_message(QuestionTooLong("the question is 7 tokens")) == "The question is 7 tokens"
     said = capsys.readouterr().err.splitlines()
     assert said == ["omnibus: Stopped at 1,024 of 4,096 tokens; loading again resumes there",
                     "omnibus: The question is 7 tokens"]
@@ -75,7 +75,7 @@ def test_how_to_log_in_is_printed_before_the_server_can_answer(monkeypatch, caps
 
     said_when_serving = []
 
-    def start(args, backend_, access):  # the moment the server would begin to accept connections
+    def start(args, backend_, access, api=None):  # the moment the server would begin to accept connections
         said_when_serving.append(capsys.readouterr().err)
         raise OSError("stopped here by the test")
 

@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from app.ui.app import parse_args, start
-from app.ui.auth import DEFAULT_USER, AuthError, decide, parse_pair, read_auth_file
+from app.sharing.auth import DEFAULT_USER, AuthError, decide, parse_pair, read_auth_file
 from test_ui_helpers import demo_backend
 from serving import free_port
 

@@ -6,7 +6,7 @@ import pytest
 
 from app.ui import views
 from app.protocol import Settings
-from app.errors import Cancelled, CorpusTooLarge, NoCorpus
+from app.errors import Cancelled, CorpusTooLarge, EmptyQuestion, NoCorpus, QuestionTooLong
 from app.ui.handlers import Workbench
 from app.ui.session import Session
 from test_ui_helpers import FACT, QUESTION, demo_backend, make_documents
@@ -161,7 +161,7 @@ def test_cancelled_load_resumes_where_it_stopped(workbench, tmp_path):
 def test_asking_without_documents_says_what_to_do(workbench):
     with pytest.raises(NoCorpus, match="add some files"):
         list(workbench.ask(Session(), QUESTION))
-    with pytest.raises(NoCorpus, match="regenerate"):
+    with pytest.raises(EmptyQuestion, match="regenerate"):
         list(workbench.regenerate(Session()))
 
 
@@ -310,7 +310,7 @@ def test_the_markdown_export_says_how_each_answer_ended_and_is_named_after_the_d
 def test_refusals_name_the_documents_or_say_what_to_do_with_a_long_question(workbench, documents, tmp_path):
     session = Session()
     workbench.add_files(session, documents)
-    with pytest.raises(CorpusTooLarge, match="Shorten it, or add the text as a file"):
+    with pytest.raises(QuestionTooLong, match="Shorten it, or add the text as a file"):
         workbench.check_question(session, "harbour tides " * 5000)
     big = tmp_path / "almanac.txt"
     big.write_text("The tide tables of the harbour, hour by hour, for the whole year. " * 900)

@@ -24,13 +24,13 @@ a failure there is logged with its cause and the cache falls back to the kernels
 from __future__ import annotations
 
 import logging
-import os
 
 import torch
 from transformers import AttentionInterface
 
 from app.engine import attention_backend, fa3_fp8
 from app.engine.attention_backend import fa3_kernel  # noqa: F401 (the engine and benchmarks ask it here)
+from app.engine.merge import merge
 
 log = logging.getLogger(__name__)
 
@@ -40,48 +40,40 @@ FEW_ROWS = 1024  # up to this many (query head x token) rows per KV head, the Tr
 FA3_FP8_BLOCK_TOKENS = 131_072  # fp8 keys dequantised at once for FlashAttention-3 (32 MiB a KV head, K and V)
 
 
-_flex = None  # compiled FlexAttention, built on first use; False once it failed here
+_flex = None  # FlexAttention compiled once (dynamic key length); False where this torch cannot build it
+
+
+class FlexFailed(Exception):
+    """FlexAttention raised on a cache (the cause is chained): the caller falls back for that cache and logs it."""
 
 
 def _flex_unmasked(q, k, v, scale: float):
-    """FlexAttention without a mask (compiled once, dynamic key length): (out, lse) or None if unavailable."""
+    """FlexAttention without a mask: (out, lse), or None where it cannot be built (an old torch, no Triton).
+    Raises FlexFailed when the kernel itself fails."""
     global _flex
-    if _flex is None and os.environ.get("OMNIBUS_FLEX", "1") == "1":
+    if _flex is None:
         try:
             from torch.nn.attention.flex_attention import flex_attention
 
             _flex = torch.compile(flex_attention, dynamic=True)
-        except Exception as err:  # an old torch or no Triton: the flash path serves
-            log.warning("FlexAttention unavailable (%s); using SDPA flash", err)
+        except Exception as err:  # a capability, not a failure of one call: the flash path serves
+            log.warning("FlexAttention unavailable (%s: %s); using SDPA flash", type(err).__name__, err)
             _flex = False
     if not _flex:
         return None
     try:
         out, lse = _flex(q, k, v, scale=scale, return_lse=True)
+    except torch.OutOfMemoryError:
+        raise
     except Exception as err:
-        log.warning("FlexAttention failed (%s); using SDPA flash from now on", err)
-        _flex = False
-        return None
+        raise FlexFailed(f"{type(err).__name__}: {err}") from err
     return out, lse
-
-
-def _fa3_usable(query, layer) -> bool:
-    return query.is_cuda and query.dtype == torch.bfloat16 and query.shape[-1] in (64, 128, 256) \
-        and not hasattr(layer, "shards") and fa3_kernel() is not None
 
 
 def _fa3_attend(q, k, v, causal: bool, scale: float):
     """q [B, T, Hq, D], k/v [B, S, H_kv, D] (any strides, last dim contiguous) -> out [B, T, Hq, D], lse [B, Hq, T]."""
     out, lse = fa3_kernel()(q, k, v, softmax_scale=scale, causal=causal, return_attn_probs=True)
     return out, lse
-
-
-def _merge_bthd(out_a, lse_a, out_b, lse_b):
-    """`_merge` for outputs laid out [B, T, H, D] with lse [B, H, T] (fp32 result)."""
-    lse = torch.logaddexp(lse_a, lse_b)
-    wa = torch.exp(lse_a - lse).transpose(1, 2).unsqueeze(-1)  # [B, T, H, 1]
-    wb = torch.exp(lse_b - lse).transpose(1, 2).unsqueeze(-1)
-    return out_a.float() * wa + out_b.float() * wb, lse
 
 
 def _fa3_cached(query, layer, length: int, scale: float):
@@ -94,7 +86,7 @@ def _fa3_cached(query, layer, length: int, scale: float):
     for start in range(0, length, block):
         k, v = layer.read(start, min(start + block, length))  # [B, H_kv, n, D]: views of a bf16 cache
         o, s = _fa3_attend(q, k.transpose(1, 2), v.transpose(1, 2), False, scale)
-        out, lse = (o, s) if out is None else _merge_bthd(out, lse, o, s)
+        out, lse = (o, s) if out is None else merge(out, lse, o, s, layout="bthd")
     return out, lse
 
 
@@ -112,7 +104,7 @@ def _fa3_prefill(query, key, value, layer, length: int, scale: float) -> torch.T
     out, lse = _fa3_attend(q, key.transpose(1, 2), value.transpose(1, 2), True, scale)  # exact bf16 keys
     if length:
         past_out, past_lse = _fa3_cached(query, layer, length, scale)
-        out, lse = _merge_bthd(out, lse, past_out, past_lse)
+        out, lse = merge(out, lse, past_out, past_lse, layout="bthd")
     return out.to(query.dtype)
 
 def _flash(q, k, v, causal: bool, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,22 +116,17 @@ def _flash(q, k, v, causal: bool, scale: float) -> tuple[torch.Tensor, torch.Ten
     return out, lse[..., : q.shape[2]]
 
 
-def _merge(out_a, lse_a, out_b, lse_b):
-    """Combine two softmax attentions over disjoint key sets (fp32 result)."""
-    lse = torch.logaddexp(lse_a, lse_b)
-    out = out_a.float() * torch.exp(lse_a - lse).unsqueeze(-1) + out_b.float() * torch.exp(lse_b - lse).unsqueeze(-1)
-    return out, lse
-
-
-def attend_cached(query, layer, length: int, scale: float, block: int | None = None):
-    """Attention of query [B, Hq, T, D] over a layer's first `length` cached keys, all visible.
+def attend_cached(query, layer, length: int, scale: float, block: int | None = None, backend=None):
+    """Attention of query [B, Hq, T, D] over a layer's first `length` cached keys, all visible, with the cached-key
+    kernel of `backend` (its cache's `AttentionBackend`; None: chosen now for this query and layer).
 
     Returns (out [B, Hq, T, D], lse [B, Hq, T]), or (None, None) when the cache is empty.
     """
     if length == 0:
         return None, None
+    backend = backend or attention_backend.for_layer(query, layer)
     if hasattr(layer, "shards"):  # sequence-parallel: every shard's device works at once, merged here
-        return _attend_shards(query, layer, length, scale)
+        return _attend_shards(query, layer, length, scale, backend)
     b, hq, t, d = query.shape
     hkv = layer.keys.shape[1]
     if query.is_cuda and (hq // hkv) * t <= FEW_ROWS:  # a question's few tokens: read the cache once, as stored
@@ -147,14 +134,14 @@ def attend_cached(query, layer, length: int, scale: float, block: int | None = N
 
         # a fill kernel, not a host-to-device copy: nothing here waits for the GPU
         return cached_attention(query, layer, torch.full((1,), length, dtype=torch.int32, device=query.device), scale)
-    if _fa3_usable(query, layer):
+    if backend.cached == "fa3":
         out, lse = _fa3_cached(query, layer, length, scale)
         return out.transpose(1, 2), lse
     grouped = query.reshape(b, hkv, (hq // hkv) * t, d)  # [B, H_kv, groups*T, D]
     # On GPUs the keys go in contiguous blocks to FlexAttention, which beats flash there (383 vs 337 TFLOP/s at
     # 256K on an H100) but not on strided views of the whole cache (177 vs 354): see BENCHMARKS.md. Copying a
     # bf16 block costs ~1% of the attention it feeds. On CPUs, bf16/fp32 views go to the flash kernel whole.
-    use_flex = query.is_cuda and os.environ.get("OMNIBUS_FLEX", "1") == "1"
+    use_flex = query.is_cuda and backend.cached == "flex"
     block = block or (FP8_BLOCK_TOKENS if layer.fp8 or use_flex else length)
     out = lse = None
     for start in range(0, length, block):
@@ -162,20 +149,20 @@ def attend_cached(query, layer, length: int, scale: float, block: int | None = N
         if use_flex and not layer.fp8:
             k, v = k.contiguous(), v.contiguous()
         o, s = (use_flex and _flex_unmasked(grouped, k, v, scale)) or _flash(grouped, k, v, False, scale)
-        out, lse = (o, s) if out is None else _merge(out, lse, o, s)
+        out, lse = (o, s) if out is None else merge(out, lse, o, s)
     return out.reshape(b, hq, t, d), lse.reshape(b, hq, t)
 
 
-def _attend_shards(query, layer, length: int, scale: float):
+def _attend_shards(query, layer, length: int, scale: float, backend):
     """Attention over a position-sharded layer: the query goes to each shard's device, the partial results
     (out, lse) come back and merge. Launches are asynchronous, so the devices compute concurrently."""
     parts = []
     for shard, lo, hi, _ in layer.spans(0, length):
-        parts.append(attend_cached(query.to(shard.keys.device), shard, hi, scale))  # shards start at 0 locally
+        parts.append(attend_cached(query.to(shard.keys.device), shard, hi, scale, backend=backend))  # from 0 locally
     out = lse = None
     for o, s in parts:
         o, s = o.to(query.device), s.to(query.device)
-        out, lse = (o, s) if out is None else _merge(out, lse, o, s)
+        out, lse = (o, s) if out is None else merge(out, lse, o, s)
     return out, lse
 
 
@@ -209,20 +196,30 @@ def omnibus_attention(module, query, key, value, attention_mask, scaling=None, d
 
             out = decode_attention(query, layer, kv_cache.decode_slots[query.device][1], scale)
         else:
-            out, _ = attend_cached(query, layer, length + 1, scale)
+            out, _ = _attend_cached_or_fall_back(query, layer, length + 1, scale, kv_cache, "decode")
         return out.to(query.dtype).transpose(1, 2).contiguous(), None
-    if _fa3_usable(query, layer) and (query.shape[1] // key.shape[1]) * query.shape[2] > FEW_ROWS:
+    if backend.prefill == "fa3" and (query.shape[1] // key.shape[1]) * query.shape[2] > FEW_ROWS:
         return _fa3_prefill(query, key, value, layer, length, scale), None
     groups = query.shape[1] // key.shape[1]
     new_out, new_lse = _flash(
         query, key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1), True, scale
     )
-    past_out, past_lse = attend_cached(query, layer, length, scale)
+    past_out, past_lse = _attend_cached_or_fall_back(query, layer, length, scale, kv_cache, "prefill")
     if past_out is None:
         out = new_out
     else:
-        out, _ = _merge(new_out, new_lse, past_out, past_lse)
+        out, _ = merge(new_out, new_lse, past_out, past_lse)
     return out.to(query.dtype).transpose(1, 2).contiguous(), None
+
+
+def _attend_cached_or_fall_back(query, layer, length: int, scale: float, kv_cache, part: str):
+    """`attend_cached` with the cache's kernels; when FlexAttention fails, the cause is logged and this cache is
+    read with SDPA flash from then on (`attention_backend.fall_back`)."""
+    try:
+        return attend_cached(query, layer, length, scale, backend=kv_cache.backend)
+    except FlexFailed as err:
+        backend = attention_backend.fall_back(kv_cache, part, err.__cause__ or err, kernel="flex")
+        return attend_cached(query, layer, length, scale, backend=backend)
 
 
 AttentionInterface.register(NAME, omnibus_attention)

@@ -1,9 +1,12 @@
 """Which attention kernels a cache is read with: chosen once per cache and setting, logged, named in the stats.
 
-`choose(cache, attention)` looks at the cache (device, storage, how its fp8 values are scaled, sharding) and the
-attention setting ("bf16" or "fp8") and returns an `AttentionBackend`; the engine keeps it on the cache
-(`cache.backend`), and `app.engine.attention` dispatches on it instead of probing on every call. A kernel that
-fails is logged with its cause, and that cache falls back (`fall_back`), which the next stats name too.
+`choose(cache, attention)` looks at the cache (device, storage, compute dtype, head size, how its fp8 values are
+scaled, sharding), the attention setting ("bf16" or "fp8") and the switches OMNIBUS_FA3 / OMNIBUS_FLEX (read
+here, when the choice is made, never per call), and returns an `AttentionBackend`: the kernels of a prefill chunk,
+of its cached keys and of a decode step. The engine keeps it on the cache (`cache.backend`), and
+`app.engine.attention` dispatches on it instead of probing on every call. A kernel that fails is logged with its
+cause, and that cache falls back to the next kernel (`fall_back`), which the next stats name too; nothing is
+switched off for the rest of the process.
 """
 
 from __future__ import annotations
@@ -31,18 +34,19 @@ KERNEL_NAMES = {
 }
 
 
-_fa3 = None  # FlashAttention-3's flash_attn_func, imported on first use; False where it cannot run
+_fa3 = None  # FlashAttention-3's flash_attn_func, imported once; False where it cannot run (not installed, no Hopper)
 
 
 def fa3_kernel():
-    """FlashAttention-3's `flash_attn_func` (package `fa3-fwd`) on a Hopper GPU, else None.
+    """FlashAttention-3's `flash_attn_func` (package `fa3-fwd`) on a Hopper GPU, else None (imported once).
 
-    OMNIBUS_FA3=0 turns it off (the FlexAttention / SDPA flash path then serves)."""
+    OMNIBUS_FA3=0 turns it off for the caches chosen from then on (the FlexAttention / SDPA flash path serves)."""
     global _fa3
+    if os.environ.get("OMNIBUS_FA3", "1") != "1":
+        return None
     if _fa3 is None:
         _fa3 = False
-        if os.environ.get("OMNIBUS_FA3", "1") == "1" and torch.cuda.is_available() \
-                and torch.cuda.get_device_capability() == (9, 0):
+        if torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0):
             try:
                 from fa3_fwd_interface import flash_attn_func
 
@@ -52,19 +56,28 @@ def fa3_kernel():
     return _fa3 or None
 
 
+def flex_enabled() -> bool:
+    """Whether FlexAttention may read cached keys on GPUs (OMNIBUS_FLEX=0: SDPA flash instead)."""
+    return os.environ.get("OMNIBUS_FLEX", "1") == "1"
+
+
 @dataclass(frozen=True)
 class AttentionBackend:
-    """prefill: "fa3-fp8", "fa3", "flex" or "sdpa"; decode: "fa3-fp8", "triton" or "sdpa"; note: why not fp8;
-    failed: an fp8 kernel failed on this cache, which keeps these kernels from then on."""
+    """prefill: "fa3-fp8", "fa3", "flex" or "sdpa"; decode: "fa3-fp8", "triton" or "sdpa"; cached: the kernel of a
+    prefill chunk's cached keys where they are read apart from its own ("fa3", "flex" or "sdpa": SDPA flash); note:
+    why not fp8, or what failed; failed: a kernel failed on this cache, which keeps these kernels from then on."""
 
     prefill: str
     decode: str
     note: str = ""
     failed: bool = False
+    cached: str = "sdpa"
 
     def describe(self) -> str:
         """e.g. "prefill FlashAttention-3 fp8, decode FlashAttention-3 fp8"."""
         text = f"prefill {KERNEL_NAMES[self.prefill]}, decode {KERNEL_NAMES[self.decode]}"
+        if self.cached != {"fa3": "fa3", "flex": "flex", "sdpa": "sdpa"}.get(self.prefill, self.cached):
+            text += f", cached keys {KERNEL_NAMES[self.cached]}"  # a sharded cache's shards
         return f"{text} ({self.note})" if self.note else text
 
 
@@ -74,15 +87,28 @@ def check_setting(attention: str) -> str:
     return attention
 
 
-def _default(cache) -> AttentionBackend:
-    """The bf16-attention kernels for this cache (fp8 values dequantised a block at a time)."""
-    cuda = cache.device_type == "cuda"
+def _bf16_kernels(cuda: bool, bf16: bool, head_dim: int, sharded: bool, flex: bool = True) -> AttentionBackend:
+    """The bf16-attention kernels for a cache on these terms (fp8 values dequantised a block at a time). `flex`:
+    False once FlexAttention failed on the cache."""
     if not cuda:
         return AttentionBackend("sdpa", "sdpa")
-    if cache.sharded:
-        return AttentionBackend("flex", "sdpa")
-    fa3 = fa3_kernel() is not None and cache.compute_dtype_name == "bf16"
-    return AttentionBackend("fa3" if fa3 else "flex", "triton")
+    fa3 = fa3_kernel() is not None and bf16 and head_dim in (64, 128, 256)
+    cached = "fa3" if fa3 else ("flex" if flex and flex_enabled() else "sdpa")
+    if sharded:  # the chunk's own keys by SDPA flash; each shard's cached keys by `cached`, merged
+        return AttentionBackend("flex" if cached == "flex" else "sdpa", "sdpa", cached=cached)
+    return AttentionBackend(cached, "triton", cached=cached)
+
+
+def _default(cache, flex: bool = True) -> AttentionBackend:
+    """The bf16-attention kernels for this cache."""
+    return _bf16_kernels(cache.device_type == "cuda", cache.compute_dtype_name == "bf16", cache.head_dim,
+                         cache.sharded, flex)
+
+
+def for_layer(query: torch.Tensor, layer) -> AttentionBackend:
+    """The bf16-attention kernels for a query [B, Hq, T, D] over one layer's cache, chosen now (a direct call of
+    `app.engine.attention.attend_cached` without its cache's backend: benchmarks, kernel tests)."""
+    return _bf16_kernels(query.is_cuda, query.dtype == torch.bfloat16, query.shape[-1], hasattr(layer, "shards"))
 
 
 def choose(cache, attention: str = "bf16") -> AttentionBackend:
@@ -104,7 +130,8 @@ def choose(cache, attention: str = "bf16") -> AttentionBackend:
         why = f"FlashAttention-3 takes head sizes 64, 128 or 256, not {cache.head_dim}"
     if why:
         return AttentionBackend(base.prefill, base.decode, "bf16 attention: " + why)
-    return AttentionBackend("fa3-fp8", "fa3-fp8" if cache.length >= FA3_DECODE_MIN_TOKENS else base.decode)
+    return AttentionBackend("fa3-fp8", "fa3-fp8" if cache.length >= FA3_DECODE_MIN_TOKENS else base.decode,
+                            cached=base.cached)
 
 
 def assign(cache, attention: str) -> AttentionBackend:
@@ -119,12 +146,14 @@ def assign(cache, attention: str) -> AttentionBackend:
     return backend
 
 
-def fall_back(cache, part: str, err: BaseException) -> AttentionBackend:
-    """A kernel of `cache.backend` failed in `part` ("prefill" or "decode"): log the cause, and read this cache
-    with the bf16-attention kernels from now on (the stats say so)."""
-    base = _default(cache)
-    note = f"fp8 {part} failed: {type(err).__name__}: {str(err)[:200]}"
-    log.error("attention kernel %s failed on this cache (%s: %s); using %s", KERNEL_NAMES["fa3-fp8"],
+def fall_back(cache, part: str, err: BaseException, kernel: str = "fa3-fp8") -> AttentionBackend:
+    """`kernel` ("fa3-fp8" or "flex") failed on `cache` in `part` ("prefill" or "decode"): log the cause, and read
+    this cache without it from now on (the stats say so): the bf16-attention kernels after an fp8 failure, SDPA
+    flash after a FlexAttention one."""
+    base = _default(cache, flex=kernel != "flex")
+    what = "fp8" if kernel == "fa3-fp8" else "FlexAttention"
+    note = f"{what} {part} failed: {type(err).__name__}: {str(err)[:200]}"
+    log.error("attention kernel %s failed on this cache (%s: %s); using %s", KERNEL_NAMES[kernel],
               type(err).__name__, err, base.describe())
-    cache.backend = AttentionBackend(base.prefill, base.decode, note, failed=True)
+    cache.backend = AttentionBackend(base.prefill, base.decode, note, failed=True, cached=base.cached)
     return cache.backend

@@ -20,6 +20,7 @@ import logging
 import torch
 
 from app.engine.kv_cache import FP8, FP8_MAX
+from app.engine.merge import merge as merge_attention
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +45,8 @@ def quantize_query(q: torch.Tensor, kv_heads: int) -> tuple[torch.Tensor, torch.
 
 def merge(acc: torch.Tensor, acc_lse: torch.Tensor, out: torch.Tensor, lse: torch.Tensor):
     """Combine two softmax attentions over disjoint keys: acc [B, T, H, D] fp32 and out [B, T, H, D] (any float
-    dtype), with their log-sum-exps [B, H, T]. Returns (fp32 out, lse)."""
-    total = torch.logaddexp(acc_lse, lse)
-    wa = torch.exp(acc_lse - total).transpose(1, 2).unsqueeze(-1)  # [B, T, H, 1]
-    wb = torch.exp(lse - total).transpose(1, 2).unsqueeze(-1)
-    return acc * wa + out.float() * wb, total
+    dtype), with their log-sum-exps [B, H, T]. Returns (fp32 out, lse): `app.engine.merge`, in this layout."""
+    return merge_attention(acc, acc_lse, out, lse, layout="bthd")
 
 
 _merge_fused = None  # `merge` compiled into one kernel on first use; False where compiling failed

@@ -1,6 +1,6 @@
 """Who may use the API and MCP: anyone on this computer when the server listens on 127.0.0.1 only; a key
 whenever it listens beyond it (`--api-key-env VAR`, or one made at start and printed once). Wrong keys count
-towards the same lock-out as the app's login (app.ui.auth.LoginGuard)."""
+towards the same lock-out as the app's login (app.sharing.auth.LoginGuard)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import secrets
 from dataclasses import dataclass
 
 from app.server.chat import ApiError
-from app.ui.auth import AuthError, LockedOut, LoginGuard
+from app.sharing.auth import AuthError, LockedOut, LoginGuard
 
 KEY_USER = "api-key"  # the one "user" the guard knows: the key is its password
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.store.cache_key import fingerprint, ids_hash
+from app.store.cache_key import ids_hash
 from app.store.entry import Entry
 from app.store.library import IDS_FILE
 
@@ -41,7 +41,7 @@ def catalog(engine) -> list[Entry]:
     store = engine.store
     if store is None:
         return []
-    mine = _model_part(fingerprint(engine, ""))
+    mine = _model_part(engine.fingerprint(""))
     return [e for e in store.entries() if e.kind == "corpus" and (e.path / IDS_FILE).is_file()
             and _model_part(e.meta.get("fingerprint", {})) == mine]
 

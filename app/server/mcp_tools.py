@@ -25,8 +25,7 @@ from app.server.corpora import model_id, saved_for_model
 from app.server.openai_api import error_response
 from app.server.request_guard import check_request, read_body, replay
 from app.server.service import Service, Usage
-from app.ui.handlers import Workbench
-from app.ui.session import Session
+from app.sharing.documents import Documents, add_files
 
 MCP_BODY_BYTES = 8 * 2**20  # a tool call: paths and a question, never a corpus
 INSTRUCTIONS = ("Omnibus answers questions over whole documents, books and codebases held in one long context. "
@@ -38,7 +37,7 @@ class Desk:
     """One MCP session's documents (or chosen saved corpus) and conversation."""
 
     def __init__(self):
-        self.session = Session()  # app.ui.handlers: the files added, ingested and scanned for secrets
+        self.session = Documents()  # the files added, ingested and scanned for secrets
         self.saved: str | None = None  # an omnibus/ID chosen with load(corpus=...)
         self.questions: list[str] = []
         self.answers: list[str] = []
@@ -58,7 +57,6 @@ class Tools:
         self.files_root = Path(files_root).resolve() if files_root else None
         self.private = [Path(p).expanduser().resolve() for p in [*private, *([store.root] if store else [])]]
         self.service: Service | None = None
-        self.workbench: Workbench | None = None  # only its ingestion: loading and asking go through service
         self._ready, self._failure = threading.Event(), ""
         if service is not None:
             self.serve_with(service)
@@ -70,7 +68,7 @@ class Tools:
 
     def serve_with(self, service: Service) -> None:
         """The model is loaded: the tools that wait for it go ahead."""
-        self.service, self.workbench = service, Workbench(service.engine)
+        self.service = service
         store = service.engine.store  # the app's own saved corpora and conversations: never read as documents
         if store is not None:
             self.private.append(Path(store.root).expanduser().resolve())
@@ -126,7 +124,7 @@ class Tools:
 
     def _ingest(self, desk: Desk, paths) -> None:
         try:
-            self.workbench.add_files(desk.session, paths)
+            add_files(desk.session, paths, self.service.engine)
         except OmnibusError as err:
             raise ValueError(str(err)) from err
 

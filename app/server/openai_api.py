@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from app.errors import Cancelled, CorpusTooLarge, ModelLoadError, NoCorpus, OmnibusError, OutOfMemory
+from app.errors import Cancelled, DoesNotFit, MissingInput, ModelLoadError, OmnibusError, OutOfMemory
 from app.protocol import Settings
 from app.server.access import Gate
 from app.server.chat import ApiError, chunk, completion, new_id, parse_chat_request
@@ -33,13 +33,13 @@ def api_error(err: OmnibusError | Exception) -> ApiError:
         return err
     if isinstance(err, UnknownModel):
         return ApiError(404, str(err), param="model", code="model_not_found")
-    if isinstance(err, (ContextTooLong, CorpusTooLarge)):
+    if isinstance(err, (ContextTooLong, DoesNotFit)):
         return ApiError(400, str(err), param="messages", code="context_length_exceeded")
     if isinstance(err, ModelLoadError):  # the model is being switched or opened: try again shortly
         return ApiError(503, str(err), type="server_error", code="model_loading")
     if isinstance(err, OutOfMemory):
         return ApiError(503, str(err), type="server_error", code="out_of_memory")
-    if isinstance(err, NoCorpus):
+    if isinstance(err, MissingInput):
         return ApiError(400, str(err))
     if isinstance(err, OmnibusError):
         return ApiError(500, str(err), type="server_error")

@@ -9,9 +9,8 @@ another origin. Programs (curl, the OpenAI SDK, MCP clients) send JSON and no Or
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 from app.server.chat import ApiError
+from app.sharing.origin import foreign_origin
 
 MB = 2**20
 BODY_BYTES_PER_TOKEN = 32  # far above real text (about 4 bytes a token, 6 for escaped non-Latin text)
@@ -27,17 +26,6 @@ def body_limit(window: int) -> int:
 def chars_limit(window: int, longest_token: int = CHARS_PER_TOKEN_MOST) -> int:
     """Characters beyond which a text must be more tokens than the window holds (no tokenizing needed)."""
     return window * longest_token
-
-
-def foreign_origin(headers) -> str | None:
-    """The web page of another origin that sent this request (its `Origin`, or "another site"), else None."""
-    origin = headers.get("origin")
-    if origin is not None:
-        parts = urlsplit(origin)
-        if origin == "null" or parts.scheme not in ("http", "https") or \
-                parts.netloc.lower() != headers.get("host", "").lower():
-            return origin[:100]
-    return "another site" if headers.get("sec-fetch-site") == "cross-site" else None
 
 
 def check_request(scope_headers, method: str) -> ApiError | None:

@@ -19,8 +19,8 @@ from app.server.access import Gate, KeyRule, decide_key
 from app.server.mcp_tools import McpEndpoint, Tools
 from app.server.openai_api import OpenAIApi, error_response, not_served
 from app.server.service import Service
-from app.server.turnstile import SharedBackend, Turnstile
-from app.ui.auth import AuthError, ClientAddress
+from app.sharing.turnstile import SharedBackend, Turnstile
+from app.sharing.auth import AuthError, ClientAddress
 
 DEFAULT_PORT = 8000
 

@@ -19,7 +19,7 @@ from app.errors import OmnibusError
 from app.prompt import Turn, encode_prompt
 from app.protocol import AnswerStats, Settings
 from app.server.corpora import SavedCorpus, catalog, model_id, open_saved
-from app.server.turnstile import Turnstile
+from app.sharing.turnstile import Turnstile
 from ingest import TokenCounter
 
 CORPUS_BREAK = "\n\n"  # between the corpus and the first question (app.prompt.corpus_message)
@@ -185,5 +185,5 @@ class Service:
         stats = engine.load_corpus(prompt.corpus_ids, system_prompt=prompt.system_prompt, cancel=cancel,
                                    sources=prompt.sources, save=prompt.on_disk)
         if prompt.on_disk and store is not None and stats.source == "memory":
-            stats.saved = store.save(engine)  # cached by a request that was not saved ("exists" if it was)
+            stats.saved = engine.save_corpus()  # cached by a request that was not saved ("exists" if it was)
         return stats

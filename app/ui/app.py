@@ -2,7 +2,7 @@
 components to the `app.ui.events` handlers), `start` serves it, and `main` is `python3 launch.py [options]`.
 
 What each button does lives in `app.ui.handlers` (plain Python, the same `Workbench` methods the tests call);
-the words it shows in `app.ui.views`; who may log in in `app.ui.auth`.
+the words it shows in `app.ui.views`; who may log in in `app.sharing.auth`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from starlette.middleware import Middleware  # noqa: E402
 
 from app.backend import ModelSlot, add_backend_arguments
 from app.errors import OmnibusError
-from app.ui.auth import Access, AuthError, ClientAddress, LocalHostOnly, LoginGuard, LoginNotice, decide
+from app.sharing.auth import Access, AuthError, ClientAddress, LocalHostOnly, LoginGuard, LoginNotice, decide
 from app.ui.events import Events, say
 from app.ui.handlers import Workbench
 from app.ui.layout import CSS, THEME, Page, layout
@@ -141,13 +141,15 @@ def login_message(access: Access) -> str:
     return "<b>Omnibus</b>: log in with the user and password you were given."
 
 
-def start(args: argparse.Namespace, backend, access: Access) -> gr.Blocks:
-    """Build the app for `backend` and serve it in the background as `args` ask; return it running."""
+def start(args: argparse.Namespace, backend, access: Access, api=None) -> gr.Blocks:
+    """Build the app for `backend` and serve it in the background as `args` ask; return it running.
+
+    `api`: what serves the OpenAI-compatible API and MCP beside the page (`app.server.serve`, passed in by
+    `app.cli`, so that the page and the API never import each other); None: the page alone."""
     from gradio.utils import get_upload_folder
 
-    from app.server import serve  # the OpenAI-compatible API and MCP, beside the page
-
-    backend = serve.shared(backend)  # the page takes its turns on the model with the API's requests
+    if api is not None:
+        backend = api.shared(backend)  # the page takes its turns on the model with the API's requests
     uploads = Uploads(get_upload_folder())
     owner = Owner(args.admin, loopback_trusted=not args.share)
     demo = build(Workbench(backend, args.max_upload_files), args.max_upload_mb, uploads, owner)
@@ -166,7 +168,8 @@ def start(args: argparse.Namespace, backend, access: Access) -> gr.Blocks:
                 auth_message=login_message(access),
                 prevent_thread_lock=True, quiet=True, ssr_mode=False, footer_links=["api"], css=CSS,
                 theme=THEME)
-    serve.mount(demo, backend, args)
+    if api is not None:
+        api.mount(demo, backend, args)
     return demo
 
 
@@ -180,8 +183,9 @@ def _model_reporter(show_download):
     return report
 
 
-def main(argv: list[str]) -> int:
-    """Start the app: load the model, serve on 127.0.0.1 (or the network), print the address, block."""
+def main(argv: list[str], api=None) -> int:
+    """Start the app: load the model, serve on 127.0.0.1 (or the network), print the address, block. `api`: as
+    for `start`."""
     args = parse_args(argv)
     try:
         access = decide(auth=args.auth, auth_file=args.auth_file, no_auth=args.no_auth,
@@ -201,7 +205,7 @@ def main(argv: list[str]) -> int:
         say(f"error: {err}")
         return 1
     try:
-        demo = start(args, backend, access)
+        demo = start(args, backend, access, api)
     except OSError as err:
         say(f"error: cannot serve on port {args.port}: {err}. Try another with --port.")
         return 1

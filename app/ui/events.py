@@ -1,83 +1,32 @@
 """The page's event handlers (`Events`): each turns the page's inputs into one `Workbench` call (`app.ui.handlers`,
 the same methods the tests call) and its result into what the page shows. A long call runs in a worker thread
-(`_in_thread`) while the page streams its progress, and `OmnibusError`s meant for the user become messages on the
-page (`user_message`, `user_errors`). `app.ui.app` connects the page's components to these handlers.
+(`app.ui.worker.in_thread`) while the page streams its progress, and `OmnibusError`s meant for the user become
+messages on the page (`app.ui.messages`). `app.ui.app` connects the page's components to these handlers.
 """
 
 from __future__ import annotations
 
-import contextlib
-import queue
-import sys
 import tempfile
-import threading
 from pathlib import Path
 
 import gradio as gr
 
 from app.citations.form import CITATION_FORMAT
-from app.errors import Cancelled, CorpusTooLarge, OmnibusError
+from app.errors import Cancelled, DoesNotFit, OmnibusError
 from app.ui import views
 from app.ui.inputs import settings_from
 from app.ui.handlers import Workbench
 from app.ui.session import Session
 from app.ui.layout import Page
 from app.ui.markup import inert
+from app.ui.messages import say, user_errors, user_message  # noqa: F401  (say, user_errors: app.ui.app's)
+from app.ui.worker import in_thread
 from app.ui.uploads import Uploads
 from ingest.secret_scan import warning as secrets_warning
 
 
-def say(message: str) -> None:
-    """One line in the terminal where the app was started."""
-    print(message, file=sys.stderr, flush=True)
-
-
-def user_message(err: OmnibusError) -> str:
-    """An error meant for the user, as a sentence; logged as one line where the app was started (no class
-    name, no word said twice)."""
-    text = str(err)
-    if isinstance(err, Cancelled) and not text.lower().startswith("stopped"):
-        text = f"stopped: {text}"
-    text = text[:1].upper() + text[1:]
-    say(f"omnibus: {text}")
-    return text
-
-
-@contextlib.contextmanager
-def user_errors():
-    """Show errors meant for the user on the page, as they are (one line in the terminal, no traceback)."""
-    try:
-        yield
-    except OmnibusError as err:
-        raise gr.Error(user_message(err), print_exception=False) from err
-
-
 def _owner(request: gr.Request | None) -> str:
     return (getattr(request, "username", None) or "") if request is not None else ""
-
-
-def _in_thread(work):
-    """Run `work(report)` (it returns an iterable) in a worker thread; yield ("progress", report) as the work
-    reports, ("item", x) for each item, then ("end", None) or ("error", exception).
-
-    The page gets progress while the engine is busy; if the page goes away, the work still finishes (and the
-    conversation keeps what it did)."""
-    box: queue.Queue = queue.Queue()
-
-    def run():
-        try:
-            for item in work(lambda report: box.put(("progress", report))):
-                box.put(("item", item))
-            box.put(("end", None))
-        except BaseException as err:  # handed to the page's thread, which re-raises what is not the user's
-            box.put(("error", err))
-
-    threading.Thread(target=run, daemon=True, name="omnibus-work").start()
-    while True:
-        kind, value = box.get()
-        yield kind, value
-        if kind in ("end", "error"):
-            return
 
 
 class Events:
@@ -254,12 +203,12 @@ class Events:
         return f"{instructions} {CITATION_FORMAT}".strip() if on else instructions
 
     # -- the model: load, ask, regenerate, stop --
-    def starting(self, session: Session, system_prompt: str) -> str:
-        """The progress line at the moment a load starts ("" when nothing needs reading)."""
+    def starting(self, session: Session, system_prompt: str, plan=None) -> str:
+        """The progress line at the moment a load starts ("" when nothing needs reading); `plan`: made just now."""
         if session.corpus is None:
             return ""
         cost = self.workbench.load_cost(session, system_prompt)
-        plan = self.workbench.plan(session, system_prompt)
+        plan = plan or self.workbench.plan(session, system_prompt)
         if cost is not None and not cost.to_read:
             return ""
         reused = cost.tokens - cost.to_read if cost is not None else 0
@@ -270,7 +219,7 @@ class Events:
         """Stream the load's progress into the status line; end with what happened."""
         yield "Reading the documents into the model: starting…"  # at once; the engine's first report follows
         work = lambda report: [self.workbench.load(session, system_prompt, report)]  # noqa: E731
-        for kind, value in _in_thread(work):
+        for kind, value in in_thread(work):
             if kind == "progress":
                 yield views.load_progress(value)
             elif kind == "item":
@@ -284,7 +233,7 @@ class Events:
         if isinstance(err, Cancelled) and load:
             user_message(err)
             return views.load_stopped(err)
-        if isinstance(err, CorpusTooLarge):  # said once, in the context meter and here; no pop-up as well
+        if isinstance(err, DoesNotFit):  # said once, in the context meter and here; no pop-up as well
             return f"**{user_message(err)}**"
         if isinstance(err, OmnibusError):
             text = user_message(err)
@@ -300,7 +249,7 @@ class Events:
 
         yield chat(""), "", "", status
         text = ""
-        for kind, value in _in_thread(answers):
+        for kind, value in in_thread(answers):
             if kind == "progress":
                 status = views.load_progress(value)
                 yield chat(text), "", "", status
@@ -333,13 +282,13 @@ class Events:
             return
         try:  # settings and the question are checked before any model work
             settings = settings_from(max_new_tokens, temperature, most_tokens=self.backend.window or None)
-            question = self.workbench.check_question(session, question, system_prompt)
+            checked = self.workbench.checked(session, question, system_prompt)  # checked and planned once
         except OmnibusError as err:
             yield self.messages(session), user_message(err), question, gr.update()
             return
-        status = self.starting(session, system_prompt)
-        yield from self.answering(session, question, lambda report: self.workbench.ask(
-            session, question, settings, system_prompt, report), status or gr.update())
+        status = self.starting(session, system_prompt, checked.plan)
+        yield from self.answering(session, checked.text, lambda report: self.workbench.ask(
+            session, checked, settings, system_prompt, report), status or gr.update())
 
     def regenerate(self, session, max_new_tokens, temperature, system_prompt):
         if not session.exchanges:
@@ -362,9 +311,9 @@ class Events:
         from now on. Returns the setting now in force."""
         try:
             self.backend.set_attention(value)
-        except AttributeError:  # a server's model, or this machine's still loading: it keeps its own setting
+        except OmnibusError:  # a server's model, or this machine's still loading: it keeps its own setting
             gr.Warning("Attention precision applies to a model on this computer once it has loaded.")
-            return getattr(self.backend, "attention", "bf16")
+            return self.backend.attention
         return value
 
     def stop(self, session):

@@ -10,28 +10,22 @@ from __future__ import annotations
 import json
 import threading
 import uuid
-from collections import OrderedDict
 from pathlib import Path
 
 from app.citations.check import Verifier, parse, passage
 from app.protocol import AnswerStats, Settings
-from app.errors import Cancelled, CorpusTooLarge, NoCorpus, OmnibusError
+from app.errors import Cancelled, CorpusTooLarge, EmptyQuestion, NoCorpus, OmnibusError
 from app.planner import fit_advice
 from ingest.secret_scan import scan_corpus
 from app.prompt import DEFAULT_SYSTEM_PROMPT, Turn
-from app.ui.inputs import MAX_QUESTION_CHARS
-from app.ui.session import Exchange, Session
+from app.ui.inputs import CheckedQuestion, check_room, question_text
+from app.ui.session import Exchange, KeptSessions, Session
 from app.ui.saved import (BadRecord, Library, corpus_from_record, exchanges_from_record,
                           read_import)
 from app.ui import export
 from app.ui.views import instructions_tag
-from ingest import build_corpus
+from app.sharing.documents import MAX_UPLOAD_FILES, add_files
 
-KEPT_SESSIONS = 200  # browser sessions a page reload can get back (the least recently used beyond go)
-
-
-class TooManyFiles(OmnibusError):
-    """One upload holds more files than the app accepts at once (`--max-upload-files`)."""
 
 
 class BadRecordError(OmnibusError):
@@ -44,34 +38,20 @@ class Workbench:
     `max_upload_files` caps the files of one upload (a folder counts each file).
     """
 
-    def __init__(self, backend, max_upload_files: int = 2000):
+    def __init__(self, backend, max_upload_files: int = MAX_UPLOAD_FILES):
         self.backend = backend
         self.max_upload_files = max_upload_files
-        self.sessions: OrderedDict[str, Session] = OrderedDict()  # id -> session, for page reloads
-        self._sessions_lock = threading.Lock()
+        self.sessions = KeptSessions()  # for page reloads
+        self.questions_checked = 0  # `checked` runs (a question is checked once on its way to the model)
 
-    # -- sessions that survive a page reload --
+    # -- sessions that survive a page reload (app/ui/session.py) --
     def keep(self, session: Session, owner: str = "") -> Session:
         """Remember `session` for `owner` so that `resume` can hand it back after a reload."""
-        session.owner = owner or ""
-        with self._sessions_lock:
-            self.sessions[session.id] = session
-            self.sessions.move_to_end(session.id)
-            while len(self.sessions) > KEPT_SESSIONS:
-                idle = next((k for k, s in self.sessions.items() if not s.busy), None)
-                if idle is None:
-                    break
-                del self.sessions[idle]
-        return session
+        return self.sessions.keep(session, owner)
 
     def resume(self, session_id: str | None, owner: str = "") -> Session | None:
         """The kept session with this id, if it belongs to `owner`."""
-        with self._sessions_lock:
-            session = self.sessions.get(session_id or "")
-            if session is None or session.owner != (owner or ""):
-                return None
-            self.sessions.move_to_end(session.id)
-            return session
+        return self.sessions.resume(session_id, owner)
 
     def default_settings(self) -> Settings:
         """The backend's answer settings (the demo model answers shorter)."""
@@ -80,17 +60,7 @@ class Workbench:
     # -- the corpus --
     def add_files(self, session: Session, paths, progress=None) -> Session:
         """Ingest `paths` (files, folders, archives) after the session's current documents."""
-        paths = [str(p) for p in paths or [] if p]
-        if not paths:
-            return session
-        if len(paths) > self.max_upload_files:
-            raise TooManyFiles(f"this upload holds {len(paths):,} files; at most {self.max_upload_files:,} "
-                               "are accepted at once (zip the folder, or add it in parts)")
-        report = (lambda p: progress(p.files_done, p.files_total, p.current)) if progress else None
-        session.corpus = build_corpus(paths, tokenizer=self.backend.tokenizer, progress=report,
-                                      base=session.corpus, max_tokens=self.backend.window or None)
-        session.secrets = scan_corpus(session.corpus)
-        return session
+        return add_files(session, paths, self.backend, self.max_upload_files, progress)
 
     def remove_files(self, session: Session, sources) -> Session:
         """Drop documents by their source name; an emptied corpus becomes no corpus."""
@@ -142,15 +112,16 @@ class Workbench:
         return self.backend.prompt_overhead(system_prompt or DEFAULT_SYSTEM_PROMPT)
 
     # -- the model --
-    def load(self, session: Session, system_prompt: str = DEFAULT_SYSTEM_PROMPT, progress=None):
+    def load(self, session: Session, system_prompt: str = DEFAULT_SYSTEM_PROMPT, progress=None, plan=None):
         """Prefill this session's corpus. Raises NoCorpus, CorpusTooLarge (before running) or Cancelled.
 
         Cheap when the model already holds it; resumes a stopped load; an extended corpus costs only its
-        new tokens. `progress` receives `PrefillProgress` reports. Returns `LoadStats`.
+        new tokens. `progress` receives `PrefillProgress` reports. `plan`: the fit plan made for it just now
+        (the backend then plans no more). Returns `LoadStats`.
         """
         if session.corpus is None or not session.corpus.documents:
             raise NoCorpus("there are no documents yet: add some files first")
-        plan = self.plan(session, system_prompt)
+        plan = plan or self.plan(session, system_prompt)
         if not plan.fits:  # the same check the backend makes, before anything runs
             raise CorpusTooLarge(self.too_large(session, plan))
         session.cancel = threading.Event()
@@ -172,7 +143,7 @@ class Workbench:
         session.busy = "load"
         try:
             stats = self.backend.load(corpus, system_prompt=system_prompt, progress=report, cancel=session.cancel,
-                                      reuse_limit=limit)
+                                      reuse_limit=limit, plan=plan)
         except Cancelled as err:
             session.own.record(self.backend, corpus, system_prompt, max(reached, err.done))
             raise
@@ -209,39 +180,38 @@ class Workbench:
         return "another conversation used the model meanwhile"
 
     def check_question(self, session: Session, question: str, system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> str:
-        """The question, stripped, if it fits beside this session's documents; else NoCorpus/CorpusTooLarge.
+        """The question, stripped, if it fits beside this session's documents; else EmptyQuestion,
+        QuestionTooLong, or CorpusTooLarge when the documents themselves do not fit.
 
         Called before any model work, so a question that cannot fit costs nothing (and blocks no one).
         """
-        question = (question or "").strip()
-        if not question:
-            raise NoCorpus("type a question first")
-        if len(question) > MAX_QUESTION_CHARS:
-            raise CorpusTooLarge(f"the question is {len(question):,} characters; at most {MAX_QUESTION_CHARS:,} "
-                                 "are accepted. Shorten it, or add the text as a file")
+        return self.checked(session, question, system_prompt).text
+
+    def checked(self, session: Session, question: str, system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> CheckedQuestion:
+        """`check_question`, keeping the fit plan it made: `ask` takes the result and checks and plans no more."""
+        self.questions_checked += 1
+        question, plan = question_text(question), None
         window = self.backend.window or 0
         if window and session.corpus is not None:
             plan = self.plan(session, system_prompt)
             if not plan.fits:  # the documents themselves do not fit: say so, not that the question is too long
                 raise CorpusTooLarge(self.too_large(session, plan))
-            tokens = len(self.backend.tokenizer.encode(question, add_special_tokens=False))
-            room = window - session.corpus.total_tokens - self.prompt_overhead(system_prompt)
-            if tokens > room:
-                raise CorpusTooLarge(f"the question is {tokens:,} tokens; beside the documents "
-                                     f"({session.corpus.total_tokens:,} tokens) only {max(room, 0):,} are left in "
-                                     f"the model's {window:,}-token window. Shorten it, or add the text as a file")
-        return question
+            check_room(question, self.backend.tokenizer, window, session.corpus.total_tokens,
+                       self.prompt_overhead(system_prompt))
+        return CheckedQuestion(question, plan)
 
-    def ask(self, session: Session, question: str, settings: Settings | None = None,
+    def ask(self, session: Session, question: str | CheckedQuestion, settings: Settings | None = None,
             system_prompt: str = DEFAULT_SYSTEM_PROMPT, progress=None):
         """Load (a no-op when the model already holds this corpus), then stream `answer`.
 
+        `question`: as typed, or as `checked` returned it (then it is neither checked nor planned again).
         Another browser may have loaded its own corpus since; then this one is loaded again, reported
         through `progress`.
         """
-        question = self.check_question(session, question, system_prompt)
-        stats = self.load(session, system_prompt, progress)
-        yield from self.answer(session, question, settings, reload=stats)
+        if not isinstance(question, CheckedQuestion):
+            question = self.checked(session, question, system_prompt)
+        stats = self.load(session, system_prompt, progress, plan=question.plan)
+        yield from self.answer(session, question.text, settings, reload=stats)
 
     def answer(self, session: Session, question: str, settings: Settings | None = None, *,
                replace_last: bool = False, reload=None):
@@ -293,7 +263,7 @@ class Workbench:
                    system_prompt: str = DEFAULT_SYSTEM_PROMPT, progress=None):
         """Ask the last question again, replacing its answer."""
         if not session.exchanges:
-            raise NoCorpus("there is no answer to regenerate yet")
+            raise EmptyQuestion("there is no answer to regenerate yet")
         last = session.exchanges[-1]  # kept until the new answer is done (an export meanwhile still has it)
         stats = self.load(session, system_prompt, progress)
         yield from self.answer(session, last.question, settings, replace_last=True, reload=stats)

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import math
 
-from app.errors import OmnibusError
+from dataclasses import dataclass
+
+from app.errors import EmptyQuestion, OmnibusError, QuestionTooLong
 from app.protocol import Settings
 
 
@@ -49,3 +51,32 @@ def settings_from(max_new_tokens, temperature, top_p=0.95, seed=None, most_token
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
         raise InvalidSetting(f"the seed must be a whole number from 0 to 2**63 - 1, not {str(seed)[:40]!r}")
     return Settings(int(length), heat, nucleus, seed)
+
+
+@dataclass(frozen=True)
+class CheckedQuestion:
+    """A question `Workbench.checked` found fits, with the fit plan it made (None: no window to check against)."""
+
+    text: str
+    plan: object = None  # app.planner.Plan
+
+
+def question_text(question: str) -> str:
+    """The question, stripped; EmptyQuestion or QuestionTooLong (in characters, before any tokenizing)."""
+    question = (question or "").strip()
+    if not question:
+        raise EmptyQuestion("type a question first")
+    if len(question) > MAX_QUESTION_CHARS:
+        raise QuestionTooLong(f"the question is {len(question):,} characters; at most {MAX_QUESTION_CHARS:,} "
+                              "are accepted. Shorten it, or add the text as a file")
+    return question
+
+
+def check_room(question: str, tokenizer, window: int, corpus_tokens: int, overhead: int) -> None:
+    """QuestionTooLong when the question's tokens do not fit beside the documents in the model's window."""
+    tokens = len(tokenizer.encode(question, add_special_tokens=False))
+    room = window - corpus_tokens - overhead
+    if tokens > room:
+        raise QuestionTooLong(f"the question is {tokens:,} tokens; beside the documents ({corpus_tokens:,} tokens) "
+                              f"only {max(room, 0):,} are left in the model's {window:,}-token window. Shorten it, "
+                              "or add the text as a file")

@@ -12,7 +12,7 @@ import gradio as gr
 
 from app.backend import ModelSlot
 from app.citations.form import CITATION_FORMAT
-from app.server.turnstile import SharedBackend
+from app.sharing.turnstile import SharedBackend
 from app.ui import model_picker, views
 from app.ui.handlers import Workbench
 from app.ui.session import Session
@@ -150,7 +150,7 @@ def layout(workbench: Workbench, max_upload_mb: int = 500, owner=None) -> tuple[
                                           label="Longest answer (tokens)")
                     p.temperature = gr.Slider(0.0, 1.5, value=defaults.temperature, step=0.05,
                                               label="Temperature (0 = always the same answer; higher = more varied)")
-                    p.attention = gr.Radio(["bf16", "fp8"], value=getattr(backend, "attention", "bf16"),
+                    p.attention = gr.Radio(["bf16", "fp8"], value=backend.attention if backend.attention in ("bf16", "fp8") else "bf16",
                                            elem_id="attention",
                                            label="Attention precision (fp8: long documents load faster on H100/H200 "
                                                  "GPUs, a little less exactly; applies to documents loaded next)")

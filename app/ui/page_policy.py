@@ -15,7 +15,7 @@ from __future__ import annotations
 from starlette.datastructures import Headers
 from starlette.responses import PlainTextResponse
 
-from app.server.request_guard import foreign_origin
+from app.sharing.origin import foreign_origin
 
 POLICY = "; ".join([
     "default-src 'self'",

@@ -68,6 +68,7 @@ class OwnPrefix:
 def _loads(backend) -> int | None:
     """The model's count of corpus loads (None for a remote server, whose cache is its own)."""
     try:
-        return backend.counters.corpus_loads
-    except (AttributeError, OmnibusError):  # a remote server, or a model still opening
+        counters = backend.counters
+    except OmnibusError:  # a model still opening
         return None
+    return counters.corpus_loads if counters is not None else None  # None: a remote server

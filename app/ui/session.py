@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 import uuid
 from dataclasses import dataclass
 
@@ -62,3 +63,43 @@ class Session:
     @property
     def is_loaded(self) -> bool:
         return self.corpus is not None and self.loaded_tokens == self.corpus.total_tokens > 0
+
+
+KEPT_SESSIONS = 200  # browser sessions a page reload can get back (the least recently used beyond go)
+
+
+class KeptSessions:
+    """The sessions a page reload can get back, by id, for their owner; the least recently used idle ones go."""
+
+    def __init__(self, most: int = KEPT_SESSIONS):
+        self.most = most
+        self._sessions: OrderedDict[str, Session] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def keep(self, session: Session, owner: str = "") -> Session:
+        """Remember `session` for `owner`."""
+        session.owner = owner or ""
+        with self._lock:
+            self._sessions[session.id] = session
+            self._sessions.move_to_end(session.id)
+            while len(self._sessions) > self.most:
+                idle = next((k for k, s in self._sessions.items() if not s.busy), None)
+                if idle is None:
+                    break
+                del self._sessions[idle]
+        return session
+
+    def resume(self, session_id: str | None, owner: str = "") -> Session | None:
+        """The kept session with this id, if it belongs to `owner`."""
+        with self._lock:
+            session = self._sessions.get(session_id or "")
+            if session is None or session.owner != (owner or ""):
+                return None
+            self._sessions.move_to_end(session.id)
+            return session
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def __contains__(self, session_id: str) -> bool:
+        return session_id in self._sessions

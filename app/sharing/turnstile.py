@@ -66,8 +66,45 @@ class SharedBackend:
         self.engine, self.turnstile = engine, turnstile
         self._last_load = None  # (corpus, system_prompt, engine.counters.corpus_loads right after it)
 
-    def __getattr__(self, name):  # name, model_name, window, tokenizer, plan, prompt_prefix, store, ...
-        return getattr(self.engine, name)
+    # -- what the engine says, read without waiting a turn --
+    name = property(lambda self: self.engine.name)
+    model_name = property(lambda self: self.engine.model_name)
+    window = property(lambda self: self.engine.window)
+    reserve = property(lambda self: self.engine.reserve)
+    tokenizer = property(lambda self: self.engine.tokenizer)
+    system_prompt = property(lambda self: self.engine.system_prompt)
+    base_url = property(lambda self: self.engine.base_url)
+    store = property(lambda self: self.engine.store)
+    attention = property(lambda self: self.engine.attention)
+    counters = property(lambda self: self.engine.counters)
+
+    def prompt_overhead(self, system_prompt: str | None = None) -> int:
+        return self.engine.prompt_overhead(system_prompt)
+
+    def prompt_prefix(self, corpus_ids, system_prompt: str | None = None) -> list[int]:
+        return self.engine.prompt_prefix(corpus_ids, system_prompt)
+
+    def plan(self, tokens: int):
+        return self.engine.plan(tokens)
+
+    def fingerprint(self, kv_dtype: str) -> dict | None:
+        return self.engine.fingerprint(kv_dtype)
+
+    def set_attention(self, attention: str) -> None:
+        self.engine.set_attention(attention)
+
+    # -- what changes the model: in turn --
+    def load_corpus(self, corpus_ids, *, cancel=None, **options):
+        with self.turnstile.turn(cancel):
+            return self.engine.load_corpus(corpus_ids, cancel=cancel, **options)
+
+    def save_corpus(self, label: str | None = None):
+        with self.turnstile.turn():
+            return self.engine.save_corpus(label)
+
+    def drop_cache(self) -> None:
+        with self.turnstile.turn():
+            self.engine.drop_cache()
 
     def default_settings(self) -> Settings:
         """The engine's."""
@@ -77,13 +114,14 @@ class SharedBackend:
         """The engine's estimate, without waiting a turn (it only reads what is cached)."""
         return self.engine.load_cost(corpus, system_prompt, reuse_limit)
 
-    def load(self, corpus, *, system_prompt: str | None = None, progress=None, cancel=None, reuse_limit=None):
+    def load(self, corpus, *, system_prompt: str | None = None, progress=None, cancel=None, reuse_limit=None,
+             plan=None):
         with self.turnstile.turn(cancel):
-            return self._load(corpus, system_prompt, progress, cancel, reuse_limit)
+            return self._load(corpus, system_prompt, progress, cancel, reuse_limit, plan)
 
-    def _load(self, corpus, system_prompt, progress, cancel, reuse_limit=None):
+    def _load(self, corpus, system_prompt, progress, cancel, reuse_limit=None, plan=None):
         stats = self.engine.load(corpus, system_prompt=system_prompt, progress=progress, cancel=cancel,
-                                 reuse_limit=reuse_limit)
+                                 reuse_limit=reuse_limit, plan=plan)
         self._last_load = (corpus, system_prompt, self.engine.counters.corpus_loads)
         return stats
 

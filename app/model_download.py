@@ -67,6 +67,7 @@ class DownloadProgress:
 
 
 def format_duration(seconds: float | None) -> str:
+    """A download's time left as people say it: `42 s`, `5 min 29 s`, `1 h 7 min` ("?" when unknown)."""
     if seconds is None:
         return "?"
     seconds = int(round(seconds))

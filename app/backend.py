@@ -1,20 +1,20 @@
-"""Opening a backend: the local engine or a remote server, chosen by the command-line options.
+"""Opening a backend: the local engine or a remote server, as the settings say (`app.settings.BackendSettings`).
 
 Both give the `app.protocol.Backend` interface that the UI and the CLI use.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterator
 
 from app import planner
 from app.errors import ModelLoadError
 from app.models_catalog import REGISTRY, ULTRALONG_NAMES
 from app.protocol import Backend, LoadCost, LoadStats, Settings
+from app.settings import BackendSettings
 
 log = logging.getLogger(__name__)
 
@@ -38,51 +38,56 @@ def choose_model(requested: str) -> str:
     return chosen
 
 
-def open_backend(model: str = "auto", *, backend: str = "local", base_url: str | None = None,
-                 api_key_env: str | None = None, served_model: str | None = None, kv_dtype: str = "auto",
-                 chunk_tokens: int | None = None, random_weights: bool = False, weight_dtype: str = "bf16",
-                 max_model_len: int | None = None, disk_cache: bool = False, cache_dir: str | None = None,
-                 parallel: str = "sequence", download_progress=None, attention: str = "bf16") -> Backend:
-    """Load the local engine, or connect to an OpenAI-compatible server.
+def open_backend(settings: BackendSettings, download_progress=None) -> Backend:
+    """Load the local engine, or connect to an OpenAI-compatible server, as `settings` say (app/settings.py).
 
-    The local model comes from `app.model_hub.locate`: a folder or installed package as it is, a Hugging Face model
-    from the cache, downloaded first when it is missing (`download_progress` gets `model_hub.DownloadProgress`).
-    disk_cache: save processed corpora under `cache_dir` (app/store/library.py) and reopen them instead of prefilling.
-    parallel: with several GPUs, "sequence" splits every layer's KV cache by position over all of them (attention
-    on every GPU at once; the default), "layers" splits the layers (one GPU busy at a time).
-    attention: "bf16" (default) or "fp8" (FlashAttention-3's fp8 kernels on an fp8 cache; app/engine/fa3_fp8.py).
-    weight_dtype "auto": bf16, or fp8 where bf16 weights would leave no room for the model's window (`fit_weights`).
+    The local model comes from `app.model_download.locate`: a folder or installed package as it is, a Hugging Face
+    model from the cache, downloaded first when it is missing (`download_progress` gets
+    `model_download.DownloadProgress`). With `settings.disk_cache`, processed corpora are saved under
+    `settings.cache_dir` (app/store/library.py) and reopened instead of prefilled. `settings.parallel`: with several
+    GPUs, "sequence" splits every layer's KV cache by position over all of them (attention on every GPU at once),
+    "layers" splits the layers (one GPU busy at a time). `settings.weight_dtype` "auto": bf16, or fp8 where bf16
+    weights would leave no room for the model's window (`fit_weights`).
     """
-    if backend == "openai":
+    if settings.backend == "openai":
         from app.remote import RemoteEngine
 
-        return RemoteEngine(base_url, api_key_env=api_key_env, served_model=served_model, max_model_len=max_model_len)
-    from app import model_hub
+        return RemoteEngine(settings.base_url, api_key_env=settings.api_key_env, served_model=settings.served_model,
+                            max_model_len=settings.max_model_len)
+    from app import model_download
     from app.engine.engine import Engine
     from app.engine.models import ModelSpec, load_model
 
-    name = choose_model(model)
+    name = choose_model(settings.model)
     spec = name
-    if not random_weights:  # random weights read at most a config.json: nothing to download
-        located = model_hub.locate(name, progress=download_progress)
+    if not settings.random_weights:  # random weights read at most a config.json: nothing to download
+        located = model_download.locate(name, progress=download_progress)
         spec = ModelSpec(name, located.folder, located.gguf_file)
     log.info("loading model %s", name)
+    weight_dtype = settings.weight_dtype
     if weight_dtype == "auto":
         weight_dtype, why = fit_weights(name)
         if why:
             log.warning("%s", why)
-    loaded, tokenizer = load_model(spec, random_weights=random_weights, weight_dtype=weight_dtype, parallel=parallel)
+    loaded, tokenizer = load_model(spec, random_weights=settings.random_weights, weight_dtype=weight_dtype,
+                                   parallel=settings.parallel)
     if tokenizer is None:  # random weights: the real Llama-3 tokenizer stands in
         from ingest import load_tokenizer
 
         tokenizer = load_tokenizer()
-    store = None
-    if disk_cache:
-        from app.store.library import Store
+    return Engine(loaded, tokenizer, kv_dtype=settings.kv_dtype, chunk_tokens=settings.chunk_tokens, model_name=name,
+                  store=open_store(settings), parallel="auto" if settings.parallel == "sequence" else "layers",
+                  attention=settings.attention)
 
-        store = Store(cache_dir)
-    return Engine(loaded, tokenizer, kv_dtype=kv_dtype, chunk_tokens=chunk_tokens, model_name=name, store=store,
-                  parallel="auto" if parallel == "sequence" else "layers", attention=attention)
+
+def open_store(settings: BackendSettings):
+    """The saved corpora these settings use (`app.store.library.Store` under `settings.cache_dir`), or None when
+    `settings.disk_cache` is off."""
+    if not settings.disk_cache:
+        return None
+    from app.store.library import Store
+
+    return Store(settings.cache_dir)
 
 
 def fit_weights(name: str, devices: list[planner.Device] | None = None) -> tuple[str, str]:
@@ -105,43 +110,6 @@ def fit_weights(name: str, devices: list[planner.Device] | None = None) -> tuple
                    f"with bf16 weights (--weight-dtype bf16 keeps them)")
 
 
-def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options that choose and configure the backend, shared by `ask` and the app."""
-    parser.add_argument("--model", default="auto",
-                        help="auto, ultralong-1m|2m|4m, demo, or any Hugging Face id or local folder (default: auto)")
-    parser.add_argument("--kv-dtype", default="auto", choices=["auto", "bf16", "fp8", "fp32"])
-    parser.add_argument("--chunk-tokens", type=int, default=None, help="prefill chunk size (default 16,384 on GPUs)")
-    parser.add_argument("--backend", default="local", choices=["local", "openai"],
-                        help="local: this machine's GPUs/CPU; openai: a vLLM/SGLang/llama.cpp server")
-    parser.add_argument("--base-url", help="the server's OpenAI API root, e.g. http://127.0.0.1:8000/v1")
-    parser.add_argument("--api-key-env", help="name of the environment variable that holds the server's API key")
-    parser.add_argument("--served-model", help="the model name the server expects (default: the first it lists)")
-    parser.add_argument("--weight-dtype", default="auto", choices=["auto", "bf16", "fp8"],
-                        help="fp8 halves the weights' memory (needed for a 1M-token corpus on one 80 GB GPU); "
-                             "auto: bf16 unless only fp8 lets the model's window fit (ultralong-2m on one H200)")
-    parser.add_argument("--attention", default="bf16", choices=["bf16", "fp8"],
-                        help="fp8: FlashAttention-3's fp8 kernels read the fp8 KV cache in prefill and decode "
-                             "(Hopper GPUs with fa3-fwd; faster at long context, ~4%% relative error)")
-    parser.add_argument("--max-model-len", type=int, help="the server's context length, if it does not report one")
-    parser.add_argument("--parallel", default="sequence", choices=["sequence", "layers"],
-                        help="several GPUs: split every layer's KV by position so attention runs on all of them "
-                             "at once (default), or split the layers (one GPU busy at a time)")
-    parser.add_argument("--cache-dir", help="where processed corpora are saved (default: ~/.cache/omnibus)")
-    parser.add_argument("--no-disk-cache", action="store_true", help="neither reopen nor save corpora on disk")
-    parser.add_argument("--random-weights", action="store_true", help=argparse.SUPPRESS)  # benchmarks only
-
-
-def open_from_arguments(args: argparse.Namespace, model: str | None = None, download_progress=None) -> Backend:
-    """`open_backend` with the options `add_backend_arguments` defined (the CLI and the app use both);
-    `model` replaces `args.model` (the app's model picker)."""
-    return open_backend(model or args.model, backend=args.backend, base_url=args.base_url,
-                        api_key_env=args.api_key_env, served_model=args.served_model, kv_dtype=args.kv_dtype,
-                        chunk_tokens=args.chunk_tokens, random_weights=args.random_weights,
-                        weight_dtype=args.weight_dtype, max_model_len=args.max_model_len,
-                        disk_cache=not args.no_disk_cache, cache_dir=args.cache_dir, parallel=args.parallel,
-                        download_progress=download_progress, attention=args.attention)
-
-
 @dataclass(frozen=True)
 class SlotState:
     """Where the app's model stands: "downloading", "loading", "ready" or "failed", with the numbers."""
@@ -149,7 +117,7 @@ class SlotState:
     phase: str
     model: str
     message: str = ""
-    download: object = None  # app.model_hub.DownloadProgress while downloading
+    download: object = None  # app.model_download.DownloadProgress while downloading
 
 
 class ModelLoading(ModelLoadError):
@@ -162,7 +130,7 @@ class ModelSlot:
     ModelLoading with what is happening; adding files and planning work meanwhile (counted with the bundled
     Llama-3 tokenizer and the known window, then again with the model's own once it is there).
 
-    `opener(model, download_progress)` returns a ready Backend (`open_from_arguments` with the app's options).
+    `opener(model, download_progress)` returns a ready Backend (`open_backend` with the app's settings).
     """
 
     def __init__(self, opener: Callable[[str, Callable], Backend], model: str,
@@ -212,11 +180,11 @@ class ModelSlot:
         return self.state
 
     def _open(self, model: str, generation: int) -> None:
-        from app import model_hub
+        from ingest.errors import human_size
 
         def progress(p) -> None:
             if p.finished:
-                self._set(SlotState("loading", model, f"downloaded {model_hub.human_bytes(p.total)}", p))
+                self._set(SlotState("loading", model, f"downloaded {human_size(p.total)}", p))
             else:
                 self._set(SlotState("downloading", model, p.describe(), p))
 
@@ -372,12 +340,9 @@ class ModelSlot:
             current.drop_cache()
 
 
-def open_in_background(args: argparse.Namespace, on_change=None) -> ModelSlot:
-    """The app's model: `args.model` opened in the background (downloaded first when needed) with `args`' options."""
-    before = {"store": None, "attention": args.attention}
-    if not args.no_disk_cache:
-        from app.store.library import Store
-
-        before["store"] = Store(args.cache_dir)
-    return ModelSlot(lambda model, progress: open_from_arguments(args, model, progress), choose_model(args.model),
-                     on_change, before)
+def open_in_background(settings: BackendSettings, on_change=None) -> ModelSlot:
+    """The app's model: `settings.model` opened in the background (downloaded first when needed); the model picker
+    opens others with the same settings."""
+    before = {"store": open_store(settings), "attention": settings.attention}
+    return ModelSlot(lambda model, progress: open_backend(replace(settings, model=model), progress),
+                     choose_model(settings.model), on_change, before)

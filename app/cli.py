@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 from app import logs, planner
-from app.backend import add_backend_arguments
 from app.errors import OmnibusError
+from app.settings import ATTENTIONS, KV_DTYPES, PARALLEL, WEIGHT_DTYPES, add_arguments, read_settings
 
 COMMANDS = ("ui", "ingest", "ask", "plan", "cache", "pull", "models", "serve", "mcp")
 
@@ -78,15 +78,15 @@ def _progress_printer():
 
 
 def ask(args) -> int:
-    from app import model_hub
-    from app.backend import open_from_arguments
+    from app import model_download
+    from app.backend import open_backend
     from app.protocol import AnswerStats, Settings
     from app.citations.check import Verifier, parse
     from app.prompt import Turn, json_question, system_prompt
     from ingest import build_corpus
 
     json_format = read_json_schema(args.json_schema) if args.json_schema else None  # refused before any work
-    backend = open_from_arguments(args, download_progress=model_hub.download_printer())
+    backend = open_backend(args.settings, download_progress=model_download.download_printer())
     corpus = build_corpus(args.paths, tokenizer=backend.tokenizer, line_numbers=args.line_numbers,
                           max_tokens=backend.window or None)
     for skipped in corpus.skipped:
@@ -212,10 +212,10 @@ def gigabytes(text: str) -> float:
 
 
 def pull(args) -> int:
-    from app import model_hub
+    from app import model_download
 
     for name in args.models:
-        located = model_hub.locate(name, progress=model_hub.download_printer())
+        located = model_download.locate(name, progress=model_download.download_printer())
         _say(f"{name}: on disk at {located.folder}")
     return 0
 
@@ -288,17 +288,17 @@ def run_command(argv: list[str], prog: str = "omnibus") -> int:
                        help="after each answer, list its citations and whether each quote is in the cited place")
     p_ask.add_argument("--no-citation-prompt", dest="citation_prompt", action="store_false",
                        help="do not ask the model to cite quotes in the [N, p. P: \"words\"] form")
-    add_backend_arguments(p_ask)
+    add_arguments(p_ask)
     p_plan = commands.add_parser("plan", help="will N tokens fit, and how long will the prefill take")
     p_plan.add_argument("--tokens", type=int, required=True)
     p_plan.add_argument("--gpus", help="e.g. 4x80 for four 80 GiB GPUs (default: the GPUs of this machine)")
-    p_plan.add_argument("--kv-dtype", default="auto", choices=["auto", "bf16", "fp8"])
-    p_plan.add_argument("--weight-dtype", default="auto", choices=["auto", "bf16", "fp8"],
+    p_plan.add_argument("--kv-dtype", default="auto", choices=[d for d in KV_DTYPES if d != "fp32"])
+    p_plan.add_argument("--weight-dtype", default="auto", choices=WEIGHT_DTYPES,
                         help="auto: bf16 unless only fp8 weights let the model's window fit")
-    p_plan.add_argument("--attention", default="bf16", choices=["bf16", "fp8"],
+    p_plan.add_argument("--attention", default="bf16", choices=ATTENTIONS,
                         help="the attention the time estimate assumes (fp8: FlashAttention-3 fp8, fp8 KV)")
     p_plan.add_argument("--model", default="ultralong-4m")
-    p_plan.add_argument("--parallel", default="sequence", choices=["sequence", "layers"],
+    p_plan.add_argument("--parallel", default="sequence", choices=PARALLEL,
                         help="several GPUs: split every layer's KV by position (attention on all GPUs at once) "
                              "or split the layers (one GPU busy at a time)")
     p_plan.add_argument("--json", action="store_true")
@@ -319,6 +319,8 @@ def run_command(argv: list[str], prog: str = "omnibus") -> int:
     p_models.add_argument("extra", nargs="*", metavar="MODEL", help="also show these Hugging Face ids or folders")
     p_models.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    if args.command == "ask":
+        args.settings = read_settings(p_ask, args)  # checked once, here; a bad value ends as argparse's errors do
     try:
         return {"ask": ask, "plan": plan, "cache": cache, "pull": pull, "models": models}[args.command](args)
     except OmnibusError as err:

@@ -39,10 +39,11 @@ def main() -> None:
     args = parser.parse_args()
     sys.path.insert(0, args.root)
     from app.backend import open_backend
+    from app.settings import BackendSettings
     from app.ui.handlers import Workbench
     from app.ui.session import Session
 
-    workbench = Workbench(open_backend("demo", disk_cache=False))
+    workbench = Workbench(open_backend(BackendSettings(model="demo", disk_cache=False)))
     sentence = "The harbour master logs every ship that enters the port before dawn. "
     small = {"line_numbers": False, "skipped": [], "documents": [document_record("A short note.\n")]}
     cases = {

@@ -27,10 +27,11 @@ class InputError(IngestError):
     """The paths given cannot be ingested at all (missing path, unsupported argument)."""
 
 
-def human_size(n: int) -> str:
-    """Format a byte count the way people read it: 512 B, 20 MB, 2.1 GB (decimal units)."""
+def human_size(n: float) -> str:
+    """Format a byte count the way people read it: 512 B, 20 MB, 2.1 GB (decimal units). The one formatter of
+    sizes: the ingest caps, and the app's downloads and disk checks, use it too."""
     if n < 1000:
-        return f"{n} B"
+        return f"{n:,.0f} B"
     value = float(n)
     for unit in ("KB", "MB", "GB", "TB"):
         value /= 1000

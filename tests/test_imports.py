@@ -10,7 +10,8 @@ import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TORCH_FREE = ["app.protocol", "app.planner", "app.prompt", "app.models_catalog", "app.errors", "app.backend",
+TORCH_FREE = ["app.protocol", "app.settings", "app.planner", "app.prompt", "app.models_catalog", "app.errors",
+              "app.model_hub", "app.model_download", "app.backend",
               "app.remote", "app.cli", "app.ui.views", "app.ui.handlers", "app.ui.session", "app.ui.inputs",
               "app.sharing.auth", "app.ui.app", "app.ui.layout", "app.ui.events",
               "app.store.cache_key", "app.store.kv_files", "app.store.library", "app.citations.form",

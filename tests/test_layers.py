@@ -13,8 +13,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # Bottom to top; a module may import its own layer and those below it, never one above.
 LAYERS = [
     ["ingest"],
-    ["app.errors", "app.logs", "app.models_catalog", "app.protocol"],
-    ["app.planner", "app.prompt", "app.citations", "app.calibration", "app.model_hub"],
+    ["app.errors", "app.logs", "app.models_catalog", "app.protocol", "app.settings"],
+    ["app.planner", "app.prompt", "app.citations", "app.calibration", "app.model_hub", "app.model_download"],
     ["app.store"],
     ["app.engine", "app.remote", "app.remote_http"],
     ["app.backend"],

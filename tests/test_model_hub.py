@@ -1,6 +1,6 @@
-"""Models from disk and from a hub (app/model_hub.py), with real files: the demo model's own GGUF file, served by a
-local hub in huggingface_hub's URL layout (tests/test_model_hub_helpers.py) and downloaded by huggingface_hub itself
-into a fresh HF_HOME."""
+"""Models from disk and from a hub (app/model_hub.py, app/model_download.py), with real files: the demo model's own
+GGUF file, served by a local hub in huggingface_hub's URL layout (tests/test_model_hub_helpers.py) and downloaded by
+huggingface_hub itself into a fresh HF_HOME."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from app import model_hub
+from app import model_download, model_hub
 from test_model_hub_helpers import LocalHub
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,7 +64,7 @@ def test_download_reports_progress_and_lands_in_the_cache(hub):
     size = demo_gguf().stat().st_size
     assert model_hub.card(REPO).on_disk == "no"
     reports = []
-    located = model_hub.locate(REPO, progress=reports.append, interval_s=0.05)
+    located = model_download.locate(REPO, progress=reports.append, interval_s=0.05)
     assert Path(located.folder).is_relative_to(model_hub.hub_cache())
     assert located.gguf_file == GGUF  # a GGUF-only repository: the file to load is found
     assert sha256(Path(located.folder) / GGUF) == sha256(demo_gguf())
@@ -75,13 +75,13 @@ def test_download_reports_progress_and_lands_in_the_cache(hub):
     card = model_hub.card(REPO)
     assert (card.on_disk, card.licence) == ("yes", "see the model card") and card.size_bytes >= size
     asked = len(hub.gets(GGUF))
-    assert model_hub.locate(REPO).folder == located.folder
+    assert model_download.locate(REPO).folder == located.folder
     assert len(hub.gets(GGUF)) == asked == 1  # on disk: not fetched again
 
 
 def test_broken_connection_resumes_with_a_range_request(hub):
     hub.dropping = {GGUF: 1}
-    located = model_hub.locate(REPO)
+    located = model_download.locate(REPO)
     first, second = hub.gets(GGUF)
     assert first is None and second.startswith("bytes=") and int(second[6:-1]) > 0
     assert sha256(Path(located.folder) / GGUF) == sha256(demo_gguf())
@@ -90,10 +90,10 @@ def test_broken_connection_resumes_with_a_range_request(hub):
 def test_stopped_download_keeps_the_files_it_finished(hub):
     hub.failing = {GGUF}
     with pytest.raises(model_hub.ModelNotAvailable, match="files it finished are kept"):
-        model_hub.locate(REPO)
+        model_download.locate(REPO)
     assert model_hub.card(REPO).on_disk == "partly"
     hub.failing = set()
-    located = model_hub.locate(REPO)
+    located = model_download.locate(REPO)
     assert len(hub.gets("README.md")) == 1  # finished the first time, not fetched again
     assert sha256(Path(located.folder) / GGUF) == sha256(demo_gguf())
 
@@ -101,42 +101,42 @@ def test_stopped_download_keeps_the_files_it_finished(hub):
 def test_offline_and_not_on_disk_says_how_to_get_it_without_a_request(hub, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(model_hub.ModelNotAvailable) as caught:
-        model_hub.locate("ultralong-1m")
+        model_download.locate("ultralong-1m")
     message = str(caught.value)
     assert "not on this computer" in message and "omnibus pull ultralong-1m" in message and "HF_HOME" in message
     assert hub.requests == []
 
 
 def test_offline_uses_what_is_on_disk(hub, monkeypatch):
-    folder = model_hub.locate(REPO).folder
+    folder = model_download.locate(REPO).folder
     asked = len(hub.requests)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert model_hub.locate(REPO).folder == folder
+    assert model_download.locate(REPO).folder == folder
     assert len(hub.requests) == asked
 
 
 def test_unreachable_hub_and_unknown_repo_are_told_apart(hub, monkeypatch):
     with pytest.raises(model_hub.ModelNotAvailable, match="refuses omnibus-test/nothing"):
-        model_hub.locate("omnibus-test/nothing")
+        model_download.locate("omnibus-test/nothing")
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on port 9
     with pytest.raises(model_hub.ModelNotAvailable, match="cannot be reached"):
-        model_hub.locate(REPO)
+        model_download.locate(REPO)
 
 
 def test_not_a_model_name():
     with pytest.raises(model_hub.ModelNotAvailable, match="neither a model Omnibus knows"):
-        model_hub.locate("no/such/folder/here")
+        model_download.locate("no/such/folder/here")
 
 
 def test_free_disk_is_checked_with_the_numbers(tmp_path):
     free = model_hub.free_bytes(tmp_path)
-    model_hub.check_free_space(1_000_000, tmp_path)
-    with pytest.raises(model_hub.NotEnoughDisk, match=r"needs .* GB more .* GB free"):
-        model_hub.check_free_space(free + 10**9, tmp_path / "not" / "made" / "yet")
+    model_download.check_free_space(1_000_000, tmp_path)
+    with pytest.raises(model_download.NotEnoughDisk, match=r"needs .* GB more .* GB free"):
+        model_download.check_free_space(free + 10**9, tmp_path / "not" / "made" / "yet")
 
 
 def test_local_folder_is_used_as_it_is(repo_folder):
-    located = model_hub.locate(str(repo_folder))
+    located = model_download.locate(str(repo_folder))
     assert (located.folder, located.gguf_file) == (str(repo_folder.resolve()), GGUF)
     card = model_hub.card(str(repo_folder))
     assert (card.on_disk, card.licence) == ("yes", "apache-2.0") and card.size_bytes > 0
@@ -158,7 +158,7 @@ def test_pull_command_prints_progress_lines(hub, tmp_path):
     lines = done.stderr.splitlines()
     assert any(line.startswith(f"download {REPO}: ") and line.endswith("done") for line in lines), done.stderr
     assert any(f"{REPO}: on disk at " in line for line in lines)
-    assert any(" INFO app.model_hub: downloading " in line for line in lines)  # the log, one line per event
+    assert any(" INFO app.model_download: downloading " in line for line in lines)  # the log, one line per event
 
 
 def test_an_unreachable_hub_is_found_once_and_the_session_goes_offline_in_one_line(hub, monkeypatch, caplog):
@@ -166,15 +166,15 @@ def test_an_unreachable_hub_is_found_once_and_the_session_goes_offline_in_one_li
 
     from huggingface_hub import constants
 
-    folder = model_hub.locate(REPO).folder  # on disk now
+    folder = model_download.locate(REPO).folder  # on disk now
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on port 9: no network
     caplog.set_level(logging.INFO)
-    assert model_hub.locate(REPO).folder == folder
-    assert model_hub.locate(REPO).folder == folder  # the second load does not ask again
+    assert model_download.locate(REPO).folder == folder
+    assert model_download.locate(REPO).folder == folder  # the second load does not ask again
     said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(said) == 1 and "cannot be reached" in said[0] and "working offline for this session" in said[0], said
     assert not any("Retry" in r.getMessage() for r in caplog.records)  # no hub retries (~23 s a file)
     assert model_hub.offline() and constants.HF_HUB_OFFLINE  # transformers and huggingface_hub stay offline too
     with pytest.raises(model_hub.ModelNotAvailable, match=r"hub cannot be reached \(ConnectError") as caught:
-        model_hub.locate("ultralong-1m")
+        model_download.locate("ultralong-1m")
     assert "Unset HF_HUB_OFFLINE" not in str(caught.value)

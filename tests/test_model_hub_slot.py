@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 
 from app.backend import ModelSlot, open_backend
+from app.settings import BackendSettings
 from app.ui.handlers import Workbench
 from app.ui.session import Session
 from test_model_hub import GGUF, REPO, hub, repo_folder  # noqa: F401  (fixtures)
@@ -20,7 +21,7 @@ def test_download_then_load_in_the_background_then_switch_to_a_folder(hub, repo_
 
     def opener(model, progress):
         gate.wait(60)
-        return open_backend(model, download_progress=progress)
+        return open_backend(BackendSettings(model=model, disk_cache=False), progress)
 
     slot = ModelSlot(opener, REPO, on_change=states.append)
     assert slot.state.phase == "loading" and slot.ready is None and slot.model_name == REPO
@@ -52,7 +53,8 @@ def test_download_then_load_in_the_background_then_switch_to_a_folder(hub, repo_
 
 def test_a_model_that_cannot_be_had_fails_plainly_and_says_why(hub, monkeypatch):  # noqa: F811
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    slot = ModelSlot(lambda model, progress: open_backend(model, download_progress=progress), "ultralong-1m")
+    slot = ModelSlot(lambda model, progress: open_backend(BackendSettings(model=model, disk_cache=False), progress),
+                     "ultralong-1m")
     state = slot.wait(60)
     assert state.phase == "failed" and "omnibus pull ultralong-1m" in state.message
     assert slot.tokenizer is not None  # the UltraLong models count with the bundled Llama-3 tokenizer meanwhile

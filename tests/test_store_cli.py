@@ -77,8 +77,8 @@ def demo(monkeypatch):
 
     engine = demo_backend()
 
-    def open_backend(*args, disk_cache=False, cache_dir=None, **kwargs):  # the loaded demo model, with the real store
-        engine.store = Store(cache_dir) if disk_cache else None
+    def open_backend(settings, download_progress=None):  # the loaded demo model, with the real store
+        engine.store = Store(settings.cache_dir) if settings.disk_cache else None
         return engine
 
     monkeypatch.setattr("app.backend.open_backend", open_backend)

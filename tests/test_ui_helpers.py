@@ -17,8 +17,9 @@ QUESTION = "What is the secret launch code?"
 def demo_backend():
     """The real SmolLM2 demo model on the CPU (about 20-30 s to load, so once per run)."""
     from app.backend import open_backend
+    from app.settings import BackendSettings
 
-    return open_backend("demo")
+    return open_backend(BackendSettings(model="demo", disk_cache=False))
 
 
 def make_documents(folder: Path) -> list[Path]:

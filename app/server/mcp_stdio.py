@@ -20,14 +20,15 @@ log = logging.getLogger(__name__)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    from app.backend import add_backend_arguments
+    """`mcp`'s options; the backend's are read once into `args.settings` (app/settings.py)."""
+    from app.settings import add_arguments, parse_arguments
 
     parser = argparse.ArgumentParser(prog="omnibus mcp",
                                      description="Serve the MCP tools over stdin/stdout, for an MCP host to start.")
     parser.add_argument("--files-root", metavar="DIR",
                         help="the only folder add_files may read (default: any path this user can read)")
-    add_backend_arguments(parser)
-    return parser.parse_args(argv)
+    add_arguments(parser)
+    return parse_arguments(parser, argv)
 
 
 def protocol_stdout() -> io.TextIOWrapper:
@@ -38,16 +39,16 @@ def protocol_stdout() -> io.TextIOWrapper:
     return io.TextIOWrapper(protocol, encoding="utf-8", newline="\n")
 
 
-def load_in_background(tools, args) -> threading.Thread:
-    """Open the local engine in a thread; hand it to `tools` (or the reason it failed)."""
+def load_in_background(tools, settings) -> threading.Thread:
+    """Open the local engine as `settings` say, in a thread; hand it to `tools` (or the reason it failed)."""
 
     def load() -> None:
-        from app.backend import open_from_arguments
+        from app.backend import open_backend
         from app.errors import OmnibusError
         from app.server.service import Service
 
         try:
-            engine = open_from_arguments(args)
+            engine = open_backend(settings)
         except OmnibusError as err:
             log.error("the model could not be loaded: %s", err)
             tools.failed(str(err))
@@ -77,18 +78,18 @@ async def serve(tools, stdout: io.TextIOWrapper) -> None:
 def main(argv: list[str]) -> int:
     stdout = protocol_stdout()
     args = parse_args(argv)
-    if args.backend != "local":
+    settings = args.settings
+    if settings.backend != "local":
         print("error: omnibus mcp answers with this machine's model; --backend openai is for asking another server",
               file=sys.stderr)
         return 2
     import anyio
 
+    from app.backend import open_store
     from app.server.mcp_tools import Tools
-    from app.store.library import Store
 
-    store = None if args.no_disk_cache else Store(args.cache_dir)
-    tools = Tools(None, args.files_root, any_path=True, store=store, model=args.model)
-    log.info("MCP over stdio; loading the model (%s) in the background", args.model)
-    load_in_background(tools, args)
+    tools = Tools(None, args.files_root, any_path=True, store=open_store(settings), model=settings.model)
+    log.info("MCP over stdio; loading the model (%s) in the background", settings.model)
+    load_in_background(tools, settings)
     anyio.run(serve, tools, stdout)
     return 0

@@ -55,7 +55,7 @@ def mount(demo, backend, args) -> None:
     if not isinstance(backend, SharedBackend):
         return  # a remote backend: its server is the API
     exposed = api_exposed(args)
-    rule = decide_key(getattr(args, "api_key_env", None), exposed=exposed)
+    rule = decide_key(args.settings.api_key_env, exposed=exposed)
     private = [args.auth_file] if getattr(args, "auth_file", None) else []
     for route in reversed(routes(backend.engine, rule, backend.turnstile, exposed=exposed, private=private)):
         demo.app.router.routes.insert(0, route)  # before the page's catch-all routes
@@ -74,7 +74,8 @@ def app(engine, rule: KeyRule, files_root: str | None = None, exposed: bool = Fa
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    from app.backend import add_backend_arguments
+    """`serve`'s options; the backend's are read once into `args.settings` (app/settings.py)."""
+    from app.settings import add_arguments, parse_arguments
 
     parser = argparse.ArgumentParser(prog="launch.py serve",
                                      description="Serve the OpenAI-compatible API (/v1) and MCP (/mcp), no page.")
@@ -83,28 +84,29 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="serve on the local network (an API key is then required)")
     parser.add_argument("--files-root", metavar="DIR",
                         help="the folder MCP's add_files may read (default: any path; with --listen: none)")
-    add_backend_arguments(parser)  # its --api-key-env names the variable holding the key clients must send
-    return parser.parse_args(argv)
+    add_arguments(parser)  # its --api-key-env names the variable holding the key clients must send
+    return parse_arguments(parser, argv)
 
 
 def main(argv: list[str]) -> int:
     """Load the model, print the addresses (and a made key), serve until Ctrl+C."""
     import uvicorn
 
-    from app.backend import open_from_arguments
+    from app.backend import open_backend
 
     args = parse_args(argv)
-    if args.backend != "local":
+    settings = args.settings
+    if settings.backend != "local":
         _say("error: serve answers with this machine's model; --backend openai is for asking another server")
         return 2
     try:
-        rule = decide_key(args.api_key_env, exposed=args.listen)
+        rule = decide_key(settings.api_key_env, exposed=args.listen)
     except AuthError as err:
         _say(f"error: {err}")
         return 2
-    _say(f"omnibus: loading the model ({args.model}); this can take a while…")
+    _say(f"omnibus: loading the model ({settings.model}); this can take a while…")
     try:
-        engine = open_from_arguments(args)
+        engine = open_backend(settings)
     except OmnibusError as err:
         _say(f"error: {err}")
         return 1

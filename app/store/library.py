@@ -40,6 +40,7 @@ import numpy as np
 from app.store.cache_key import FORMAT, fingerprint, fingerprint_hash, ids_hash, sha
 from app.store.entry import BadMeta, Entry, is_count, read_meta
 from app.errors import OmnibusError
+from app.model_hub import free_bytes  # tests replace it here to simulate a full disk
 from app.store.kv_files import CorruptEntry, layer_bytes, layer_name, parts, read_layer, write_layer
 
 log = logging.getLogger(__name__)
@@ -61,11 +62,6 @@ def default_dir() -> Path:
     """The cache folder: $XDG_CACHE_HOME/omnibus, else ~/.cache/omnibus."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "omnibus"
-
-
-def free_bytes(path) -> int:
-    """Free bytes on the file system that holds `path` (the one probe tests replace to simulate a full disk)."""
-    return shutil.disk_usage(path).free
 
 
 @dataclass

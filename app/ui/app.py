@@ -17,8 +17,9 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is i
 import gradio as gr  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 
-from app.backend import ModelSlot, add_backend_arguments
+from app.backend import ModelSlot
 from app.errors import OmnibusError
+from app.settings import add_arguments, parse_arguments
 from app.sharing.auth import Access, AuthError, ClientAddress, LocalHostOnly, LoginGuard, LoginNotice, decide
 from app.ui.events import Events, say
 from app.ui.handlers import Workbench
@@ -113,6 +114,7 @@ def _lan_address() -> str:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The app's options; the backend's are read once into `args.settings` (app/settings.py)."""
     parser = argparse.ArgumentParser(prog="launch.py", description="Start the Omnibus app in your browser.")
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)),
                         help="port to serve on (default: $GRADIO_SERVER_PORT, then 7860)")
@@ -128,8 +130,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--max-upload-mb", type=int, default=500, help="largest file one may upload (default 500)")
     parser.add_argument("--max-upload-files", type=int, default=2000,
                         help="most files one upload may hold; a folder counts each file (default 2000)")
-    add_backend_arguments(parser)
-    return parser.parse_args(argv)
+    add_arguments(parser)
+    return parse_arguments(parser, argv)
 
 
 def login_message(access: Access) -> str:
@@ -195,12 +197,12 @@ def main(argv: list[str], api=None) -> int:
         return 2
     if access.notice:  # how to log in, said before the server can answer a login page
         say("omnibus: " + access.notice)
-    from app.backend import open_from_arguments, open_in_background
-    from app.model_hub import download_printer
+    from app.backend import open_backend, open_in_background
+    from app.model_download import download_printer
 
     try:  # the local model opens in the background (downloading first if needed): the page serves at once
-        backend = (open_in_background(args, on_change=_model_reporter(download_printer()))
-                   if args.backend == "local" else open_from_arguments(args))
+        backend = (open_in_background(args.settings, on_change=_model_reporter(download_printer()))
+                   if args.settings.backend == "local" else open_backend(args.settings))
     except OmnibusError as err:
         say(f"error: {err}")
         return 1

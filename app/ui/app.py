@@ -128,6 +128,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--max-upload-mb", type=int, default=500, help="largest file one may upload (default 500)")
     parser.add_argument("--max-upload-files", type=int, default=2000,
                         help="most files one upload may hold; a folder counts each file (default 2000)")
+    parser.add_argument("--files-root", metavar="DIR",
+                        help="the folder MCP's add_files (at /mcp) may read (default: any path on this computer "
+                             "with no logins; none with logins, --listen or --share)")
     add_backend_arguments(parser)
     return parser.parse_args(argv)
 
@@ -166,7 +169,7 @@ def start(args: argparse.Namespace, backend, access: Access) -> gr.Blocks:
                 auth_message=login_message(access),
                 prevent_thread_lock=True, quiet=True, ssr_mode=False, footer_links=["api"], css=CSS,
                 theme=THEME)
-    serve.mount(demo, backend, args)
+    serve.mount(demo, backend, args, logins=[user for user, _ in access.credentials or []], uploads=uploads.folder)
     return demo
 
 

@@ -84,21 +84,21 @@ def decide(*, auth: str | None, auth_file: str | None, no_auth: bool, exposed: b
 
 MAX_TRACKED = 10_000  # addresses and names with recent failures kept before stale ones are purged
 _client_address: contextvars.ContextVar[str] = contextvars.ContextVar("client_address", default="")
-# How a loopback request reached the app: "local" (addressed to this computer, nothing forwarded it), "forwarded"
-# (a --share tunnel or a proxy on this computer passed it on: it names another host, or carries X-Forwarded-For),
-# "" when unknown (a check made outside an HTTP request).
+# How a request reached the app: "direct", or "forwarded" (a --share tunnel or a proxy passed it on: from loopback
+# naming another host, or with X-Forwarded-For), "" when unknown (a check made outside an HTTP request).
 _client_route: contextvars.ContextVar[str] = contextvars.ContextVar("client_route", default="")
 FORWARDED_HEADERS = (b"x-forwarded-for", b"forwarded", b"x-real-ip", b"x-forwarded-host")
 
 
-def route_of(headers: list[tuple[bytes, bytes]]) -> str:
-    """"local" for a request addressed to this computer that nothing passed on, else "forwarded". Gradio's share
-    tunnel (frpc) connects from loopback but keeps the public Host (`*.gradio.live`), and its server adds
-    X-Forwarded-For: a stranger cannot make a tunnelled request look like the owner's."""
-    host = next((v.decode("latin-1") for k, v in headers if k == b"host"), "")
-    if not local_host(host) or any(k in FORWARDED_HEADERS for k, _ in headers):
+def route_of(headers: list[tuple[bytes, bytes]], address: str) -> str:
+    """"forwarded" for a request that a --share tunnel or a proxy passed on, else "direct". Gradio's share tunnel
+    (frpc) connects from loopback but keeps the public Host (`*.gradio.live`), and its server may add
+    X-Forwarded-For (which uvicorn then takes as the client's address, whatever the client wrote there): a
+    stranger cannot make a tunnelled request look like the owner's at http://127.0.0.1:PORT/."""
+    if any(k in FORWARDED_HEADERS for k, _ in headers):
         return "forwarded"
-    return "local"
+    host = next((v.decode("latin-1") for k, v in headers if k == b"host"), "")
+    return "forwarded" if _is_loopback(address) and not local_host(host) else "direct"
 
 
 class ClientAddress:
@@ -112,7 +112,7 @@ class ClientAddress:
         if scope.get("type") == "http":
             client = scope.get("client") or ("", 0)
             token = _client_address.set(str(client[0]))
-            route = _client_route.set(route_of(scope.get("headers", [])))
+            route = _client_route.set(route_of(scope.get("headers", []), str(client[0])))
             try:
                 return await self.app(scope, receive, send)
             finally:
@@ -234,10 +234,15 @@ class LoginGuard:
         # Only real user names are counted (no password opens an unknown one, and counting them would let
         # anyone grow this table).
         known = username in self.passwords if known is None else known
-        if not address or _is_loopback(address):
-            forwarded = route == "forwarded" or (route == "" and self.tunnel)
-            return [f"user:{username}"] if known and forwarded else []
-        return ([f"addr:{address}|user:{username}"] if known else []) + [f"addr:{address}"]
+        loopback = not address or _is_loopback(address)
+        forwarded = route == "forwarded" or (route == "" and self.tunnel and loopback)
+        if loopback and not forwarded:
+            return []  # the owner at this computer
+        # Through a tunnel or proxy, the name is limited whatever address the request claims to come from.
+        keys = [f"user:{username}"] if known and forwarded else []
+        if not loopback:
+            keys += ([f"addr:{address}|user:{username}"] if known else []) + [f"addr:{address}"]
+        return keys
 
     def __call__(self, username: str, password: str) -> bool:
         expected = self.passwords.get(username)

@@ -31,6 +31,7 @@ import stat
 import threading
 from pathlib import Path
 
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.responses import PlainTextResponse
 
@@ -171,7 +172,7 @@ class UploadGate:
             return await self.app(scope, receive, send)
         length = Headers(scope=scope).get("content-length", "")
         size = int(length) if length.isdigit() else None
-        refusal = self.uploads.admit(size)
+        refusal = await run_in_threadpool(self.uploads.admit, size)  # walks the folder: off the event loop
         if refusal is not None:
             log.warning("upload %s", refusal)
             return await PlainTextResponse(refusal, status_code=413 if size is not None else 411)(scope, receive, send)

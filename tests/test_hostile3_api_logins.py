@@ -192,3 +192,38 @@ def test_mcp_add_files_reads_only_under_files_root_and_never_the_hugging_face_to
     for path in (hf_home / "token", hf_home):  # inside --files-root, but the hub's token is never read
         with pytest.raises(ValueError, match="credentials"):
             asyncio.run(rooted.add_files([str(path)], Ctx()))
+
+
+def test_the_app_with_logins_prints_one_key_per_login_and_each_sees_its_own_saved_corpora(tmp_path, capfd):
+    """The app as `launch.py --auth-file FILE` starts it (in this process): a key per login, printed at start."""
+    import re
+
+    import httpx
+
+    from app.ui.app import start
+    from app.ui.auth import Access
+    from app.ui.saved import Library
+    from serving import free_port
+    from test_ui_helpers import demo_backend
+
+    port = free_port()
+    backend = demo_backend()
+    backend.store = Store(tmp_path / "cache")  # saved corpora in a folder of this test's own
+    args = parse_args(["--port", str(port)])
+    demo = start(args, backend, Access([("alice", "pw-a"), ("bob", "pw-b")]))
+    try:
+        printed = capfd.readouterr().err
+        keys = dict(re.findall(r"^\s+(alice|bob): (omnibus-\S+)", printed, re.M))
+        assert set(keys) == {"alice", "bob"} and keys["alice"] != keys["bob"]
+        base = f"http://127.0.0.1:{port}"
+        kv = _saved(backend, "Alice's ledger: the vault code is 1234.\n")  # the page's load, in effect
+        Library(tmp_path / "cache").save("alice", "r1", conversation={"kv_id": kv, "exchanges": []})
+
+        def listed(key):
+            return [m["id"] for m in httpx.get(base + "/v1/models", headers={"Authorization": f"Bearer {key}"},
+                                               timeout=60).json()["data"]][1:]
+
+        assert listed(keys["alice"]) == ["omnibus/" + kv[:8]] and listed(keys["bob"]) == []
+        assert httpx.get(base + "/v1/models", timeout=60).status_code == 401
+    finally:
+        demo.close()

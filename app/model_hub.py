@@ -132,16 +132,28 @@ def package_folder(spec: ModelSpec) -> str | None:
     return str(folder) if (folder / spec.gguf_file).exists() else None
 
 
+def _model_folder(folder: Path) -> bool:
+    """Whether `folder` is a folder of model weights this process can read: config.json, or a .gguf file."""
+    try:
+        return folder.is_dir() and ((folder / "config.json").is_file() or any(folder.glob("*.gguf")))
+    except OSError:  # unreadable: said exactly as a missing folder is
+        return False
+
+
 def repo_id(name: str) -> str | None:
-    """The Hugging Face id a name downloads from, or None for a local folder."""
+    """The Hugging Face id a name downloads from, or None for a local model folder.
+
+    A path that is not a model folder gets one message, whether it is missing, unreadable or holds something
+    else (`/root/.ssh` and `/nope` read the same): the model picker must not tell which folders exist."""
     if name in REGISTRY:
         return REGISTRY[name].repo_id
-    if Path(name).expanduser().is_dir():
+    if _model_folder(Path(name).expanduser()):
         return None
     if name.count("/") == 1 and not name.startswith((".", "/", "~")):
         return name
-    raise ModelNotAvailable(f"{name!r} is neither a model Omnibus knows ({', '.join(REGISTRY)}), a folder on this "
-                            "computer, nor a Hugging Face id (owner/name)")
+    raise ModelNotAvailable(f"{name!r} is neither a model Omnibus knows ({', '.join(REGISTRY)}), a Hugging Face id "
+                            "(owner/name), nor a model folder on this computer (one with config.json or a .gguf "
+                            "file, readable by Omnibus)")
 
 
 def on_disk(repo: str) -> str | None:

@@ -145,7 +145,7 @@ def test_planted_images_in_an_answer_are_never_fetched(listener, tmp_path):
 def test_planted_images_in_an_imported_conversation_are_never_fetched(listener, tmp_path):
     from playwright.sync_api import expect
 
-    from app.ui.saved import corpus_record
+    from app.sharing.saved import corpus_record
     from ingest import build_corpus, load_tokenizer
 
     document = tmp_path / "imported.txt"

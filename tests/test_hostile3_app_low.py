@@ -4,6 +4,7 @@ safe to paste into a shell. The real app, served in this process over a local Op
 
 from __future__ import annotations
 
+import os
 import shlex
 
 import httpx
@@ -55,3 +56,31 @@ def test_the_pull_hint_quotes_a_hostile_model_id():
     assert "omnibus pull 'x/y;rm -rf ~'" in hint
     command = hint.split("`")[1]
     assert shlex.split(command) == ["omnibus", "pull", "x/y;rm -rf ~"]
+
+
+def test_the_upload_folder_has_a_total_cap_and_a_new_upload_past_it_is_refused_with_the_numbers(
+        llama3_tokenizer, tmp_path, monkeypatch):
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "uploads"))  # this app's own upload folder
+    with FakeServer(models=[{"id": "omni", "max_model_len": 8192}]) as model:
+        port = free_port()
+        options = ["--port", str(port), "--backend", "openai", "--base-url", model.url, "--max-upload-total-mb", "1"]
+        demo = start(parse_args(options), RemoteEngine(model.url, tokenizer=llama3_tokenizer), Access(None))
+        try:
+            base = f"http://127.0.0.1:{port}"
+
+            def upload(size: int, name: str):
+                files = {"files": (name, os.urandom(size), "application/octet-stream")}
+                return httpx.post(base + "/gradio_api/upload", files=files, timeout=30)
+
+            first = upload(600_000, "first.bin")
+            assert first.status_code == 200 and os.path.getsize(first.json()[0]) == 600_000
+            second = upload(600_000, "second.bin")
+            assert second.status_code == 413
+            assert "already holds 0.6 MB of the 1.0 MB" in second.text and "--max-upload-total-mb" in second.text
+            assert not list((tmp_path / "uploads").rglob("second.bin"))  # refused before anything was stored
+            assert upload(200_000, "small.bin").status_code == 200  # what still fits is taken
+            chunked = httpx.post(base + "/gradio_api/upload", timeout=30, content=iter([b"--x\r\n"] * 3),
+                                 headers={"content-type": "multipart/form-data; boundary=x"})
+            assert chunked.status_code == 411  # an upload that does not say its size
+        finally:
+            demo.close()

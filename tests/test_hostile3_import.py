@@ -10,7 +10,7 @@ import pytest
 
 from app.engine.engine import Engine
 from app.ui.handlers import BadRecordError, Workbench
-from app.ui.saved import MAX_IMPORT_EXCHANGES, corpus_record
+from app.sharing.saved import MAX_IMPORT_EXCHANGES, corpus_record
 from app.ui.session import Session
 from ingest import build_corpus
 

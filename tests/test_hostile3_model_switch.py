@@ -56,3 +56,52 @@ def test_an_api_request_during_a_switch_gets_a_503_with_retry_after(demo_model):
         gate.set()
     assert slot.wait(60).phase == "ready"
     assert service.load(prompt).tokens > 0
+
+
+def test_other_logins_see_the_model_read_only_and_are_told_who_may_switch():
+    from app.ui.model_picker import controls
+
+    def shown(owner, req):
+        choice, button, note = controls(owner, req)
+        return choice["interactive"], button["interactive"], note["visible"], note["value"]
+
+    assert shown(Owner(), request("127.0.0.1")) == (True, True, False, "")
+    choice, button, visible, note = shown(Owner(), request("127.0.0.1", "alice"))
+    assert (choice, button, visible) == (False, False, True)
+    assert "read-only" in note and "the person who started Omnibus, at this computer" in note
+    assert shown(Owner("root-admin"), request("10.0.0.7", "root-admin"))[:2] == (True, True)
+    assert "the login root-admin" in shown(Owner("root-admin"), request("127.0.0.1", "bob"))[3]
+
+
+def test_through_the_share_tunnel_loopback_is_not_the_owner_but_the_owner_at_this_computer_is():
+    def with_headers(client, headers):
+        scope = {"type": "http", "method": "POST", "path": "/", "client": (client, 50000),
+                 "headers": [(k.encode(), v.encode()) for k, v in headers.items()]}
+        return gr.Request(Request(scope))
+
+    shared = Owner(loopback_trusted=False)  # --share
+    assert shared.allows(with_headers("127.0.0.1", {"host": "127.0.0.1:7860"}))
+    assert not shared.allows(with_headers("127.0.0.1", {"host": "f00d.gradio.live"}))
+    assert not shared.allows(with_headers("127.0.0.1", {"host": "127.0.0.1:7860", "x-forwarded-for": "127.0.0.1"}))
+
+
+def test_a_path_that_is_not_a_model_folder_reads_the_same_whether_it_exists_or_not(tmp_path):
+    from app import model_hub
+
+    secrets = tmp_path / "dot-ssh"
+    secrets.mkdir()
+    (secrets / "id_ed25519").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o000)
+    said = {}
+    for path in (secrets, tmp_path / "nope", locked, secrets / "id_ed25519"):
+        for look in (model_hub.card, model_hub.repo_id):
+            with pytest.raises(model_hub.ModelNotAvailable) as refused:
+                look(str(path))
+            said.setdefault(look.__name__, set()).add(str(refused.value).replace(str(path), "PATH"))
+    assert len(said["card"]) == 1 and said["card"] == said["repo_id"]
+    assert "neither a model Omnibus knows" in said["card"].pop()
+    model = tmp_path / "my-model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    assert model_hub.repo_id(str(model)) is None  # a real model folder is still a folder

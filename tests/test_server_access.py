@@ -1,5 +1,6 @@
 """The API and MCP mounted beside the app's page (`launch.py --listen`, its own process): a key is required,
-made and printed once at start, wrong keys are refused, the right one answers."""
+made and printed once at start (the key of the login made for --listen), wrong keys are refused, the right one
+answers."""
 
 import os
 import re
@@ -33,7 +34,8 @@ def app(tmp_path_factory):
         while key is None:
             assert process.poll() is None, log_path.read_text(errors="replace")[-3000:]
             assert time.monotonic() < deadline, "no API key printed:\n" + log_path.read_text(errors="replace")[-3000:]
-            found = re.search(r"API key for /v1 and /mcp: (\S+)", log_path.read_text(errors="replace"))
+            # --listen makes the login `omnibus`; its API key is printed on a line of its own
+            found = re.search(r"^\s+omnibus: (omnibus-\S+)", log_path.read_text(errors="replace"), re.M)
             key = found.group(1) if found else None
             time.sleep(0.5)
         yield f"http://127.0.0.1:{port}", key

@@ -46,6 +46,41 @@ def catalog(engine) -> list[Entry]:
             and _model_part(e.meta.get("fingerprint", {})) == mine]
 
 
+def owned_ids(store, login: str | None) -> set[str] | None:
+    """The saved corpora (full entry ids) a login may list and ask over: those its saved conversations use
+    (app.sharing.saved, one folder per login). None: every one (a server without logins)."""
+    if login is None:
+        return None
+    if store is None:
+        return set()
+    from app.sharing.saved import Library
+
+    return {r.kv_id for r in Library(store.root).records(login) if r.kv_id}
+
+
+def visible(entries, owned: set[str] | None) -> list:
+    """The `entries` (store entries, or /v1 model objects with an `omnibus/ID` id) that `owned` allows."""
+    if owned is None:
+        return list(entries)
+    short = {PREFIX + e[:ID_CHARS] for e in owned}
+    return [e for e in entries if (e.id in owned if isinstance(e, Entry) else e["id"] in short)]
+
+
+def resolve_owned(engine, name: str, owned: set[str] | None) -> str | None:
+    """The `omnibus/ID` that `name` (any unique start of an id) names among the corpora `owned` allows, else None."""
+    ident = name[len(PREFIX):] if name.startswith(PREFIX) else None
+    if not ident:
+        return None
+    found = [e for e in visible(catalog(engine), owned) if e.id.startswith(ident)]
+    return model_id(found[0]) if len(found) == 1 else None
+
+
+def entry_for(engine, corpus_ids, system_prompt: str) -> Entry | None:
+    """The saved corpus on disk that holds exactly this prefix (system prompt and corpus), if there is one."""
+    wanted = ids_hash(np.asarray(engine.prompt_prefix(list(corpus_ids), system_prompt), dtype="<i4"))
+    return next((e for e in catalog(engine) if e.meta.get("prefix_sha256") == wanted), None)
+
+
 def saved_for_model(store, model: str) -> list[Entry]:
     """Before a model is loaded: the saved corpora whose fingerprint names `model` (all of them for "auto"). Once
     it is loaded, `catalog` checks the whole fingerprint."""

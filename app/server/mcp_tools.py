@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import uuid
 import weakref
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from app.prompt import default_system_prompt, json_question
 from app.protocol import JsonFormat, Settings
 from app.server.access import Gate
 from app.server.chat import ApiError
-from app.server.corpora import model_id, saved_for_model
+from app.server.corpora import PREFIX, entry_for, model_id, owned_ids, resolve_owned, saved_for_model, visible
 from app.server.openai_api import error_response
 from app.server.request_guard import check_request, read_body, replay
 from app.server.service import Service, Usage
@@ -39,6 +40,8 @@ class Desk:
     def __init__(self):
         self.session = Documents()  # the files added, ingested and scanned for secrets
         self.saved: str | None = None  # an omnibus/ID chosen with load(corpus=...)
+        self.login: str | None = None  # whose key opened this session (None: a server without logins)
+        self.record_id = ""  # the saved record of its loaded documents, under its login
         self.questions: list[str] = []
         self.answers: list[str] = []
 
@@ -61,6 +64,7 @@ class Tools:
         if service is not None:
             self.serve_with(service)
         self.desks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self.login_of = None  # headers -> the login of their key (McpEndpoint sets its Gate's `login`)
         self.server = FastMCP("omnibus", instructions=INSTRUCTIONS, stateless_http=False,
                               transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False))
         for tool in (self.list_corpora, self.add_files, self.load, self.ask):
@@ -86,17 +90,36 @@ class Tools:
             raise ValueError(f"the model could not be loaded: {self._failure}")
         return self.service
 
-    def _desk(self, ctx: Context) -> Desk:
-        return self.desks.setdefault(ctx.session, Desk())
+    def _login(self, ctx) -> str | None:
+        """The login whose key made this call (None without logins, and over stdio)."""
+        request = getattr(getattr(ctx, "request_context", None), "request", None) if ctx is not None else None
+        if self.login_of is None or request is None:
+            return None
+        return self.login_of(request.headers)
 
-    async def list_corpora(self) -> list[dict]:
+    def _desk(self, ctx: Context) -> Desk:
+        desk = self.desks.get(ctx.session)
+        login = self._login(ctx)
+        if desk is None:
+            desk = self.desks.setdefault(ctx.session, Desk())
+            desk.login = login
+        elif desk.login != login:  # another login's key on this session: not its documents
+            raise ValueError("this MCP session belongs to another API key; start a new session")
+        return desk
+
+    def _store(self):
+        return self.service.engine.store if self.service is not None else self.store
+
+    async def list_corpora(self, ctx: Context = None) -> list[dict]:
         """The corpora saved on this server: the id to pass to `load`, its name, documents and tokens."""
+        owned = await anyio.to_thread.run_sync(owned_ids, self._store(), self._login(ctx))
         if self.service is None:  # the model is still loading: the corpora saved for it
             entries = await anyio.to_thread.run_sync(saved_for_model, self.store, self.model)
-            return [{"id": model_id(e), "name": e.name, "documents": e.documents, "tokens": e.tokens} for e in entries]
+            return [{"id": model_id(e), "name": e.name, "documents": e.documents, "tokens": e.tokens}
+                    for e in visible(entries, owned)]
         models = await anyio.to_thread.run_sync(self.service.models)
         return [{"id": m["id"], "name": m["name"], "documents": m["documents"], "tokens": m["corpus_tokens"]}
-                for m in models[1:]]
+                for m in visible(models[1:], owned)]
 
     async def add_files(self, paths: list[str], ctx: Context) -> str:
         """Add files, folders or .zip/.tar.gz archives (paths on the server's disk) after the documents added
@@ -110,7 +133,8 @@ class Tools:
             if self.files_root is not None and not resolved.is_relative_to(self.files_root):
                 raise ValueError(f"{path} is outside {self.files_root}, the folder this server reads files from")
             if any(resolved.is_relative_to(p) or p.is_relative_to(resolved) for p in self.private):
-                raise ValueError(f"{path} holds Omnibus's own saved corpora or logins; add_files does not read them")
+                raise ValueError(f"{path} holds Omnibus's own saved corpora, logins or credentials; add_files does "
+                                 "not read them")
         desk = self._desk(ctx)
         await anyio.to_thread.run_sync(self._ingest, desk, paths)
         desk.saved, desk.questions, desk.answers = None, [], []
@@ -134,13 +158,19 @@ class Tools:
         desk = self._desk(ctx)
         service = await self._service()
         if corpus:
-            desk.saved = corpus
+            owned = await anyio.to_thread.run_sync(owned_ids, service.engine.store, desk.login)
+            found = resolve_owned(service.engine, corpus, owned) if corpus.startswith(PREFIX) else None
+            if owned is not None and found is None:  # another login's corpus is not named, nor told apart
+                raise ValueError(f"there is no saved corpus {corpus!r}: list_corpora lists the ones you may load")
+            desk.saved = found or corpus
         elif desk.session.corpus is None:
             raise ValueError("there are no documents yet: add_files first, or load a saved corpus by its id")
         else:
             desk.saved = None
         desk.questions, desk.answers = [], []
         stats = await anyio.to_thread.run_sync(lambda: service.load(self._prompt(desk, "")))
+        if desk.saved is None and desk.login is not None:
+            await anyio.to_thread.run_sync(self._keep, desk, stats)
         where = {"prefill": "read", "memory": "already in memory", "disk": "reopened from disk"}
         return (f"Loaded {stats.tokens:,} tokens ({where.get(stats.source, stats.source)}, "
                 f"{stats.tokens - stats.reused:,} new) in {stats.seconds + stats.disk_seconds:.1f} s. Ask away.")
@@ -177,6 +207,23 @@ class Tools:
             out["json"] = _parsed(answer)  # None only if cut off before it could close
         return out
 
+    def _keep(self, desk: Desk, stats) -> None:
+        """With logins: the loaded documents as a saved record of this key's login (as the page saves its loads),
+        so that its list_corpora and /v1/models list them, and no other login's do."""
+        engine = self.service.engine
+        store, corpus = engine.store, desk.session.corpus
+        system = default_system_prompt(engine.model_name)
+        entry = entry_for(engine, corpus.token_ids().tolist(), system) if store is not None else None
+        if entry is None:  # not on disk (--no-disk-cache, or the disk was full): nothing to list
+            return
+        from app.sharing.saved import Library
+
+        desk.record_id = desk.record_id or uuid.uuid4().hex
+        Library(store.root).save(desk.login, desk.record_id, corpus=corpus, conversation={
+            "model": engine.model_name, "sources": [d.source for d in corpus.documents],
+            "tokens": corpus.total_tokens, "system_prompt": system,
+            "instructions": "MCP", "kv_id": entry.id, "prefix_tokens": stats.tokens, "exchanges": []})
+
     def _prompt(self, desk: Desk, question: str):
         service = self.service
         try:
@@ -203,7 +250,8 @@ class McpEndpoint:
 
     def __init__(self, tools: Tools, gate: Gate):
         tools.server.streamable_http_app()  # makes the session manager
-        self.manager, self.gate = tools.server.session_manager, gate
+        self.manager, self.gate, self.tools = tools.server.session_manager, gate, tools
+        tools.login_of = gate.login  # each tool call sees only its key's login's saved corpora
         self._ready: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
 

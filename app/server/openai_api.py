@@ -18,6 +18,7 @@ from app.errors import Cancelled, DoesNotFit, MissingInput, ModelLoadError, Omni
 from app.protocol import Settings
 from app.server.access import Gate
 from app.server.chat import ApiError, chunk, completion, new_id, parse_chat_request
+from app.server.corpora import PREFIX, owned_ids, resolve_owned, visible
 from app.server.request_guard import body_limit, chars_limit, check_request, read_body
 from app.server.service import ContextTooLong, Service, UnknownModel, Usage
 
@@ -128,19 +129,40 @@ class OpenAIApi:
             return error_response(err)
         return error_response(not_served(request.method, request.url.path))
 
+    def _models(self, login: str | None) -> list[dict]:
+        """The loaded model, then the saved corpora this key's login may see (all of them without logins)."""
+        models = self.service.models()
+        return models[:1] + visible(models[1:], owned_ids(self.service.engine.store, login))
+
     async def models(self, request: Request) -> Response:
         if (err := self.gate.check(request.headers) or check_request(request.headers, "GET")) is not None:
             return error_response(err)
-        return JSONResponse({"object": "list", "data": await run_in_threadpool(self.service.models)})
+        login = self.gate.login(request.headers)
+        return JSONResponse({"object": "list", "data": await run_in_threadpool(self._models, login)})
 
     async def model(self, request: Request) -> Response:
         if (err := self.gate.check(request.headers) or check_request(request.headers, "GET")) is not None:
             return error_response(err)
         name = request.path_params["model"]
-        for entry in await run_in_threadpool(self.service.models):
+        for entry in await run_in_threadpool(self._models, self.gate.login(request.headers)):
             if entry["id"] == name:
                 return JSONResponse(entry)
         return error_response(api_error(UnknownModel(f"the model '{name}' does not exist")))
+
+    def _served_as(self, name: str, login: str | None) -> str:
+        """The model id to answer with: the loaded model, or a saved corpus this login may ask over; any other
+        name is UnknownModel, listing only what this login sees (another login's corpora are not named)."""
+        engine = self.service.engine
+        if name == engine.model_name:
+            return name
+        owned = owned_ids(engine.store, login)
+        if owned is None:  # no logins: the service resolves the name as always
+            return name
+        found = resolve_owned(engine, name, owned) if name.startswith(PREFIX) else None
+        if found is None:
+            names = ", ".join(m["id"] for m in self._models(login))
+            raise UnknownModel(f"the model '{name}' does not exist; this server serves: {names}")
+        return found
 
     async def chat_completions(self, request: Request) -> Response:
         try:
@@ -189,10 +211,11 @@ class OpenAIApi:
             raise ApiError(400, f"this model's maximum context length is {window:,} tokens; the messages are "
                                 f"{chars:,} characters, more than that many tokens can hold", param="messages",
                            code="context_length_exceeded")
-        service = self.service
+        service, login = self.service, self.gate.login(request.headers)
 
         def build():
-            prompt = service.build_prompt(chat.model, chat.system, chat.users, chat.assistants)
+            model = self._served_as(chat.model, login)
+            prompt = service.build_prompt(model, chat.system, chat.users, chat.assistants)
             budget = service.check_window(prompt, chat.max_tokens)
             return prompt, Settings(max_new_tokens=budget, temperature=chat.temperature, top_p=chat.top_p,
                                     seed=chat.seed, json=chat.json)

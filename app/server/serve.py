@@ -34,8 +34,15 @@ def routes(engine, rule: KeyRule, turnstile: Turnstile | None = None, files_root
     """`/v1/...` and `/mcp` over `engine`, behind `rule`'s key. MCP's add_files reads only under `files_root`;
     without one, any path when not `exposed`, and none when it is; never the `private` files (the logins)."""
     service, gate = Service(engine, turnstile), Gate(rule)
-    tools = Tools(service, files_root, any_path=not exposed, private=private)
+    tools = Tools(service, files_root, any_path=not exposed, private=[*private, *app_secrets()])
     return OpenAIApi(service, gate).routes() + [Route("/mcp", McpEndpoint(tools, gate))]
+
+
+def app_secrets() -> list[str]:
+    """What MCP's add_files never reads, wherever --files-root points: the Hugging Face folder (its token)."""
+    from huggingface_hub import constants
+
+    return [constants.HF_HOME]
 
 
 def shared(backend):
@@ -50,14 +57,16 @@ def api_exposed(args) -> bool:
     return bool(args.listen or args.share or logins)
 
 
-def mount(demo, backend, args) -> None:
-    """Serve `/v1` and `/mcp` from the app's own server, over the page's engine (a `shared` backend)."""
+def mount(demo, backend, args, logins=(), uploads: str | None = None) -> None:
+    """Serve `/v1` and `/mcp` from the app's own server, over the page's engine (a `shared` backend). With page
+    `logins`, each gets a key of its own; MCP never reads the `uploads` folder (other browsers' files)."""
     if not isinstance(backend, SharedBackend):
         return  # a remote backend: its server is the API
-    exposed = api_exposed(args)
-    rule = decide_key(args.settings.api_key_env, exposed=exposed)
-    private = [args.auth_file] if getattr(args, "auth_file", None) else []
-    for route in reversed(routes(backend.engine, rule, backend.turnstile, exposed=exposed, private=private)):
+    exposed = api_exposed(args) or bool(logins)
+    rule = decide_key(args.settings.api_key_env, exposed=exposed, logins=logins)
+    private = [p for p in (getattr(args, "auth_file", None), uploads) if p]
+    for route in reversed(routes(backend.engine, rule, backend.turnstile, getattr(args, "files_root", None),
+                                 exposed=exposed, private=private)):
         demo.app.router.routes.insert(0, route)  # before the page's catch-all routes
     _say(f"omnibus: OpenAI API at http://127.0.0.1:{args.port}/v1 and MCP at http://127.0.0.1:{args.port}/mcp")
     if rule.notice:

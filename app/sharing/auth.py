@@ -84,10 +84,26 @@ def decide(*, auth: str | None, auth_file: str | None, no_auth: bool, exposed: b
 
 MAX_TRACKED = 10_000  # addresses and names with recent failures kept before stale ones are purged
 _client_address: contextvars.ContextVar[str] = contextvars.ContextVar("client_address", default="")
+# How a request reached the app: "direct", or "forwarded" (a --share tunnel or a proxy passed it on: from loopback
+# naming another host, or with X-Forwarded-For), "" when unknown (a check made outside an HTTP request).
+_client_route: contextvars.ContextVar[str] = contextvars.ContextVar("client_route", default="")
+FORWARDED_HEADERS = (b"x-forwarded-for", b"forwarded", b"x-real-ip", b"x-forwarded-host")
+
+
+def route_of(headers: list[tuple[bytes, bytes]], address: str) -> str:
+    """"forwarded" for a request that a --share tunnel or a proxy passed on, else "direct". Gradio's share tunnel
+    (frpc) connects from loopback but keeps the public Host (`*.gradio.live`), and its server may add
+    X-Forwarded-For (which uvicorn then takes as the client's address, whatever the client wrote there): a
+    stranger cannot make a tunnelled request look like the owner's at http://127.0.0.1:PORT/."""
+    if any(k in FORWARDED_HEADERS for k, _ in headers):
+        return "forwarded"
+    host = next((v.decode("latin-1") for k, v in headers if k == b"host"), "")
+    return "forwarded" if _is_loopback(address) and not local_host(host) else "direct"
 
 
 class ClientAddress:
-    """ASGI middleware: remembers the address of the client of each HTTP request for `LoginGuard`."""
+    """ASGI middleware: remembers the address of the client of each HTTP request, and whether it was forwarded to
+    the app (`route_of`), for `LoginGuard`."""
 
     def __init__(self, app):
         self.app = app
@@ -96,9 +112,11 @@ class ClientAddress:
         if scope.get("type") == "http":
             client = scope.get("client") or ("", 0)
             token = _client_address.set(str(client[0]))
+            route = _client_route.set(route_of(scope.get("headers", []), str(client[0])))
             try:
                 return await self.app(scope, receive, send)
             finally:
+                _client_route.reset(route)
                 _client_address.reset(token)
         return await self.app(scope, receive, send)
 
@@ -195,10 +213,12 @@ class LoginGuard:
     """A login check (Gradio's callable `auth`) that locks out, after repeated failures, the address that failed:
     for one user name, or for every name once that address has failed `max_failures` times.
 
-    The owner on this computer (a loopback address) is never locked out, so a stranger's guesses cannot keep
-    the owner out. With a share link (`tunnel=True`) every outside try also arrives from loopback; there the
-    user name alone is limited. A refused try raises `LockedOut` (Gradio's login route passes it on as the
-    message), and each lock-out is logged on one line through `say`.
+    The owner on this computer (a loopback address, addressed to this computer and not forwarded: see
+    `route_of`) is never locked out, so a stranger's guesses cannot keep the owner out. Tries that a --share
+    tunnel (or a local proxy) forwarded also arrive from loopback; those are limited by user name, apart from
+    the owner's own. With `tunnel=True`, a loopback try whose route is unknown counts as forwarded. A refused
+    try raises `LockedOut` (Gradio's login route passes it on as the message), and each lock-out is logged on
+    one line through `say`.
     """
 
     def __init__(self, credentials: list[tuple[str, str]], max_failures: int = 5, window_s: float = 300.0,
@@ -210,17 +230,31 @@ class LoginGuard:
         self.refused = 0  # tries refused because of a lock-out (tests, logs)
         self._lock = threading.Lock()
 
-    def _keys(self, username: str, address: str) -> list[str]:
+    def _keys(self, username: str, address: str, route: str = "", known: bool | None = None) -> list[str]:
         # Only real user names are counted (no password opens an unknown one, and counting them would let
         # anyone grow this table).
-        known = username in self.passwords
-        if not address or _is_loopback(address):
-            return [f"user:{username}"] if known and self.tunnel else []
-        return ([f"addr:{address}|user:{username}"] if known else []) + [f"addr:{address}"]
+        known = username in self.passwords if known is None else known
+        loopback = not address or _is_loopback(address)
+        forwarded = route == "forwarded" or (route == "" and self.tunnel and loopback)
+        if loopback and not forwarded:
+            return []  # the owner at this computer
+        # Through a tunnel or proxy, the name is limited whatever address the request claims to come from.
+        keys = [f"user:{username}"] if known and forwarded else []
+        if not loopback:
+            keys += ([f"addr:{address}|user:{username}"] if known else []) + [f"addr:{address}"]
+        return keys
 
     def __call__(self, username: str, password: str) -> bool:
+        expected = self.passwords.get(username)
+        ok = expected is not None and hmac.compare_digest(password.encode(), expected.encode())
+        return self.attempt(username, ok)
+
+    def attempt(self, username: str, ok: bool, known: bool | None = None) -> bool:
+        """Count one try of `username` from the current caller whose check gave `ok`: raises `LockedOut` while
+        that caller is locked out (even when `ok`), else returns `ok`. `known`: whether to track this name
+        (default: it is one of the logins)."""
         address = _client_address.get()
-        keys = self._keys(username, address)
+        keys = self._keys(username, address, _client_route.get(), known)
         now = self.clock()
         with self._lock:
             if len(self.failures) > MAX_TRACKED:
@@ -230,8 +264,6 @@ class LoginGuard:
             if locked:
                 self.refused += 1
                 raise LockedOut(max(self.failures[k][0] + self.window_s - now for k in locked))
-            expected = self.passwords.get(username)
-            ok = expected is not None and hmac.compare_digest(password.encode(), expected.encode())
             if not ok:
                 for key in keys:
                     self.failures.setdefault(key, deque()).append(now)
@@ -242,11 +274,11 @@ class LoginGuard:
                              f"minutes: logins for {who} are locked for {self.window_s / 60:.0f} minutes")
             return ok
 
-    def locked_out(self, username: str = "", address: str = "") -> bool:
-        """True while this user name, from this address, may not log in."""
+    def locked_out(self, username: str = "", address: str = "", route: str = "") -> bool:
+        """True while this user name, from this address (and route, for loopback), may not log in."""
         now = self.clock()
         with self._lock:
-            return any(self._recent(k, now) >= self.max_failures for k in self._keys(username, address))
+            return any(self._recent(k, now) >= self.max_failures for k in self._keys(username, address, route))
 
     def _recent(self, key: str, now: float) -> int:
         times = self.failures.get(key)

@@ -26,7 +26,7 @@ from app.ui.handlers import Workbench
 from app.ui.layout import CSS, THEME, Page, layout
 from app.ui.model_picker import Owner
 from app.ui.page_policy import ContentSecurityPolicy, SameOriginPosts
-from app.ui.uploads import UploadGate, Uploads
+from app.ui.uploads import DEFAULT_MAX_TOTAL_MB, UploadGate, Uploads
 
 
 def wire(workbench: Workbench, p: Page, uploads: Uploads | None = None) -> None:
@@ -130,6 +130,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--max-upload-mb", type=int, default=500, help="largest file one may upload (default 500)")
     parser.add_argument("--max-upload-files", type=int, default=2000,
                         help="most files one upload may hold; a folder counts each file (default 2000)")
+    parser.add_argument("--max-upload-total-mb", type=int, default=DEFAULT_MAX_TOTAL_MB,
+                        help="most the upload folder may hold, all browsers together; a new upload past it is "
+                             f"refused (default {DEFAULT_MAX_TOTAL_MB:,})")
+    parser.add_argument("--files-root", metavar="DIR",
+                        help="the folder MCP's add_files (at /mcp) may read (default: any path on this computer "
+                             "with no logins; none with logins, --listen or --share)")
     add_arguments(parser)
     return parse_arguments(parser, argv)
 
@@ -152,7 +158,7 @@ def start(args: argparse.Namespace, backend, access: Access, api=None) -> gr.Blo
 
     if api is not None:
         backend = api.shared(backend)  # the page takes its turns on the model with the API's requests
-    uploads = Uploads(get_upload_folder())
+    uploads = Uploads(get_upload_folder(), max_total_bytes=args.max_upload_total_mb * 2**20)
     owner = Owner(args.admin, loopback_trusted=not args.share)
     demo = build(Workbench(backend, args.max_upload_files), args.max_upload_mb, uploads, owner)
     demo.queue(default_concurrency_limit=1)
@@ -171,7 +177,8 @@ def start(args: argparse.Namespace, backend, access: Access, api=None) -> gr.Blo
                 prevent_thread_lock=True, quiet=True, ssr_mode=False, footer_links=["api"], css=CSS,
                 theme=THEME)
     if api is not None:
-        api.mount(demo, backend, args)
+        api.mount(demo, backend, args, logins=[user for user, _ in access.credentials or []],
+                  uploads=uploads.folder)
     return demo
 
 

@@ -9,7 +9,7 @@ import re
 import time
 from pathlib import Path
 
-from app.ui.saved import corpus_record
+from app.sharing.saved import corpus_record
 from app.ui.views import FINISH_WORDS
 
 

@@ -20,7 +20,7 @@ from ingest.secret_scan import scan_corpus
 from app.prompt import DEFAULT_SYSTEM_PROMPT, Turn
 from app.ui.inputs import CheckedQuestion, check_room, question_text
 from app.ui.session import Exchange, KeptSessions, Session
-from app.ui.saved import (BadRecord, Library, corpus_from_record, exchanges_from_record,
+from app.sharing.saved import (BadRecord, Library, corpus_from_record, exchanges_from_record,
                           read_import)
 from app.ui import export
 from app.ui.views import instructions_tag
@@ -280,7 +280,7 @@ class Workbench:
         session.exchanges = []
         return session
 
-    # -- saved corpora and their conversations (app/ui/saved.py, next to app/store's KV caches) --
+    # -- saved corpora and their conversations (app/sharing/saved.py, next to app/store's KV caches) --
     @property
     def library(self) -> Library | None:
         """The saved conversations; None for a remote backend or --no-disk-cache."""
@@ -316,7 +316,7 @@ class Workbench:
                 "instructions": instructions_tag(session.system_prompt, self.backend)}
 
     def saved_corpora(self, owner: str = "") -> list:
-        """This login's saved corpora with their conversations (`app.ui.saved.Record`), newest first."""
+        """This login's saved corpora with their conversations (`app.sharing.saved.Record`), newest first."""
         library = self.library
         return library.records(owner) if library is not None else []
 

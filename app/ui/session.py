@@ -35,7 +35,7 @@ class Session:
     def __init__(self):
         self.id = uuid.uuid4().hex  # what the browser keeps (gr.BrowserState) to get this session back on reload
         self.owner = ""  # the login this session belongs to ("" without logins)
-        self.record_id = uuid.uuid4().hex  # its saved conversation (app.ui.saved); a new one after Start over
+        self.record_id = uuid.uuid4().hex  # its saved conversation (app.sharing.saved); a new one after Start over
         self.kv_id = None  # the saved KV cache of its documents (app.store), kept with each saved conversation
         self.system_prompt = None  # the instructions it was last loaded with
         self.busy = ""  # "load" or "answer" while one runs

@@ -14,6 +14,9 @@ uploaded. Here:
   same words, so a refusal says nothing about other sessions' files.
 - `Uploads.release` deletes files: the app releases a session's files as soon as their text is in its
   corpus. An upload that no session ever used goes with Gradio's `delete_cache` (after an hour).
+- The folder's total is bounded: `UploadGate` refuses (HTTP 413, with the numbers) an upload that would take the
+  folder past `max_total_bytes`, or leave less than `DISK_SPARE_BYTES` free on its disk, before Gradio reads it;
+  an upload must say its size (Content-Length: browsers and gradio_client do).
 """
 
 from __future__ import annotations
@@ -28,9 +31,15 @@ import stat
 import threading
 from pathlib import Path
 
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
+from starlette.responses import PlainTextResponse
+
 from app.errors import OmnibusError
 
 log = logging.getLogger(__name__)
+DEFAULT_MAX_TOTAL_MB = 10_000  # the upload folder's total, all browsers together (--max-upload-total-mb)
+DISK_SPARE_BYTES = 2**30  # an upload never leaves less than this free on the upload folder's disk
 
 
 class NotYourUpload(OmnibusError):
@@ -44,11 +53,48 @@ class Uploads:
     Blocks' `upload_file_set`), kept in step as files move and go.
     """
 
-    def __init__(self, folder, served: set | None = None):
+    def __init__(self, folder, served: set | None = None, max_total_bytes: int = DEFAULT_MAX_TOTAL_MB * 2**20):
         self.folder = Path(folder).resolve()
         self.served = served if served is not None else set()
+        self.max_total_bytes = max_total_bytes
         self._owner: dict[str, str | None] = {}  # issued path -> owning session (None: not claimed yet)
         self._lock = threading.Lock()
+        self._incoming = 0  # bytes of uploads being received now (admitted, not on disk yet)
+
+    def total_bytes(self) -> int:
+        """What the upload folder holds now (every browser's uploads not yet read or expired)."""
+        total = 0
+        for root, _dirs, files in os.walk(self.folder):
+            for name in files:
+                with contextlib.suppress(OSError):
+                    total += os.lstat(os.path.join(root, name)).st_size
+        return total
+
+    def admit(self, size: int | None) -> str | None:
+        """Reserve room for an upload of `size` bytes (call `done(size)` after); None, or why it is refused."""
+        if size is None:
+            return "refused: an upload must say its size (Content-Length)"
+        with self._lock:
+            held = self.total_bytes() + self._incoming
+            try:
+                free = shutil.disk_usage(self.folder if self.folder.exists() else self.folder.parent).free
+            except OSError:
+                free = None
+            if held + size > self.max_total_bytes:
+                return (f"refused: this upload is {_mb(size)}, and the upload folder already holds {_mb(held)} of "
+                        f"the {_mb(self.max_total_bytes)} it may hold (all browsers together). Try again once "
+                        "the files uploaded so far are read (they are deleted then), or start Omnibus with a "
+                        "larger --max-upload-total-mb.")
+            if free is not None and free - size - self._incoming < DISK_SPARE_BYTES:
+                return (f"refused: this upload is {_mb(size)}, and the disk of the upload folder has {_mb(free)} "
+                        f"free (Omnibus keeps {_mb(DISK_SPARE_BYTES)} spare). Free some space and try again.")
+            self._incoming += size
+        return None
+
+    def done(self, size: int) -> None:
+        """The upload admitted with `size` has ended (stored or not)."""
+        with self._lock:
+            self._incoming = max(0, self._incoming - size)
 
     def issue(self, path: str) -> str:
         """Move one file Gradio just stored into a private folder of its own; return its new path."""
@@ -102,6 +148,10 @@ class Uploads:
         return len(gone)
 
 
+def _mb(size: int) -> str:
+    return f"{size / 2**20:,.1f} MB"
+
+
 def _regular_file(path: str) -> bool:
     try:
         return stat.S_ISREG(os.lstat(path).st_mode)
@@ -110,7 +160,8 @@ def _regular_file(path: str) -> bool:
 
 
 class UploadGate:
-    """ASGI middleware: the paths in each answer of Gradio's upload route go through `Uploads.issue`."""
+    """ASGI middleware: an upload that would take the upload folder past its cap is refused (413) before Gradio
+    reads it; the paths in each answer of Gradio's upload route go through `Uploads.issue`."""
 
     def __init__(self, app, uploads: Uploads):
         self.app, self.uploads = app, uploads
@@ -119,6 +170,18 @@ class UploadGate:
         if scope.get("type") != "http" or scope.get("method") != "POST" or \
                 not scope.get("path", "").endswith("/gradio_api/upload"):
             return await self.app(scope, receive, send)
+        length = Headers(scope=scope).get("content-length", "")
+        size = int(length) if length.isdigit() else None
+        refusal = await run_in_threadpool(self.uploads.admit, size)  # walks the folder: off the event loop
+        if refusal is not None:
+            log.warning("upload %s", refusal)
+            return await PlainTextResponse(refusal, status_code=413 if size is not None else 411)(scope, receive, send)
+        try:
+            return await self._issue(scope, receive, send)
+        finally:
+            self.uploads.done(size)
+
+    async def _issue(self, scope, receive, send):
         start, body = {}, bytearray()
 
         async def hold(message):

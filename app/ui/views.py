@@ -340,7 +340,7 @@ def _when(seconds: float) -> str:
 
 
 def saved_rows(records) -> list[list]:
-    """Table rows for this login's saved corpora and conversations (`app.ui.saved.Record`)."""
+    """Table rows for this login's saved corpora and conversations (`app.sharing.saved.Record`)."""
     return [[_files(r.sources), f"{r.tokens:,}", r.exchanges, r.instructions, _when(r.updated)] for r in records]
 
 

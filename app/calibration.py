@@ -40,6 +40,7 @@ REFERENCE_TOKENS = 4096  # measurements are compared by the time each predicts f
 KEPT_MEASUREMENTS = 6  # the speeds of the last few measurements, newest weighted most
 RECENCY = 0.5  # each older measurement weighs this much less than the one after it
 NOISY = 1.3  # measurements that disagree by more than this factor: the estimate is said with a range
+SIMULATED_TOKENS = 1 << 16  # loads up to this size are estimated chunk by chunk (larger: in closed form)
 
 
 @dataclass
@@ -70,11 +71,18 @@ class Rates:
         return self.per_pass + tokens * (self.per_token + self.per_token_depth * (depth + tokens / 2))
 
     def seconds(self, end: int, start: int = 0, chunk: int | None = None) -> float:
-        """Positions start..end in passes of `chunk` tokens (None: the chunk size `chunk_tokens` would pick)."""
+        """Positions start..end in passes of `chunk` tokens (None: the chunks `chunk_tokens` picks, as a load on a
+        machine running at this speed reads them, the last one short)."""
         if end <= start:
             return 0.0
         tokens = end - start
-        passes = -(-tokens // chunk) if chunk else max(1, round(tokens / self.chunk_tokens((start + end) // 2)))
+        if chunk is None and self.per_pass > 0 and tokens <= SIMULATED_TOKENS:
+            seconds, at = 0.0, start
+            while at < end:  # the engine's own chunking: the fixed cost counts once per pass it will run
+                n = min(self.chunk_tokens(at), end - at)
+                seconds, at = seconds + self.pass_seconds(n, at), at + n
+            return seconds
+        passes = -(-tokens // (chunk or self.chunk_tokens((start + end) // 2)))
         return passes * self.per_pass + tokens * self.per_token + self.per_token_depth * (end**2 - start**2) / 2
 
     def chunk_tokens(self, depth: int, slowdown: float = 1.0, target_s: float = CHUNK_TARGET_S) -> int:
@@ -94,25 +102,32 @@ class Rates:
 
 
 def fit(passes: list[tuple[int, int, float]], prior: Rates) -> Rates:
-    """Least-squares Rates from measured passes [(tokens, depth, seconds)], falling back to `prior` scaled.
+    """Rates refitted from a load's measured passes [(tokens, depth, seconds)], in the shape of `prior`.
 
-    Needs passes at several depths and sizes to separate the three terms; when the fit is unsound (too few
-    passes, a negative term from a noisy machine), the prior's shape is kept and only its scale is fitted.
+    A load's chunks are all about the same size (each is sized to take CHUNK_TARGET_S), so they cannot tell a
+    pass's fixed cost from its per-token cost: a free fit splits them at random, and a fixed cost fitted too
+    high (0.3 s instead of 0.05 s) made small loads and the decode speed look several times slower than they
+    are. So the fixed cost keeps the calibration's measurement (its one-token pass), scaled by how much slower
+    or faster this load ran than `prior` predicted, and only the per-token and per-token-depth costs are fitted
+    to what is left of each pass. When that fit is unsound (too few passes, too little depth to separate the
+    two, a negative term from a noisy machine), only the prior's scale is fitted.
     """
     import numpy as np
 
     if not passes:
         return prior
-    rows = np.array([[1.0, n, n * (d + n / 2)] for n, d, _ in passes])
     seconds = np.array([s for _, _, s in passes])
+    predicted = sum(prior.pass_seconds(n, d) for n, d, _ in passes)
+    scale = float(seconds.sum()) / predicted if predicted > 0 else 1.0
+    per_pass = prior.per_pass * scale
     depths = {d for _, d, _ in passes}
     if len(passes) >= 6 and max(depths) - min(depths) >= 512:
-        solution, *_ = np.linalg.lstsq(rows, seconds, rcond=None)
-        per_pass, per_token, per_token_depth = (float(x) for x in solution)
-        if per_token > 0 and per_token_depth >= 0 and per_pass >= 0:
+        rows = np.array([[n, n * (d + n / 2)] for n, d, _ in passes])
+        solution, *_ = np.linalg.lstsq(rows, seconds - per_pass, rcond=None)
+        per_token, per_token_depth = (float(x) for x in solution)
+        if per_token > 0 and per_token_depth >= 0:
             return Rates(per_token, per_token_depth, per_pass, "loads", time.time(), prior.per_decode)
-    predicted = sum(prior.pass_seconds(n, d) for n, d, _ in passes)
-    scaled = prior.scaled(float(seconds.sum()) / predicted if predicted > 0 else 1.0)
+    scaled = prior.scaled(scale)
     scaled.source, scaled.measured = "loads", time.time()
     return scaled
 
@@ -243,23 +258,25 @@ class Calibration:
             log.warning("could not keep the speed calibration in %s: %s", self.path, err)
 
 
-def measure(run_pass, depth: int = 2048, tokens: int = 32, repeats: int = 3) -> Rates:
+def measure(run_pass, depth: int = 2048, tokens: int = 32, repeats: int = 4) -> Rates:
     """Time passes through `run_pass(tokens, depth, decode=False) -> seconds` and solve for the rates.
 
     A one-token pass at depth 0 gives `per_pass`; `tokens` at depth 0 and at `depth` give the other two; a
-    one-token pass with the LM head and sampling (`decode=True`) gives `per_decode`. Each pass is timed
-    `repeats` times and the median kept, so one burst of another program's work does not set the speed.
+    one-token pass with the LM head and sampling (`decode=True`) gives `per_decode`. The four passes run
+    `repeats` rounds, one of each per round, and each keeps its fastest time: another program's work only ever
+    slows a pass down, and a burst of it (a browser drawing the page, a file being read) lands on one round
+    rather than on every time of one pass. A pass's fixed cost is the part most hurt by such bursts (hundreds
+    of small operations, each waiting for both cores), and it is what small loads are mostly made of.
     """
     run_pass(8, 0)  # warm-up: first-call allocations
     run_pass(1, 0, decode=True)
-
-    def typical(n: int, d: int, decode: bool = False) -> float:
-        return sorted(run_pass(n, d, decode=decode) for _ in range(repeats))[repeats // 2]
-
-    one = typical(1, 0)
-    flat = typical(tokens, 0)
-    deep = typical(tokens, depth)
-    step = typical(1, 0, decode=True)
+    shapes = {"one": (1, 0, False), "flat": (tokens, 0, False), "deep": (tokens, depth, False),
+              "step": (1, 0, True)}
+    fastest = {name: math.inf for name in shapes}
+    for _ in range(repeats):
+        for name, (n, d, decode) in shapes.items():
+            fastest[name] = min(fastest[name], run_pass(n, d, decode=decode))
+    one, flat, deep, step = (fastest[name] for name in shapes)
     per_token_depth = max((deep - flat) / (tokens * depth), 0.0)
     per_token = max((flat - one - per_token_depth * tokens**2 / 2) / (tokens - 1), 1e-6)
     per_pass = max(one - per_token, 0.0)

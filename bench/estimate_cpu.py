@@ -1,7 +1,9 @@
-"""CPU goals of issue 17 with the demo model: load-time estimate against the actual time, Cancel and Stop
-latency, and the first word of the 4th question of a conversation against the 1st's.
+"""CPU goals of issues 17 and 28 with the demo model: load-time estimate against the actual time, Cancel and Stop
+latency, the first word of the 4th question of a conversation against the 1st's, and how well the model of one
+pass (app/calibration.py) predicts passes of other sizes and depths.
 
-    .venv/bin/python bench/estimate_cpu.py --part estimate --sizes 3000,4500,6000 --busy 1
+    .venv/bin/python bench/estimate_cpu.py --part estimate --sizes 200,1000,4000 --busy 1
+    .venv/bin/python bench/estimate_cpu.py --part passes
     .venv/bin/python bench/estimate_cpu.py --part cancel
     .venv/bin/python bench/estimate_cpu.py --part conversation --corpus 4000 --answer 128
 
@@ -38,6 +40,18 @@ def emit(**row) -> None:
     print(json.dumps(row), flush=True)
 
 
+def load_average() -> float:
+    with open("/proc/loadavg") as f:
+        return float(f.read().split()[0])
+
+
+def short(rates) -> dict:
+    """The three costs of a pass (ms) and the decode overhead, for reading."""
+    return {"per_pass_ms": round(rates.per_pass * 1e3, 2), "per_token_ms": round(rates.per_token * 1e3, 3),
+            "per_1k_depth_ms": round(rates.per_token_depth * 1e6, 3), "per_decode_ms": round(rates.per_decode * 1e3, 2),
+            "source": rates.source}
+
+
 def measure_load(engine: Engine, ids: list[int], label: str) -> None:
     engine.drop_cache()
     before = engine.estimate_seconds(len(engine.prompt_prefix(ids)))
@@ -57,7 +71,7 @@ def measure_load(engine: Engine, ids: list[int], label: str) -> None:
     answer = [p for p in engine.ask("Summarise the text above.", (), Settings(max_new_tokens=48))
               if not isinstance(p, str)][-1]
     chunks = [b.done - a.done for (_, a), (_, b) in zip(reports, reports[1:])]
-    emit(part="estimate", machine=label, tokens=stats.tokens, actual_s=round(actual, 2),
+    emit(part="estimate", machine=label, load_average=load_average(), tokens=stats.tokens, actual_s=round(actual, 2),
          estimate_before_s=round(before, 2), ratio_before=round(before / actual, 2),
          **{f"estimate_at_{int(f * 100)}pct": dict(zip(("total_s", "at_s"), corrected(f))) for f in (0.1, 0.25, 0.5)},
          ratio_at_25pct=round((corrected(0.25)[0] or 0) / actual, 2),
@@ -65,7 +79,8 @@ def measure_load(engine: Engine, ids: list[int], label: str) -> None:
          decode_ratio=round(planned_decode / answer.tokens_per_s, 2) if answer.tokens_per_s else None,
          first_progress_s=round(first_at, 3) if first_at is not None else None,
          chunks=f"{min(chunks)}-{max(chunks)} tokens" if chunks else "", longest_gap_s=round(max(
-             b - a for (a, _), (b, _) in zip(reports, reports[1:])), 2) if len(reports) > 1 else None)
+             b - a for (a, _), (b, _) in zip(reports, reports[1:])), 2) if len(reports) > 1 else None,
+         rates_after=short(engine.rates()))
 
 
 def burners(n: int) -> list[subprocess.Popen]:
@@ -81,9 +96,10 @@ def stop_burners(procs) -> None:
 def part_estimate(engine, ids, args) -> None:
     started = time.perf_counter()
     engine.rates()
-    emit(part="calibration", seconds=round(time.perf_counter() - started, 3), rates=vars(engine.rates()))
+    emit(part="calibration", seconds=round(time.perf_counter() - started, 3), load_average=load_average(),
+         rates=short(engine.rates()))
     for size in args.sizes:
-        measure_load(engine, ids[:size], "quiet")
+        measure_load(engine, ids[:size], "no busy-loop added (see load_average)")
     if args.busy:
         procs = burners(args.busy)
         try:
@@ -91,6 +107,28 @@ def part_estimate(engine, ids, args) -> None:
                 measure_load(engine, ids[:size], f"busy ({args.busy} busy-loop process)")
         finally:
             stop_burners(procs)
+
+
+def part_passes(engine, ids, args) -> None:
+    """Passes of several sizes and depths, each timed `--trials` times in interleaved rounds (fastest and median
+    kept), against what the calibrated rates predict: where the model of a pass holds and where it does not."""
+    started = time.perf_counter()
+    rates = engine.rates()
+    emit(part="calibration", seconds=round(time.perf_counter() - started, 3), load_average=load_average(),
+         rates=short(rates))
+    shapes = [(1, 0), (16, 0), (32, 0), (64, 0), (128, 0), (256, 0), (512, 0), (32, 2048), (128, 2048),
+              (64, 4096), (128, 4096)]
+    times = {shape: [] for shape in shapes}
+    for _ in range(args.trials):
+        for n, d in shapes:
+            times[(n, d)].append(engine._timed_pass(n, d))
+    for (n, d), measured in times.items():
+        measured.sort()
+        predicted = rates.pass_seconds(n, d)
+        median = measured[len(measured) // 2]
+        emit(part="pass", tokens=n, depth=d, fastest_s=round(measured[0], 4), median_s=round(median, 4),
+             predicted_s=round(predicted, 4), ratio_fastest=round(predicted / measured[0], 2),
+             ratio_median=round(predicted / median, 2), load_average=load_average())
 
 
 def part_cancel(engine, ids, args) -> None:
@@ -151,7 +189,7 @@ def part_conversation(engine, ids, args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=["estimate", "cancel", "conversation"], required=True)
+    parser.add_argument("--part", choices=["estimate", "passes", "cancel", "conversation"], required=True)
     parser.add_argument("--sizes", default="3000,4500,6000", type=lambda s: [int(x) for x in s.split(",")])
     parser.add_argument("--busy", type=int, default=0)
     parser.add_argument("--trials", type=int, default=3)
@@ -161,7 +199,8 @@ def main() -> None:
     model, tokenizer = load_model("demo")
     engine = Engine(model, tokenizer, model_name="demo")
     ids = tokenizer(real_text(), add_special_tokens=False)["input_ids"]
-    {"estimate": part_estimate, "cancel": part_cancel, "conversation": part_conversation}[args.part](engine, ids, args)
+    parts = {"estimate": part_estimate, "passes": part_passes, "cancel": part_cancel, "conversation": part_conversation}
+    parts[args.part](engine, ids, args)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The first screen and the chat as a newcomer sees them, in a real headless Chromium (issue 28): the Model panel
 closed once the model is ready, the question shown as typed, the newest answer text kept in view while it streams,
-the export downloaded in one click under a useful name, and documents that cannot fit refused in one place with
+the export downloaded in one click under a useful name, two saved conversations over the same documents told
+apart by their first questions, and documents that cannot fit refused in one place with
 Load and Ask turned off. One app start for all of it; screenshots in light and dark under test-artifacts/."""
 
 import os
@@ -16,6 +17,7 @@ from test_ui_helpers import QUESTION, make_documents
 
 ROOT = Path(__file__).resolve().parent.parent
 VIEWPORT = {"width": 1400, "height": 857}  # the newcomer's screen
+SECOND_QUESTION = "Where is the code kept?"
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
                                 reason=f"{CHROMIUM} is absent: install Debian's chromium package to run this test")
@@ -79,6 +81,20 @@ def test_first_screen_chat_export_and_a_corpus_that_cannot_fit(app_url, tmp_path
             assert question in Path(got.value.path()).read_text()
             page.screenshot(path=str(artifacts / "truth-answer.png"), full_page=True)
 
+            # Clear chat starts a new saved conversation over the same documents: the saved list tells the two
+            # apart by their first questions (shown as typed), not by identical rows.
+            page.get_by_role("button", name="Clear chat (keep documents)").click()
+            expect(chat.locator(".user")).to_have_count(0, timeout=30_000)
+            page.locator("#question textarea").fill(SECOND_QUESTION)
+            page.locator("#ask").click()
+            expect(page.locator("#answer-info")).to_contain_text("First word after", timeout=300_000)
+            page.locator("#saved-panel").get_by_text("Saved corpora and conversations").click()
+            saved = page.locator("#saved")
+            expect(saved).to_contain_text(SECOND_QUESTION, timeout=30_000)
+            expect(saved).to_contain_text(question)  # "__init__.py" as typed, not bold "init.py"
+            page.locator("#saved-panel").scroll_into_view_if_needed()
+            page.screenshot(path=str(artifacts / "truth-saved.png"), full_page=True)
+
             # A document far over the demo's window: one message, in the meter, and nothing to press.
             big = tmp_path / "docs" / "almanac.txt"
             big.write_text("The tide tables of the harbour, hour by hour, for the whole year. " * 900)
@@ -93,9 +109,13 @@ def test_first_screen_chat_export_and_a_corpus_that_cannot_fit(app_url, tmp_path
             page.emulate_media(color_scheme="dark")
             page.reload()
             expect(page.locator("#refusal")).to_contain_text("almanac.txt", timeout=60_000)
-            expect(page.locator("#chat .user").first).to_contain_text(question)
+            expect(page.locator("#chat .user").first).to_contain_text(SECOND_QUESTION)
             expect(panel).to_contain_text("(ready", timeout=30_000)
             page.screenshot(path=str(artifacts / "truth-too-big-dark.png"), full_page=True)
+            page.locator("#saved-panel").get_by_text("Saved corpora and conversations").click()
+            expect(page.locator("#saved")).to_contain_text(SECOND_QUESTION, timeout=30_000)
+            page.locator("#saved-panel").scroll_into_view_if_needed()
+            page.screenshot(path=str(artifacts / "truth-saved-dark.png"), full_page=True)
         except BaseException:
             page.screenshot(path=str(artifacts / "truth-failed.png"), full_page=True)
             raise

@@ -35,9 +35,10 @@ def test_a_conversation_is_saved_with_its_corpus_and_reopened_with_both(workbenc
     assert record.sources == session.sources and record.tokens == session.corpus.total_tokens
     assert record.exchanges == 1 and record.kv_id
     row = views.saved_rows([record])[0]
-    assert row[0] == "harbour-report.pdf, security-notes.docx" and row[2] == 1 and row[3] == "default + citations"
+    assert row[0] == views.conversation_name(record) and QUESTION[:20] in row[0]
+    assert row[1] == "harbour-report.pdf, security-notes.docx" and row[3] == 1 and row[4] == "default + citations"
     [(label, ident)] = views.saved_choices([record])
-    assert ident == record.id and "harbour-report.pdf" in label and "1 question" in label
+    assert ident == record.id and "harbour-report.pdf" in label and "1 question" in label and QUESTION[:20] in label
 
     workbench.backend.drop_cache()  # as after a restart: nothing in memory
     again = Session()
@@ -111,6 +112,12 @@ def test_clearing_the_chat_starts_a_new_saved_conversation_and_keeps_the_old_one
     assert sorted(r.exchanges for r in records) == [1, 1] and before.id in {r.id for r in records}
     new = next(r for r in records if r.id != before.id)
     assert new.kv_id == before.kv_id  # the same documents' saved cache
+    # Listed so a person tells them apart: each by its first question, in the table and in the Open menu.
+    rows = {tuple(row) for row in views.saved_rows(records)}
+    labels = [label for label, _ in views.saved_choices(records)]
+    assert len(rows) == 2 and not any(re.search(r" · [0-9a-f]{6}$", label) for label in labels), labels
+    assert any("Where is the code kept?" in label for label in labels) and any(QUESTION[:20] in label
+                                                                               for label in labels)
     again = Session()
     workbench.open_saved(again, new.id)  # the new record is whole: documents and its one exchange
     assert again.sources == session.sources and [e.question for e in again.exchanges] == ["Where is the code kept?"]
@@ -134,3 +141,19 @@ def test_an_imported_conversation_is_not_said_to_load_in_no_time(workbench, tmp_
     assert "about <b>0.0 s</b>" not in meter
     shown = re.search(r"about <b>([\d.]+) (s|min)</b>", meter)
     assert shown and float(shown.group(1)) > 0, meter
+
+
+def test_saved_conversations_are_named_by_their_first_question_shortened(tmp_path):
+    from app.sharing.saved import Record
+
+    long = "In the harbour report, which of the two new cranes arrived first, and who signed for it at the gate?"
+    meta = {"sources": ["a.txt"], "tokens": 10, "instructions": "default", "updated": 1.0e9}
+    asked = Record(tmp_path / "r1", {**meta, "exchanges": [{"question": "  " + long, "answer": "x"},
+                                                           {"question": "And then?", "answer": "y"}]})
+    unasked = Record(tmp_path / "r2", {**meta, "exchanges": []})
+    name = views.conversation_name(asked)
+    assert name.startswith("“In the harbour report, which") and name.endswith("…”") and len(name) <= 62
+    assert views.conversation_name(unasked) == "no questions yet"
+    [first, second] = views.saved_choices([asked, unasked])
+    assert "2 questions" in first[0] and "And then" not in first[0] and "no questions" in second[0]
+    assert views.shortened("a  b\nc") == "a b c"

@@ -53,6 +53,15 @@ class Record:
     updated = property(lambda self: self.meta.get("updated", 0.0))
     kv_id = property(lambda self: self.meta.get("kv_id"))
 
+    @property
+    def first_question(self) -> str:
+        """The conversation's first question ("" before any): what tells two conversations over the same
+        documents apart."""
+        for exchange in self.meta.get("exchanges", []):
+            if isinstance(exchange, dict) and str(exchange.get("question", "")).strip():
+                return str(exchange["question"])
+        return ""
+
 
 def owner_folder(owner: str) -> str:
     """A folder name for a login: readable start, hash end (so names never collide or escape)."""

@@ -165,7 +165,7 @@ def layout(workbench: Workbench, max_upload_mb: int = 500, owner=None) -> tuple[
                           visible=workbench.library is not None):
             gr.Markdown(views.SAVED_NOTE)
             p.saved = gr.Dataframe(headers=views.SAVED_HEADERS, value=[], interactive=False, wrap=True,
-                                   column_widths=["38%", "10%", "10%", "24%", "18%"], elem_id="saved")
+                                   column_widths=["30%", "24%", "9%", "9%", "14%", "14%"], elem_id="saved")
             with gr.Row():
                 p.saved_pick = gr.Dropdown([], value=None, label="Saved corpus", scale=4, elem_id="saved-pick")
                 p.open_btn = gr.Button("Open", size="sm", scale=1, elem_id="open-saved", interactive=False)

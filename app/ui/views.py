@@ -327,7 +327,7 @@ def cited_passage(check, passage) -> str:
     return f"<div class='passage'>{head}<pre class='passage-text'>{chr(10).join(lines)}</pre></div>"
 
 
-SAVED_HEADERS = ["Files", "Tokens", "Questions", "Instructions", "Last used"]
+SAVED_HEADERS = ["Conversation", "Files", "Tokens", "Questions", "Instructions", "Last used"]
 
 
 def _files(sources: list[str], most: int = 3) -> str:
@@ -339,16 +339,40 @@ def _when(seconds: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(seconds)) if seconds else ""
 
 
+def shortened(text: str, most: int = 60) -> str:
+    """`text` on one line, cut at a word to at most `most` characters with "…" when longer."""
+    line = " ".join(text.split())
+    if len(line) <= most:
+        return line
+    cut = line[:most - 1]
+    space = cut.rfind(" ")
+    return (cut[:space] if space > most // 2 else cut).rstrip(" ,.;:") + "…"
+
+
+def conversation_name(record) -> str:
+    """What a saved conversation is about: its first question, shortened and quoted ("no questions yet")."""
+    return f"“{shortened(record.first_question)}”" if record.first_question else "no questions yet"
+
+
+def _questions(count: int) -> str:
+    return f"{count} question{'' if count == 1 else 's'}" if count else "no questions"
+
+
 def saved_rows(records) -> list[list]:
-    """Table rows for this login's saved corpora and conversations (`app.sharing.saved.Record`)."""
-    return [[_files(r.sources), f"{r.tokens:,}", r.exchanges, r.instructions, _when(r.updated)] for r in records]
+    """Table rows for this login's saved corpora and conversations (`app.sharing.saved.Record`): each named by its
+    first question, so two conversations over the same documents read differently."""
+    return [[conversation_name(r), _files(r.sources), f"{r.tokens:,}", r.exchanges, r.instructions,
+             _when(r.updated)] for r in records]
 
 
 def saved_choices(records) -> list[tuple[str, str]]:
-    """(label, id) pairs for the Open/Remove menu: files, date and instructions, so no two read the same."""
+    """(label, id) pairs for the Open/Remove menu: first question, files, date, number of questions and
+    instructions, so no two read the same."""
     labels, out = set(), []
     for r in records:
-        label = f"{_files(r.sources, 2)} · {_when(r.updated)} · {r.exchanges} question(s) · {r.instructions}"
+        label = " · ".join(part for part in (
+            conversation_name(r) if r.first_question else "", _files(r.sources, 2), _when(r.updated),
+            _questions(r.exchanges), r.instructions) if part)
         if label in labels:
             label += f" · {r.id[:6]}"
         labels.add(label)

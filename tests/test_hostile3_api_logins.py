@@ -210,7 +210,9 @@ def test_the_app_with_logins_prints_one_key_per_login_and_each_sees_its_own_save
     backend = demo_backend()
     backend.store = Store(tmp_path / "cache")  # saved corpora in a folder of this test's own
     args = parse_args(["--port", str(port)])
-    demo = start(args, backend, Access([("alice", "pw-a"), ("bob", "pw-b")]))
+    from app.server import serve
+
+    demo = start(args, backend, Access([("alice", "pw-a"), ("bob", "pw-b")]), api=serve)
     try:
         printed = capfd.readouterr().err
         keys = dict(re.findall(r"^\s+(alice|bob): (omnibus-\S+)", printed, re.M))

@@ -66,10 +66,11 @@ def test_the_system_prompt_says_documents_are_data_and_leads_every_prompt(tokeni
 def test_the_engine_feeds_the_model_no_control_token_from_a_file(demo_model, tmp_path):
     model, tokenizer = demo_model
     corpus = build_corpus([hostile_folder(tmp_path / "drop")], tokenizer=tokenizer)
+    engine = Engine(model, tokenizer, kv_dtype="fp32", chunk_tokens=512, model_name="demo")
+    engine.estimate_seconds(1)  # the CPU's speed is measured first (on scratch passes), so only the load is seen
     fed: list[int] = []
     hook = model.model.embed_tokens.register_forward_hook(lambda m, args, out: fed.extend(args[0][0].tolist()))
     try:
-        engine = Engine(model, tokenizer, kv_dtype="fp32", chunk_tokens=512, model_name="demo")
         engine.load(corpus)
         prefilled = list(fed)
         list(engine.ask("Summarise the notes. <|im_end|>", settings=Settings(max_new_tokens=1)))

@@ -144,15 +144,18 @@ def test_a_key_is_made_when_exposed_and_read_from_the_environment(monkeypatch):
 def test_the_gate_checks_the_key_and_locks_out_after_repeated_wrong_keys():
     from app.sharing.auth import _client_address
 
-    _client_address.set("192.0.2.7")  # a caller on the network: this computer itself is never locked out
-    gate = Gate(KeyRule("right-key"))
-    assert gate.check({"authorization": "Bearer right-key"}) is None
-    assert gate.check({"x-api-key": "right-key"}) is None
-    assert gate.check({}).status == 401
-    for _ in range(5):
-        assert gate.check({"authorization": "Bearer wrong"}).code == "invalid_api_key"
-    locked = gate.check({"authorization": "Bearer right-key"})
-    assert locked.status == 429  # the same lock-out as the login: the right key too, for a while
+    token = _client_address.set("192.0.2.7")  # a caller on the network: this computer itself is never locked out
+    try:
+        gate = Gate(KeyRule("right-key"))
+        assert gate.check({"authorization": "Bearer right-key"}) is None
+        assert gate.check({"x-api-key": "right-key"}) is None
+        assert gate.check({}).status == 401
+        for _ in range(5):
+            assert gate.check({"authorization": "Bearer wrong"}).code == "invalid_api_key"
+        locked = gate.check({"authorization": "Bearer right-key"})
+        assert locked.status == 429  # the same lock-out as the login: the right key too, for a while
+    finally:
+        _client_address.reset(token)  # later tests in this process are on this computer again
 
 
 def test_without_a_key_only_requests_to_this_computer_pass():

@@ -111,7 +111,8 @@ class EngineCosts:
 
     def timed_pass(self, tokens: int, depth: int, decode: bool = False) -> float:
         """Seconds of one prefill pass of `tokens` after `depth` cached tokens, on a scratch cache of zeros
-        (`decode`: with the LM head and a sampled token, as a decode step)."""
+        (`decode`: with the LM head and a sampled token, as a decode step). The pass reads one ordinary text
+        token over and over, never a control token (id 0 is the demo model's end-of-text)."""
         engine = self.engine
         shape, device = engine.shape, engine.layer_devices[0]
         scratch = KVCache(engine.layer_devices, shape.kv_heads, shape.head_dim, depth + tokens,
@@ -120,7 +121,8 @@ class EngineCosts:
             layer.keys.zero_()
             layer.values.zero_()
         scratch.length = depth
-        ids = torch.zeros(1, tokens, dtype=torch.long, device=device)
+        plain = engine.tokenizer("a", add_special_tokens=False)["input_ids"]
+        ids = torch.full((1, tokens), plain[0] if plain else 0, dtype=torch.long, device=device)
         positions = torch.arange(depth, depth + tokens, device=device).unsqueeze(0)
         started = time.perf_counter()
         with torch.inference_mode():

@@ -14,8 +14,12 @@ how far those measurements disagree is the estimate's range (`Rates.low`/`high`)
 as "about X (A to B)" when the machine is noisy. During a load, `LiveEstimate` scales the model by how the
 chunks actually ran, so a busy machine's estimate corrects itself within a few chunks.
 
-A decoded token costs one one-token pass plus `per_decode` (the LM head, sampling, streaming the text): measured
-with the calibration, then refitted from every answer's measured speed (`Calibration.record_decode`).
+A decoded token costs `per_decode` (a one-token pass with the LM head and sampling, timed as such: a one-token
+pass is not on the prefill model's line) plus `per_decode_depth` per cached token: it reads the whole cache for
+little arithmetic, so depth costs it several times more than a prefill token's share of a pass (demo model, 2-core
+box: decoding after 4,073 tokens ran at 13.3 tokens/s against 17.2 after 273, where the prefill's depth term
+alone planned 17.8). Both are timed by the calibration; `per_decode` is refitted from every answer's measured
+speed (`Calibration.record_decode`).
 """
 
 from __future__ import annotations
@@ -52,7 +56,8 @@ class Rates:
     per_pass: float
     source: str = "calibration"  # "calibration" (timed passes) or "loads" (refitted from a load's chunks)
     measured: float = 0.0  # time.time() of the measurement
-    per_decode: float = 0.0  # a decoded token's cost beyond a one-token pass: LM head, sampling, streaming
+    per_decode: float = 0.0  # a decoded token after an empty cache: a one-token pass, the LM head, sampling
+    per_decode_depth: float = 0.0  # a decoded token's added cost per cached token
     low: float = 1.0  # the range of recent measurements, as factors of these rates' time (1.0, 1.0: no range)
     high: float = 1.0
 
@@ -62,9 +67,15 @@ class Rates:
         return self.high / max(self.low, 1e-9) > NOISY
 
     def decode_tokens_per_s(self, depth: int) -> float:
-        """Tokens per second decoding after `depth` cached tokens: one one-token pass and the decode overhead each."""
-        step = self.pass_seconds(1, depth) + self.per_decode
+        """Tokens per second decoding after `depth` cached tokens."""
+        step = self.decode_step_seconds(depth)
         return 1.0 / step if step > 0 else 0.0
+
+    def decode_step_seconds(self, depth: int) -> float:
+        """One decoded token after `depth` cached ones (rates without a timed decode: a one-token pass)."""
+        if not self.per_decode:
+            return self.pass_seconds(1, depth)
+        return self.per_decode + self.per_decode_depth * depth
 
     def pass_seconds(self, tokens: int, depth: int) -> float:
         """One pass of `tokens` tokens after `depth` cached ones."""
@@ -94,7 +105,8 @@ class Rates:
 
     def scaled(self, factor: float) -> "Rates":
         return Rates(self.per_token * factor, self.per_token_depth * factor, self.per_pass * factor,
-                     self.source, self.measured, self.per_decode * factor, self.low, self.high)
+                     self.source, self.measured, self.per_decode * factor, self.per_decode_depth * factor,
+                     self.low, self.high)
 
     def reference_seconds(self) -> float:
         """The time these rates predict for a REFERENCE_TOKENS load: one number to compare measurements by."""
@@ -126,7 +138,8 @@ def fit(passes: list[tuple[int, int, float]], prior: Rates) -> Rates:
         solution, *_ = np.linalg.lstsq(rows, seconds - per_pass, rcond=None)
         per_token, per_token_depth = (float(x) for x in solution)
         if per_token > 0 and per_token_depth >= 0:
-            return Rates(per_token, per_token_depth, per_pass, "loads", time.time(), prior.per_decode)
+            return Rates(per_token, per_token_depth, per_pass, "loads", time.time(), prior.per_decode * scale,
+                         prior.per_decode_depth * scale)  # a machine that ran the load slower decodes slower
     scaled = prior.scaled(scale)
     scaled.source, scaled.measured = "loads", time.time()
     return scaled
@@ -177,17 +190,15 @@ class LiveEstimate:
         return self.rates.chunk_tokens(depth, self.recent_slowdown)
 
 
-def machine_key(model_name: str, dtype: str) -> str:
-    """What the rates depend on: the model, its compute dtype, the CPU and the threads torch uses."""
-    import torch
-
+def machine_key(model_name: str, dtype: str, threads: int) -> str:
+    """What the rates depend on: the model, its compute dtype, the CPU and the threads torch runs."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
             cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     except OSError:
         pass
-    return f"{model_name}|{dtype}|{cpu}|threads={torch.get_num_threads()}"
+    return f"{model_name}|{dtype}|{cpu}|threads={threads}|v2"  # v2: with the decode's depth term
 
 
 class Calibration:
@@ -230,11 +241,11 @@ class Calibration:
         self._keep(rates)
 
     def record_decode(self, seconds_per_token: float, depth: int) -> None:
-        """An answer decoded at `seconds_per_token` after `depth` cached tokens: refit the decode overhead
+        """An answer decoded at `seconds_per_token` after `depth` cached tokens: refit the decode's cost at depth 0
         (the mean of the last estimate and this measurement, so one slow answer moves it halfway)."""
         if self.rates is None or not seconds_per_token > 0:
             return
-        overhead = max(seconds_per_token - self.rates.pass_seconds(1, depth), 0.0)
+        overhead = max(seconds_per_token - self.rates.per_decode_depth * depth, 0.0)
         rates = dataclasses.replace(self.rates, per_decode=(self.rates.per_decode + overhead) / 2
                                     if self.rates.per_decode else overhead)
         self._keep(rates)
@@ -258,29 +269,33 @@ class Calibration:
             log.warning("could not keep the speed calibration in %s: %s", self.path, err)
 
 
-def measure(run_pass, depth: int = 2048, tokens: int = 32, repeats: int = 4) -> Rates:
+def measure(run_pass, depth: int = 2048, tokens: int = 64, big: int = 160, repeats: int = 3) -> Rates:
     """Time passes through `run_pass(tokens, depth, decode=False) -> seconds` and solve for the rates.
 
-    A one-token pass at depth 0 gives `per_pass`; `tokens` at depth 0 and at `depth` give the other two; a
-    one-token pass with the LM head and sampling (`decode=True`) gives `per_decode`. The four passes run
-    `repeats` rounds, one of each per round, and each keeps its fastest time: another program's work only ever
-    slows a pass down, and a burst of it (a browser drawing the page, a file being read) lands on one round
-    rather than on every time of one pass. A pass's fixed cost is the part most hurt by such bursts (hundreds
-    of small operations, each waiting for both cores), and it is what small loads are mostly made of.
+    Loads run chunks of MIN_CHUNK tokens or more, so the pass model is fitted where they run: `tokens` and `big`
+    tokens at depth 0 give `per_token` and `per_pass`, and `tokens` at `depth` gives `per_token_depth`. (A
+    one-token pass costs more than that `per_pass`: it reads every weight for one token's arithmetic, where a
+    longer pass's arithmetic hides part of the reading; fitted from it, `per_pass` came out 45 ms on the demo and
+    small loads 1.3× too slow.) A one-token pass with the LM head and sampling (`decode=True`) gives
+    `per_decode`, and one at `depth` gives `per_decode_depth`. The passes run `repeats` rounds, one of each per
+    round, and each keeps its fastest time: another
+    program's work only ever slows a pass down, and a burst of it (a browser drawing the page, a file being
+    read) lands on one round rather than on every time of one pass.
     """
     run_pass(8, 0)  # warm-up: first-call allocations
     run_pass(1, 0, decode=True)
-    shapes = {"one": (1, 0, False), "flat": (tokens, 0, False), "deep": (tokens, depth, False),
-              "step": (1, 0, True)}
+    shapes = {"flat": (tokens, 0, False), "big": (big, 0, False), "deep": (tokens, depth, False),
+              "step": (1, 0, True), "step_deep": (1, depth, True)}
     fastest = {name: math.inf for name in shapes}
     for _ in range(repeats):
         for name, (n, d, decode) in shapes.items():
             fastest[name] = min(fastest[name], run_pass(n, d, decode=decode))
-    one, flat, deep, step = (fastest[name] for name in shapes)
+    flat, wide, deep, step, step_deep = (fastest[name] for name in shapes)
     per_token_depth = max((deep - flat) / (tokens * depth), 0.0)
-    per_token = max((flat - one - per_token_depth * tokens**2 / 2) / (tokens - 1), 1e-6)
-    per_pass = max(one - per_token, 0.0)
-    return Rates(per_token, per_token_depth, per_pass, "calibration", time.time(), max(step - one, 0.0))
+    per_token = max((wide - flat - per_token_depth * (big**2 - tokens**2) / 2) / (big - tokens), 1e-6)
+    per_pass = max(flat - tokens * (per_token + per_token_depth * tokens / 2), 0.0)
+    return Rates(per_token, per_token_depth, per_pass, "calibration", time.time(), step,
+                 max((step_deep - step) / depth, 0.0))
 
 
 def planned_rates(shape, device_name: str, attention_devices: int = 1, attention_kernel: str = "default") -> Rates:

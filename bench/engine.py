@@ -135,12 +135,21 @@ def end_to_end(engine: Engine, n: int, kv: str, decode_tokens: int) -> dict:
     engine.kv_dtype_setting = kv
     ids = random_ids(n, engine.shape.vocab)
     reset_peak()
+    shown = []  # tenths of the load already logged
+
+    def progress(p):  # one line each tenth: how far, how long, and the total the page shows then
+        tenth = int(10 * (p.done - p.reused) / max(p.total - p.reused, 1))
+        if p.done == p.reused or tenth > (shown[-1] if shown else -1):
+            shown.append(tenth)
+            log("progress", f"{p.done:,}/{p.total:,} tokens", f"elapsed {p.elapsed_s:.1f} s",
+                f"estimated total {p.estimated_total_s:.1f} s")
+
     try:
-        stats = engine.load_corpus(ids)
+        stats = engine.load_corpus(ids, progress=progress)
     except OmnibusError as err:
         return {"tokens": n, "kv": kv, "refused": str(err)}
     attention_flops = planner.ModelShape.prefill_flops(engine.shape, stats.tokens)[1]
-    row = {"tokens": stats.tokens, "kv": stats.kv_dtype, "prefill_s": stats.seconds,
+    row = {"tokens": stats.tokens, "kv": stats.kv_dtype, "prefill_s": stats.seconds, "estimated_s": stats.estimated_s,
            "tokens_per_s": stats.tokens_per_s, "attention_tflops_effective": attention_flops / stats.seconds / 1e12,
            "peak_gib_prefill": peak_gib(), "attention": stats.attention}
     row.update(follow_up(engine, decode_tokens))

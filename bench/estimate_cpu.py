@@ -21,8 +21,11 @@ import threading
 import time
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from app.engine.cpu_share import STALE_S  # noqa: E402
 from app.engine.engine import Engine  # noqa: E402
 from app.engine.models import load_model  # noqa: E402
 from app.errors import Cancelled  # noqa: E402
@@ -71,7 +74,8 @@ def measure_load(engine: Engine, ids: list[int], label: str) -> None:
     answer = [p for p in engine.ask("Summarise the text above.", (), Settings(max_new_tokens=48))
               if not isinstance(p, str)][-1]
     chunks = [b.done - a.done for (_, a), (_, b) in zip(reports, reports[1:])]
-    emit(part="estimate", machine=label, load_average=load_average(), tokens=stats.tokens, actual_s=round(actual, 2),
+    emit(part="estimate", machine=label, load_average=load_average(), threads=torch.get_num_threads(),
+         tokens=stats.tokens, actual_s=round(actual, 2),
          estimate_before_s=round(before, 2), ratio_before=round(before / actual, 2),
          **{f"estimate_at_{int(f * 100)}pct": dict(zip(("total_s", "at_s"), corrected(f))) for f in (0.1, 0.25, 0.5)},
          ratio_at_25pct=round((corrected(0.25)[0] or 0) / actual, 2),
@@ -102,6 +106,7 @@ def part_estimate(engine, ids, args) -> None:
         measure_load(engine, ids[:size], "no busy-loop added (see load_average)")
     if args.busy:
         procs = burners(args.busy)
+        time.sleep(STALE_S + 0.5)  # the machine is busy before the estimate, as when a person opens the app
         try:
             for size in args.sizes:
                 measure_load(engine, ids[:size], f"busy ({args.busy} busy-loop process)")
@@ -121,7 +126,7 @@ def part_passes(engine, ids, args) -> None:
     times = {shape: [] for shape in shapes}
     for _ in range(args.trials):
         for n, d in shapes:
-            times[(n, d)].append(engine._timed_pass(n, d))
+            times[(n, d)].append(engine.costs.timed_pass(n, d))
     for (n, d), measured in times.items():
         measured.sort()
         predicted = rates.pass_seconds(n, d)

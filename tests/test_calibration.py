@@ -58,7 +58,7 @@ def test_a_refit_keeps_the_fixed_cost_of_a_pass_so_small_loads_and_decoding_stay
     # The demo model's rates on a quiet 2-core machine. A load's chunks are all about the same size, so they
     # cannot separate a pass's fixed cost from its per-token cost; a free fit put 0.06-0.3 s on each pass,
     # and the decode speed planned after a 4,000-token load came out 1.4-4x too slow (issue 28).
-    truth = Rates(per_token=2.9e-3, per_token_depth=3.3e-7, per_pass=0.043, per_decode=0.009)
+    truth = Rates(per_token=2.9e-3, per_token_depth=3.3e-7, per_pass=0.043, per_decode=0.055, per_decode_depth=4.5e-6)
     got = fit(_a_load(truth, 4000, noise=0.08, seed=seed), truth)
     assert got.per_pass == pytest.approx(truth.per_pass, rel=0.1)
     assert got.decode_tokens_per_s(4000) == pytest.approx(truth.decode_tokens_per_s(4000), rel=0.1)
@@ -82,17 +82,17 @@ def test_an_estimate_counts_the_passes_the_engine_will_run():
 def test_a_burst_of_other_work_during_the_calibration_does_not_set_the_speed():
     # Passes that take what RATES say, except four in a row that another program slowed tenfold (a browser
     # drawing the page as the first meter is worked out): the calibration still finds RATES.
-    truth = Rates(per_token=2e-3, per_token_depth=4e-7, per_pass=0.03, per_decode=0.01)
+    truth = Rates(per_token=2e-3, per_token_depth=4e-7, per_pass=0.03, per_decode=0.05, per_decode_depth=2e-6)
     calls = []
 
     def run_pass(tokens, depth, decode=False):
         calls.append((tokens, depth))
-        seconds = truth.pass_seconds(tokens, depth) + (truth.per_decode if decode else 0.0)
+        seconds = truth.decode_step_seconds(depth) if decode else truth.pass_seconds(tokens, depth)
         return seconds * (10.0 if 4 <= len(calls) <= 7 else 1.0)
 
-    got = calibration.measure(run_pass, depth=2048, tokens=32)
-    assert (got.per_pass, got.per_token, got.per_token_depth, got.per_decode) == pytest.approx(
-        (truth.per_pass, truth.per_token, truth.per_token_depth, truth.per_decode), rel=1e-4)
+    got = calibration.measure(run_pass, depth=2048)
+    assert (got.per_pass, got.per_token, got.per_token_depth, got.per_decode, got.per_decode_depth) == pytest.approx(
+        (truth.per_pass, truth.per_token, truth.per_token_depth, truth.per_decode, truth.per_decode_depth), rel=1e-4)
 
 
 def test_live_estimate_scales_by_how_the_chunks_ran_and_resists_one_noisy_chunk():
@@ -171,13 +171,15 @@ def test_a_load_estimate_follows_the_machine_within_a_few_chunks():
     assert live.remaining(done, total, chunk) == pytest.approx(truth, rel=0.25)
 
 
-def test_decode_speed_is_one_pass_plus_the_measured_overhead_and_refits_from_answers():
-    rates = Rates(per_token=2e-3, per_token_depth=4e-7, per_pass=0.03, per_decode=0.01)
-    assert rates.decode_tokens_per_s(1000) == pytest.approx(1 / (rates.pass_seconds(1, 1000) + 0.01))
+def test_decode_speed_is_the_timed_step_at_its_depth_and_refits_from_answers():
+    rates = Rates(per_token=2e-3, per_token_depth=4e-7, per_pass=0.03, per_decode=0.05, per_decode_depth=4e-6)
+    assert rates.decode_tokens_per_s(1000) == pytest.approx(1 / (0.05 + 1000 * 4e-6))
     kept = calibration.Calibration("decode-refit")
     kept.update(rates)
     kept.record_decode(0.1, 1000)  # the answer ran at 10 tokens/s
-    assert kept.rates.per_decode == pytest.approx((0.01 + 0.1 - rates.pass_seconds(1, 1000)) / 2)
+    assert kept.rates.per_decode == pytest.approx((0.05 + 0.1 - 1000 * 4e-6) / 2)
+    planner_only = Rates(per_token=2e-3, per_token_depth=4e-7, per_pass=0.03)  # no decode timed: a one-token pass
+    assert planner_only.decode_tokens_per_s(1000) == pytest.approx(1 / planner_only.pass_seconds(1, 1000))
 
 
 def test_the_demo_engine_plans_the_decode_speed_it_then_runs(demo_model):
@@ -216,3 +218,25 @@ def test_the_demo_engine_shows_the_estimate_it_planned_for_a_small_and_a_larger_
         assert stats.estimated_s == pytest.approx(estimate) and estimate > 0
         shown.append(estimate)
     assert shown[0] < shown[1]
+
+
+def test_decoding_deeper_costs_what_the_calibration_measured_at_depth():
+    # A decode step reads the whole cache for one token: after 4,073 tokens the demo decoded at 13.3 tokens/s
+    # where the prefill's depth term alone planned 17.8 (issue 28). The calibration times a decode step at
+    # depth too, and the planned speed follows it.
+    truth = Rates(per_token=2e-3, per_token_depth=4e-7, per_pass=0.03, per_decode=0.01, per_decode_depth=4e-6)
+
+    def run_pass(tokens, depth, decode=False):
+        return truth.decode_step_seconds(depth) if decode else truth.pass_seconds(tokens, depth)
+
+    got = calibration.measure(run_pass, depth=2048)
+    assert got.per_decode_depth == pytest.approx(truth.per_decode_depth, rel=1e-4)
+    for depth in (0, 4000, 16000):
+        assert got.decode_tokens_per_s(depth) == pytest.approx(truth.decode_tokens_per_s(depth), rel=1e-4)
+    one_pass_at_depth = truth.per_decode + truth.per_token_depth * 4000  # the old model: the prefill's depth term
+    assert got.decode_tokens_per_s(4000) < 0.9 / one_pass_at_depth
+    kept = calibration.Calibration("decode-depth")
+    kept.update(got)
+    kept.record_decode(truth.decode_step_seconds(8000), 8000)  # an answer at the speed the rates say
+    assert kept.rates.decode_tokens_per_s(8000) == pytest.approx(truth.decode_tokens_per_s(8000), rel=1e-3)
+    assert fit([(128, 0, truth.pass_seconds(128, 0))], got).per_decode_depth == pytest.approx(got.per_decode_depth, rel=1e-3)

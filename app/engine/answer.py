@@ -33,6 +33,8 @@ def ask(engine, question: str, history, settings: Settings, cancel):
             raise NoCorpus("no corpus is loaded (or its loading was stopped): load it before asking")
         corpus_end = len(sequence.prefix_ids)
         attention_backend.assign(sequence.cache, engine.attention)
+        if engine.cpu is not None:  # as many threads as cores are free
+            engine.cpu.fit(wait=False)
         history, dropped, suffix = fit_question(engine, question, list(history), settings.max_new_tokens)
         started = time.perf_counter()
         reused = sequence.start_answer(suffix)  # what the cache holds of this prompt
@@ -60,7 +62,7 @@ def prefill_question(engine, suffix: list[int], position: int, cancel) -> tuple[
     Returns the last position's logits and how far it got (short of the end: Cancel stopped it)."""
     sequence, logits = engine.sequence, None
     corpus_end = len(sequence.prefix_ids)
-    live = calibration.LiveEstimate(engine.rates()) if engine.adaptive_chunks else None
+    live = calibration.LiveEstimate(engine.rates(torch.get_num_threads())) if engine.adaptive_chunks else None
     while position < len(suffix):
         if cancel is not None and cancel.is_set():
             break

@@ -28,7 +28,12 @@ class EngineCosts:
 
     def __init__(self, engine):
         self.engine = engine
-        self.calibration: calibration.Calibration | None = None  # the CPU's measured speed, made on first use
+        self.calibrations: dict[int, calibration.Calibration] = {}  # the CPU's measured speed, per thread count
+
+    @property
+    def calibration(self) -> calibration.Calibration | None:
+        """The measured speed at the threads torch runs now (None until first used, and on GPUs)."""
+        return self.calibrations.get(torch.get_num_threads())
 
     def devices(self) -> list[planner.Device]:
         """The devices the engine runs on, with free memory counting what its own cache holds now."""
@@ -83,10 +88,11 @@ class EngineCosts:
         fp8 = engine.attention == "fp8" and kv_dtype == "fp8" and engine.parallel != "sequence"
         return "fa3-fp8" if fp8 else "fa3"
 
-    def rates(self) -> calibration.Rates:
-        """Prefill speed on these devices. CPU: measured on this machine the first time (a few hundred ms),
-        then refitted after every load; while another thread's load holds the engine, the planner's constants.
-        GPUs: the planner's measured FLOP/s constants."""
+    def rates(self, threads: int | None = None) -> calibration.Rates:
+        """Prefill speed on these devices. CPU: at `threads` torch threads (None: as many as a load started now
+        would run, app/engine/cpu_share.py), measured on this machine the first time each thread count is used
+        (a few seconds), then refitted after every load; while another thread's load holds the engine, the
+        planner's constants. GPUs: the planner's measured FLOP/s constants."""
         engine = self.engine
         if engine.on_gpu:
             spread = torch.cuda.device_count() if engine.parallel == "sequence" else 1
@@ -94,20 +100,25 @@ class EngineCosts:
             kv = engine.kv_dtype_setting if cache is None else cache.storage
             return calibration.planned_rates(engine.shape, torch.cuda.get_device_name(engine.layer_devices[0]),
                                              spread, attention_kernel=self.attention_kernel(kv))
-        if self.calibration is None:
-            key = calibration.machine_key(engine.model_name, str(engine.dtype))
+        threads = threads or engine.cpu.threads_now()
+        kept = self.calibrations.get(threads)
+        if kept is None:
+            key = calibration.machine_key(engine.model_name, str(engine.dtype), threads)
             store = engine.store
-            self.calibration = calibration.Calibration(key, store.root if store is not None else None)
-        if self.calibration.rates is None:
+            kept = self.calibrations[threads] = calibration.Calibration(key, store.root if store is not None else None)
+        if kept.rates is None:
             if not engine.lock.acquire(blocking=False):  # re-entrant: the thread running a load gets in
                 return calibration.planned_rates(engine.shape, "cpu")
+            running = torch.get_num_threads()
             try:
-                if self.calibration.rates is None:
+                if kept.rates is None:
+                    torch.set_num_threads(threads)
                     depth = min(2048, engine.window // 4)
-                    self.calibration.update(calibration.measure(self.timed_pass, depth=depth))
+                    kept.update(calibration.measure(self.timed_pass, depth=depth))
             finally:
+                torch.set_num_threads(running)
                 engine.lock.release()
-        return self.calibration.rates
+        return kept.rates
 
     def timed_pass(self, tokens: int, depth: int, decode: bool = False) -> float:
         """Seconds of one prefill pass of `tokens` after `depth` cached tokens, on a scratch cache of zeros

@@ -25,6 +25,7 @@ import torch
 from app import calibration, planner
 from app.engine import answer, attention_backend
 from app.engine.costs import EngineCosts, prefix_key
+from app.engine.cpu_share import CpuShare
 from app.engine import forward as forward_pass
 from app.engine.forward import Stopped, forward, install_cancel_hooks, synchronize
 from app.engine.fp8_linear import Fp8Linear
@@ -87,6 +88,7 @@ class Engine:
         self.stop_ids = stop_ids(model, tokenizer)
         self.sequence = Sequence()
         self.costs = EngineCosts(self)
+        self.cpu = None if self.on_gpu else CpuShare()  # torch's CPU threads, fitted to the cores left free
         self.system_prompt = default_system_prompt(self.model_name)
         self.counters = Counters()
         self.use_cuda_graphs = True
@@ -133,9 +135,10 @@ class Engine:
         """How `tokens` prefix tokens fit on this engine's devices, with the weights already loaded."""
         return self.costs.plan(tokens, kv_dtype)
 
-    def rates(self) -> calibration.Rates:
-        """Prefill speed on these devices (measured on this machine for the CPU)."""
-        return self.costs.rates()
+    def rates(self, threads: int | None = None) -> calibration.Rates:
+        """Prefill speed on these devices (measured on this machine for the CPU, at `threads` torch threads;
+        None: those a load started now would run)."""
+        return self.costs.rates(threads)
 
     def estimate_seconds(self, tokens: int, start: int = 0) -> float:
         """Seconds to prefill positions start..tokens on this machine."""
@@ -272,7 +275,9 @@ class Engine:
         checkpoints after each. Returns (the one estimate of its seconds before the run, the seconds it took)."""
         sequence, total = self.sequence, len(prefix)
         start = reused = len(sequence.prefix_ids)
-        live = calibration.LiveEstimate(self.rates())
+        threads = self.cpu.fit() if self.cpu is not None else None
+        steady = True  # the same threads ran every chunk: the chunks measure one speed
+        live = calibration.LiveEstimate(self.rates(threads))
         fixed = None if self.adaptive_chunks else plan.chunk_tokens
         estimated = live.remaining(reused, total, fixed)
         live.trust()
@@ -301,9 +306,11 @@ class Engine:
                                          elapsed, elapsed + eta, reused))
             if checkpoint is not None:
                 checkpoint.after_chunk()
+            if self.cpu is not None and start < total:  # another program started or ended: follow the free cores
+                steady = self.cpu.fit(wait=False) == threads and steady
         synchronize(self.on_gpu)
         seconds = time.perf_counter() - started
-        if not self.on_gpu and seconds >= 1.0:  # this load's chunks are the newest measure of the speed
+        if not self.on_gpu and seconds >= 1.0 and steady:  # this load's chunks are the newest measure of the speed
             self.calibration.update(calibration.fit(live.passes, live.rates))
         return estimated, seconds
 

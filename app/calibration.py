@@ -278,9 +278,8 @@ def measure(run_pass, depth: int = 2048, tokens: int = 64, big: int = 160, repea
     longer pass's arithmetic hides part of the reading; fitted from it, `per_pass` came out 45 ms on the demo and
     small loads 1.3× too slow.) A one-token pass with the LM head and sampling (`decode=True`) gives
     `per_decode`, and one at `depth` gives `per_decode_depth`. The passes run `repeats` rounds, one of each per
-    round, and each keeps its fastest time: another
-    program's work only ever slows a pass down, and a burst of it (a browser drawing the page, a file being
-    read) lands on one round rather than on every time of one pass.
+    round, and each keeps its fastest time: another program's work only ever slows a pass down, and a burst of it
+    (a browser drawing the page, a file being read) lands on one round rather than on every time of one pass.
     """
     run_pass(8, 0)  # warm-up: first-call allocations
     run_pass(1, 0, decode=True)
